@@ -1,0 +1,3 @@
+from youri.cli import main
+
+raise SystemExit(main())

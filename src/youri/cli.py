@@ -1,0 +1,86 @@
+"""The ``youri`` command: one subcommand per stage, each wired to a library ``run(cfg)``.
+
+The CLI only wires: it loads the recipe section, applies ``--field`` overrides, builds the stage's
+config dataclass and calls the stage's ``run``. Stage modules are imported lazily so that
+``youri --help`` stays fast.
+
+To add a stage, append a ``Command`` to ``COMMANDS``; its module must define ``Config`` (a dataclass)
+and ``run(cfg, *, overwrite: bool = False)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+import youri
+from youri import __version__
+from youri.config import ConfigError, add_config_flags, build_config, flag_overrides, load_recipe
+from youri.io import DataError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    module: str
+    help: str
+    section: str = ""  # default recipe section; the command name when empty
+
+
+COMMANDS: list[Command] = [
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {c.name: c for c in COMMANDS}
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in commands:
+        top = _top_parser()
+        if argv and argv[0] not in {"-h", "--help", "--version"} and not argv[0].startswith("-"):
+            top.error(f"unknown command '{argv[0]}'; choose from: {', '.join(commands)}")
+        top.parse_args(argv or ["--help"])
+        return 0
+    command = commands[argv[0]]
+    module = importlib.import_module(command.module)
+    parser = _command_parser(command, module)
+    args = parser.parse_args(argv[1:])
+    try:
+        section = args.section or command.section or command.name
+        recipe = load_recipe(args.recipe).get(section) if args.recipe else None
+        if args.recipe and recipe is None:
+            raise ConfigError(f"{args.recipe}: no section '{section}' (pass --section NAME)")
+        cfg = build_config(module.Config, recipe, flag_overrides(args), where=section)
+        if args.print_config:
+            from youri.config import config_to_dict
+            import yaml
+
+            print(yaml.safe_dump({section: config_to_dict(cfg)}, allow_unicode=True, sort_keys=False))
+            return 0
+        module.run(cfg, overwrite=args.overwrite)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
+        print(f"youri {command.name}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="youri", description=youri.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="commands:\n" + "\n".join(f"  {c.name:<10} {c.help}" for c in COMMANDS)
+                                     + "\n\nRun 'youri COMMAND --help' for a command's flags.")
+    parser.add_argument("--version", action="version", version=f"youri {__version__}")
+    return parser
+
+
+def _command_parser(command: Command, module) -> argparse.ArgumentParser:
+    doc = (module.__doc__ or command.help).strip()
+    parser = argparse.ArgumentParser(prog=f"youri {command.name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", help="YAML recipe; the command reads its section (see --section)")
+    parser.add_argument("--section", help=f"recipe section to read (default: {command.section or command.name})")
+    parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_flags(parser, module.Config)
+    return parser

@@ -1,0 +1,113 @@
+"""Small, shared file I/O: atomic writes, JSONL reading with file:line errors, built-in sample paths.
+
+Everything that writes a file a later run may trust goes through ``atomic_write_*`` (write a sibling
+temporary file, fsync, ``os.replace``): a killed process leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and the field."""
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """``builtin:NAME`` -> the sample file shipped inside the package (``youri/sample/NAME``)."""
+    text = str(path)
+    if text.startswith(BUILTIN_PREFIX):
+        sample = Path(str(resources.files("youri") / "sample"))
+        target = sample / text[len(BUILTIN_PREFIX):]
+        if not target.exists():
+            available = sorted(p.name for p in sample.iterdir()) if sample.is_dir() else []
+            raise FileNotFoundError(f"{text}: no such built-in sample; available: {', '.join(available)}")
+        return target
+    return Path(text).expanduser()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
+
+
+@dataclass
+class SkipCounter:
+    """Counts records skipped under an explicit ``skip_bad_records`` option, with the first reasons."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append(reason)
+
+
+def iter_jsonl(path: str | os.PathLike, *, skip_bad: SkipCounter | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)`` for each non-empty line of a JSONL file.
+
+    A line that is not a JSON object raises ``DataError("file:line: ...")``; when ``skip_bad`` is given
+    it is counted there instead (the caller opted in to skipping).
+    """
+    path = Path(path)
+    with path.open("r", encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            except ValueError as err:
+                reason = f"{path}:{lineno}: malformed JSONL line: {err}"
+                if skip_bad is None:
+                    raise DataError(reason + " (fix the line, or set skip_bad_records: true to skip it)") from err
+                skip_bad.add(reason)
+                continue
+            yield lineno, record
+
+
+def require_field(record: dict, name: str, path: str | os.PathLike, lineno: int, *, kind: type = str) -> Any:
+    """``record[name]`` checked for presence and type; the error names file, line and field."""
+    if name not in record:
+        present = ", ".join(sorted(record)) or "none"
+        raise DataError(f"{path}:{lineno}: missing field '{name}' (fields present: {present})")
+    value = record[name]
+    if not isinstance(value, kind):
+        raise DataError(f"{path}:{lineno}: field '{name}' must be {kind.__name__}, got {type(value).__name__}")
+    return value

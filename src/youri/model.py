@@ -1,0 +1,59 @@
+"""Hugging Face model and tokenizer I/O, shared by every stage (checkpoints in and out, safetensors only).
+
+A "model folder" is any local Hugging Face Llama-family checkpoint (``config.json`` + safetensors +
+tokenizer files) or a youri stage folder, which is the same plus ``youri.json``/``metrics.json``.
+A tokenizer may also be given as a bare SentencePiece ``tokenizer.model`` (or a folder holding one),
+like the Llama 2 tokenizer in ``../shared/data/llama2-tokenizer``.
+
+Nothing here touches the network: every load passes ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from youri.io import resolve_path
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A fast HF tokenizer from a model folder, a tokenizer folder or a ``tokenizer.model`` file.
+
+    Note: with transformers 5, loading a bare ``tokenizer.model`` needs ``protobuf`` (otherwise a
+    misleading tiktoken error), and ``LlamaTokenizer(vocab_file=...)`` silently yields a broken
+    3-token tokenizer -- so we always go through ``AutoTokenizer`` on the folder.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_path(path)
+    if path.is_file():
+        if path.name != "tokenizer.model":
+            raise ValueError(f"{path}: expected a folder or a SentencePiece file named tokenizer.model")
+        path = path.parent
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer not found: {path}")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{path}: no tokenizer.json, tokenizer.model or tokenizer_config.json")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None):
+    """``AutoModelForCausalLM`` from a local folder, weights from safetensors only (never pickles)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                 dtype=dtype if dtype is not None else "auto")
+    return model.to(device) if device else model
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, max_shard_size: str = "5GB") -> Path:
+    """Write HF weights (safetensors), config, generation config and tokenizer into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True, max_shard_size=max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir
