@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     command = commands[argv[0]]
     module = importlib.import_module(command.module)
     parser = _command_parser(command, module)
-    args = parser.parse_args(argv[1:])
+    args, unknown = parser.parse_known_args(argv[1:])
+    if unknown:
+        parser.error(_unknown_flag_message(parser, unknown))
     try:
         section = args.section or command.section or command.name
         recipe = load_recipe(args.recipe).get(section) if args.recipe else None
@@ -63,6 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"youri {command.name}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _unknown_flag_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    import difflib
+
+    flags = [opt for action in parser._actions for opt in action.option_strings]
+    first = next((u.split("=")[0] for u in unknown if u.startswith("--")), unknown[0])
+    close = difflib.get_close_matches(first, flags, n=1, cutoff=0.6)
+    return f"unknown argument '{first}'" + (f"; did you mean '{close[0]}'?" if close else "")
 
 
 def _top_parser() -> argparse.ArgumentParser:
