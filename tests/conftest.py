@@ -1,0 +1,29 @@
+"""Shared test fixtures: the read-only ../shared data (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# CI clones the repo next to a copy of shared/, exactly as in the development checkout.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the calling test with a clear reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's shared data folder beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_dir() -> Path:
+    return shared_path("llama2-tokenizer")
