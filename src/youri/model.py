@@ -49,11 +49,17 @@ def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None
     return model.to(device) if device else model
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike, *, max_shard_size: str = "5GB") -> Path:
-    """Write HF weights (safetensors), config, generation config and tokenizer into ``out_dir``."""
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, max_shard_size: str = "5GB",
+               state_dict: dict | None = None) -> Path:
+    """Write HF weights (safetensors), config, generation config and tokenizer into ``out_dir``.
+
+    ``state_dict`` replaces the model's own tensors (e.g. the gathered full state dict of an
+    FSDP-sharded model, see ``youri.checkpoint.export_model``).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True, max_shard_size=max_shard_size)
+    model.save_pretrained(str(out_dir), safe_serialization=True, max_shard_size=max_shard_size,
+                          state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
     return out_dir
