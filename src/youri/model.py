@@ -44,6 +44,13 @@ def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None
     path = resolve_path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+    from youri.gptq import gptq_settings, load_gptq_model
+    from youri.io import read_json
+
+    quant = gptq_settings(read_json(path / "config.json"))
+    if quant is not None:  # a GPTQ twin: youri's own loader keeps the weights packed (QuantLinear)
+        model = load_gptq_model(path, quant, dtype=dtype)
+        return model.to(device) if device else model
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
                                                  dtype=dtype if dtype is not None else "auto")
     return model.to(device) if device else model
