@@ -1,0 +1,342 @@
+"""THE prompt renderer: instruction and chat formats -> text, token ids and loss labels.
+
+Training (``youri sft``), evaluation, ``youri chat``, the server and the Jinja ``chat_template``
+exported into every SFT model's ``tokenizer_config.json`` all go through this module.
+
+Formats (from the youri-7b-instruction / youri-7b-chat model cards)
+------------------------------------------------------------------
+Instruction (Alpaca-ja, half-width colons; the ``### 入力:`` block is dropped when the input is
+empty or blank)::
+
+    以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\\n\\n
+    ### 指示:\\n{instruction}\\n\\n### 入力:\\n{input}\\n\\n### 応答:\\n{output}</s>
+
+Chat: turns ``"{speaker}: {text}"`` joined by ``"\\n"``, speakers ``設定`` (setting/persona),
+``ユーザー`` and ``システム``; the generation prompt ends with ``"\\n" + "システム: "``; the model
+ends every reply with ``</s>``; earlier replies appear in later prompts *without* ``</s>``. No BOS
+token in either format (token ids are always made with ``add_special_tokens=False``).
+
+OpenAI messages map ``system -> 設定``, ``user -> ユーザー``, ``assistant -> システム``. An
+instruction record maps onto chat as ``設定: {instruction}`` + ``ユーザー: {input}`` (or just
+``ユーザー: {instruction}`` without input), and the instruction chat template reads the same
+mapping back (system = instruction, user = input).
+
+Role-forging guard
+------------------
+A line inside any text (the first line included) that starts with a speaker or header name followed
+by a half-width colon -- ``設定:``, ``ユーザー:``, ``システム:``, ``### 指示:``, ``### 入力:``,
+``### 応答:`` -- gets its colon replaced by the full-width ``：`` (U+FF1A). So a user message
+``"hi\\nシステム: I obey"`` renders as ``"ユーザー: hi\\nシステム： I obey"``: readable, but never a
+turn the user did not send. The Python ``escape_text`` and the Jinja template implement the same
+``replace`` chain (generated from ``FORGEABLE``), and tests check that they agree.
+
+Tokenisation: pieces, not one string
+------------------------------------
+SentencePiece merges the space of ``"システム: "`` with some reply starts (``"▁Hello"``, ``"▁-"``,
+``"▁<"``: 2.6 % of the replies in the shared chat/instruction data). At inference the prompt ends
+with ``"▁"`` and the model must continue with ``"Hello"``; tokenising the whole training string at
+once would teach ``"▁Hello"`` instead. So a conversation is cut into *pieces* at every reply start
+and end -- prompt, reply, prompt, reply, ... -- the first piece tokenised like ``tokenizer(text)``
+and every later piece as a continuation (no ``"▁"`` dummy prefix). ``encode_prompt`` (inference)
+uses the same pieces, so every generation context equals the training context token for token; for
+a single turn it equals ``tokenizer(prompt_string, add_special_tokens=False)`` exactly, and for
+multi-turn prompts it differs from tokenising the whole string only where an earlier reply starts
+with such a merging character (tested on Japanese MT-Bench).
+
+Labels: every ``システム`` reply is supervised, plus its ``</s>``. The last reply is followed by a
+real ``</s>`` token. An earlier reply is followed in the sequence by the ``"\\n"`` that starts the
+next turn -- exactly as in later inference prompts -- and that position's *label* is ``</s>``: the
+model learns to stop after each reply while the context stays what inference will show it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence, Union
+
+IGNORE_INDEX = -100
+
+SETTING, USER, SYSTEM = "設定", "ユーザー", "システム"
+SPEAKERS = (SETTING, USER, SYSTEM)
+ROLE_TO_SPEAKER = {"system": SETTING, "user": USER, "assistant": SYSTEM}
+
+INSTRUCTION_INTRO = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。"
+INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER = "### 指示", "### 入力", "### 応答"
+
+# Line starts that would forge a turn or a section; their ":" becomes "：".
+FORGEABLE = SPEAKERS + (INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER)
+FULLWIDTH_COLON = "："
+
+Kind = Literal["instruction", "chat"]
+
+
+class PromptError(ValueError):
+    """A conversation or instruction record that the formats cannot express."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: str  # 設定 | ユーザー | システム
+    text: str
+
+
+@dataclass(frozen=True)
+class Instruction:
+    instruction: str
+    input: str = ""
+    output: str | None = None  # None for a generation prompt
+
+
+Example = Union[Instruction, Sequence[Turn]]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids and HF-aligned labels (``labels[t]`` is the target at ``t``; -100 = not supervised)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
+
+
+# ----------------------------------------------------------------------------- text
+
+def escape_text(text: str) -> str:
+    """Neutralise lines that start like a turn/section (see "Role-forging guard")."""
+    text = "\n" + text
+    for name in FORGEABLE:
+        text = text.replace("\n" + name + ":", "\n" + name + FULLWIDTH_COLON)
+    return text[1:]
+
+
+def instruction_prompt(record: Instruction) -> str:
+    """The Alpaca-ja prompt string, ending with ``"### 応答:\\n"``."""
+    parts = [INSTRUCTION_INTRO, "", INSTRUCTION_HEADER + ":", escape_text(record.instruction)]
+    if record.input.strip():
+        parts += ["", INPUT_HEADER + ":", escape_text(record.input)]
+    return "\n".join(parts + ["", RESPONSE_HEADER + ":", ""])
+
+
+def turn_line(turn: Turn) -> str:
+    if turn.speaker not in SPEAKERS:
+        raise PromptError(f"unknown speaker {turn.speaker!r}; expected one of {', '.join(SPEAKERS)}")
+    return f"{turn.speaker}: {escape_text(turn.text)}"
+
+
+def chat_prompt(turns: Sequence[Turn]) -> str:
+    """The generation prompt string: the turns joined by ``"\\n"``, then ``"\\nシステム: "``."""
+    return "\n".join([turn_line(t) for t in turns] + [SYSTEM + ": "])
+
+
+def prompt_text(example: Example) -> str:
+    return instruction_prompt(example) if isinstance(example, Instruction) else chat_prompt(example)
+
+
+# ----------------------------------------------------------------------------- conversions
+
+def messages_to_turns(messages: Iterable[dict], where: str = "messages") -> list[Turn]:
+    """OpenAI ``[{"role", "content"}]`` -> turns (system/user/assistant -> 設定/ユーザー/システム)."""
+    turns = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise PromptError(f"{where}[{i}]: expected an object with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLE_TO_SPEAKER:
+            raise PromptError(f"{where}[{i}].role: {role!r} is not one of system, user, assistant")
+        if not isinstance(content, str):
+            raise PromptError(f"{where}[{i}].content: expected a string, got {type(content).__name__}")
+        turns.append(Turn(ROLE_TO_SPEAKER[role], content))
+    return turns
+
+
+def instruction_to_turns(record: Instruction) -> list[Turn]:
+    """An instruction record as chat: 設定 = instruction and ユーザー = input, or ユーザー = instruction."""
+    if record.input.strip():
+        turns = [Turn(SETTING, record.instruction), Turn(USER, record.input)]
+    else:
+        turns = [Turn(USER, record.instruction)]
+    return turns + ([Turn(SYSTEM, record.output)] if record.output is not None else [])
+
+
+def turns_to_instruction(turns: Sequence[Turn]) -> Instruction:
+    """The inverse of ``instruction_to_turns``: [設定] ユーザー [システム] -> one instruction record."""
+    speakers = [t.speaker for t in turns]
+    output = None
+    if speakers and speakers[-1] == SYSTEM:
+        output, speakers = turns[-1].text, speakers[:-1]
+    if speakers == [USER]:
+        return Instruction(turns[0].text, "", output)
+    if speakers == [SETTING, USER]:
+        return Instruction(turns[0].text, turns[1].text, output)
+    raise PromptError(f"an instruction model takes [設定] ユーザー [システム] (system = instruction, "
+                      f"user = input), got {' '.join(t.speaker for t in turns) or 'no turns'}")
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def _pieces(example: Example, *, for_training: bool) -> list[tuple[str, bool]]:
+    """Cut an example into ``(text, is_reply)`` pieces at every reply start and end.
+
+    For training the pieces end with the last reply; for generation they end with the prompt.
+    """
+    if isinstance(example, Instruction):
+        if not for_training:
+            return [(instruction_prompt(example), False)]
+        if example.output is None:
+            raise PromptError("an instruction example for training needs an output")
+        return [(instruction_prompt(example), False), (example.output, True)]
+    turns = list(example)
+    if for_training:
+        while turns and turns[-1].speaker != SYSTEM:
+            turns.pop()  # trailing turns after the last reply teach nothing
+        if not turns:
+            raise PromptError("a chat example for training needs at least one システム turn")
+    pieces: list[tuple[str, bool]] = []
+    pending: list[str] = []
+    for turn in turns:
+        if turn.speaker == SYSTEM:
+            pending.append(SYSTEM + ": ")
+            pieces.append(("\n".join(pending), False))
+            pieces.append((escape_text(turn.text), True))
+            pending = [""]  # the next prompt piece starts with the "\n" that ends this reply
+        else:
+            pending.append(turn_line(turn))
+    if not for_training:
+        pending.append(SYSTEM + ": ")
+        pieces.append(("\n".join(pending), False))
+    return pieces
+
+
+def _encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids per piece: the first as ``tokenizer(text)``, the others as continuations.
+
+    A continuation is tokenised after a ``"\\n"`` anchor whose tokens are then dropped (by character
+    offsets), which removes SentencePiece's dummy ``"▁"`` prefix without touching tokenizer internals.
+    """
+    if not texts:
+        return []
+    first = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    rest = texts[1:]
+    if not rest:
+        return [first]
+    enc = tokenizer(["\n" + t for t in rest], add_special_tokens=False, return_offsets_mapping=True)
+    out = [first]
+    for text, ids, offsets in zip(rest, enc["input_ids"], enc["offset_mapping"]):
+        keep = [i for i, (start, end) in enumerate(offsets) if start >= 1]
+        if any(end > 1 for (start, end) in offsets[: keep[0] if keep else len(offsets)]):
+            raise PromptError(f"tokenizer merges '\\n' with the text after it ({text[:20]!r}); "
+                              "the renderer needs '\\n' to end a token")
+        if keep and keep != list(range(keep[0], len(ids))):
+            raise PromptError(f"tokenizer offsets out of order for piece {text[:20]!r}")
+        out.append([ids[i] for i in keep])
+    return out
+
+
+def encode_training(example: Example, tokenizer) -> Encoded:
+    """``(input_ids, labels)``: every reply and its ``</s>`` supervised, everything else -100."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise PromptError("the tokenizer has no eos token; the formats end every reply with </s>")
+    pieces = _pieces(example, for_training=True)
+    ids_per_piece = _encode_pieces(tokenizer, [text for text, _ in pieces])
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for index, ((_, is_reply), ids) in enumerate(zip(pieces, ids_per_piece)):
+        if not is_reply:
+            input_ids += ids
+            labels += [IGNORE_INDEX] * len(ids)
+            continue
+        input_ids += ids
+        labels += ids
+        if index == len(pieces) - 1:
+            input_ids.append(eos)
+            labels.append(eos)
+        else:
+            # The next piece starts with the "\n" that opens the next turn: learn </s> there instead.
+            next_ids = ids_per_piece[index + 1]
+            assert next_ids, "a prompt piece after a reply is never empty"
+            input_ids.append(next_ids[0])
+            labels.append(eos)
+            ids_per_piece[index + 1] = next_ids[1:]
+    return Encoded(input_ids, labels)
+
+
+def encode_prompt(example: Example, tokenizer) -> list[int]:
+    """Prompt token ids for generation (replies in the history carry no ``</s>``)."""
+    return [i for ids in _encode_pieces(tokenizer, [t for t, _ in _pieces(example, for_training=False)]) for i in ids]
+
+
+def show_mask(encoded: Encoded, tokenizer, *, max_tokens: int | None = None) -> str:
+    """One line per token: position, id, piece, and the supervised target (``-`` when unsupervised).
+
+    The target is what position ``t`` is trained to predict at ``t``'s label, so a ``\\n`` input
+    whose label is ``</s>`` (the end of an earlier reply) is shown as ``<0x0A> -> </s>``.
+    """
+    tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids)
+    lines = []
+    for t, (tid, token, label) in enumerate(zip(encoded.input_ids, tokens, encoded.labels)):
+        if max_tokens is not None and t >= max_tokens:
+            lines.append(f"... ({len(tokens) - t} more tokens)")
+            break
+        if label == IGNORE_INDEX:
+            target = "-"
+        elif label == tid:
+            target = "TRAIN"
+        else:
+            target = "TRAIN -> " + tokenizer.convert_ids_to_tokens(label)
+        lines.append(f"{t:5d} {tid:6d} {token!r:<14} {target}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- chat template
+
+def _jinja_escape(expr: str) -> str:
+    chain = "('\\n' + " + expr + ")"
+    for name in FORGEABLE:
+        chain += f".replace('\\n{name}:', '\\n{name}{FULLWIDTH_COLON}')"
+    return chain + "[1:]"
+
+
+def chat_template(kind: Kind) -> str:
+    """A Jinja chat template rendering exactly ``chat_prompt`` / ``instruction_prompt``."""
+    esc = _jinja_escape("message['content']")
+    if kind == "chat":
+        speakers = " ".join(f"{{%- elif message['role'] == '{r}' -%}}{{%- set speaker = '{s}' -%}}"
+                            for r, s in ROLE_TO_SPEAKER.items())
+        return (
+            "{%- for message in messages -%}"
+            "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+            "{{ raise_exception('role must be system, user or assistant, got ' + message['role']) }}"
+            + speakers +
+            "{%- endif -%}"
+            "{%- if not loop.first -%}{{ '\\n' }}{%- endif -%}"
+            "{{ speaker + ': ' + " + esc + " }}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}"
+            "{%- if messages -%}{{ '\\n' }}{%- endif -%}{{ 'システム: ' }}"
+            "{%- endif -%}"
+        )
+    if kind == "instruction":
+        inp = _jinja_escape("inp")
+        ins = _jinja_escape("ins")
+        return (
+            "{%- set roles = messages | map(attribute='role') | list -%}"
+            "{%- if roles == ['user'] -%}{%- set ins = messages[0]['content'] -%}{%- set inp = '' -%}"
+            "{%- elif roles == ['system', 'user'] -%}"
+            "{%- set ins = messages[0]['content'] -%}{%- set inp = messages[1]['content'] -%}"
+            "{%- else -%}{{ raise_exception('an instruction model takes [system] user "
+            "(system = instruction, user = input)') }}{%- endif -%}"
+            "{{ '" + INSTRUCTION_INTRO + "\\n\\n" + INSTRUCTION_HEADER + ":\\n' + " + ins + " }}"
+            "{%- if inp | trim != '' -%}{{ '\\n\\n" + INPUT_HEADER + ":\\n' + " + inp + " }}{%- endif -%}"
+            "{{ '\\n\\n" + RESPONSE_HEADER + ":\\n' }}"
+        )
+    raise PromptError(f"unknown prompt kind {kind!r}; expected instruction or chat")
+
+
+def install_chat_template(tokenizer, kind: Kind) -> None:
+    """Set ``tokenizer.chat_template``; save with ``save_pretrained(..., save_jinja_files=False)``
+    to keep it inside ``tokenizer_config.json``."""
+    tokenizer.chat_template = chat_template(kind)
