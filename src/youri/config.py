@@ -80,6 +80,7 @@ def add_config_flags(parser, cls: type, prefix: str = "") -> None:
         doc = _field_doc(cls, field.name)
         default = _default_of(field)
         helptext = f"{doc} (default: {default!r})" if doc else f"default: {default!r}"
+        helptext = helptext.replace("%", "%%")  # argparse %-formats help strings ("~30% more")
         if field.metadata.get("positional"):
             # A positional field (``youri chat MODEL``) may still come from the recipe, hence nargs="?".
             parser.add_argument(f"cfg:{name}", nargs="?", default=argparse.SUPPRESS, metavar=name.upper(),
