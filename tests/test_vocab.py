@@ -1,0 +1,174 @@
+"""youri vocab: Japanese vocabulary extension of the Llama 2 tokenizer and the matching model resize."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import shared_path
+from youri import cli
+from youri.stage import read_manifest, read_metrics
+from youri.vocab import (SPACE, Config, VocabError, iter_corpus_texts, load_proto, processor, run,
+                         select_new_pieces)
+
+WIKI = "wikipedia-annotated-corpus-ja"
+SMALL_N = 300
+
+
+def _texts(*names):
+    return list(iter_corpus_texts([str(shared_path(*name.split("/"))) for name in names]))
+
+
+@pytest.fixture(scope="module")
+def extended_16k(tmp_path_factory):
+    """The acceptance run: 16,000 pieces from Wikipedia train + Aozora on the real Llama 2 tokenizer."""
+    out = tmp_path_factory.mktemp("vocab") / "llama2-ja"
+    corpus = [str(shared_path(WIKI, "train.jsonl")), str(shared_path("aozora-bunko-ja", "aozora_clean.jsonl"))]
+    run(Config(base=str(shared_path("llama2-tokenizer", "tokenizer.model")), corpus=corpus, new_pieces=16000,
+               out=str(out), check_docs=0))
+    return out
+
+
+def test_japanese_chars_per_token_and_original_ids_kept(extended_16k):
+    base = load_proto(shared_path("llama2-tokenizer", "tokenizer.model"))
+    ext = load_proto(extended_16k / "tokenizer.model")
+    assert len(ext.pieces) == len(base.pieces) + 16000
+    for old, new in zip(base.pieces, ext.pieces):  # every original id keeps piece, score and type
+        assert (old.piece, old.score, old.type) == (new.piece, new.score, new.type)
+    assert ext.normalizer_spec == base.normalizer_spec and ext.normalizer_spec.name == "identity"
+    held_out = _texts(f"{WIKI}/dev.jsonl", f"{WIKI}/test.jsonl")
+    chars = sum(map(len, held_out))
+    base_cpt = chars / sum(map(len, processor(base).encode(held_out)))
+    ext_cpt = chars / sum(map(len, processor(ext).encode(held_out)))
+    assert base_cpt == pytest.approx(0.82, abs=0.01)
+    assert ext_cpt >= 1.8, ext_cpt
+
+
+def test_english_ids_unchanged_slow_equals_fast_and_roundtrip(extended_16k):
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(str(shared_path("llama2-tokenizer")), local_files_only=True)
+    fast = AutoTokenizer.from_pretrained(str(extended_16k), local_files_only=True)
+    slow = processor(load_proto(extended_16k / "tokenizer.model"))
+    english = shared_path("tinyshakespeare-en", "input.txt").read_text(encoding="utf-8")
+    assert fast(english)["input_ids"] == base(english)["input_ids"]
+    lines = english.split("\n")
+    assert fast(lines)["input_ids"] == base(lines)["input_ids"]
+    docs = _texts(f"{WIKI}/train.jsonl", f"{WIKI}/dev.jsonl", f"{WIKI}/test.jsonl",
+                  "aozora-bunko-ja/aozora_clean.jsonl") + [english]
+    ids = fast(docs, add_special_tokens=False)["input_ids"]
+    assert ids == slow.encode(docs)
+    assert [fast.decode(x) for x in ids] == docs
+    assert max(max(x) for x in ids) >= 32000  # the new pieces are used
+    # AutoTokenizer's own conversion of tokenizer.model (no tokenizer.json) gives the same ids.
+    only_model = extended_16k.parent / "only-model"
+    only_model.mkdir()
+    shutil.copy(extended_16k / "tokenizer.model", only_model)
+    converted = AutoTokenizer.from_pretrained(str(only_model), local_files_only=True)
+    assert converted(docs[-50:], add_special_tokens=False)["input_ids"] == ids[-50:]
+
+
+def test_select_new_pieces_reachable_and_never_ascii():
+    base = ["▁", "a", "b", "東"]
+    chosen = select_new_pieces(base, ["ab", "東京都", "▁東京", "x▁y"], 10)
+    assert "ab" not in chosen and "x▁y" not in chosen  # ASCII-only / inner whitespace
+    vocab = set(base) | set(chosen)
+    for piece in chosen:  # each multi-character piece has a split into two vocabulary pieces
+        assert len(piece) == 1 or any(piece[:i] in vocab and piece[i:] in vocab for i in range(1, len(piece)))
+    assert chosen.index("京") < chosen.index("東京都") and "▁東京" in chosen
+    assert len(select_new_pieces(base, ["東京都"], 2)) == 0  # needs 京, an intermediate and itself
+
+
+def _tiny_llama(path, tied: bool):
+    from tokenizers import processors
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=tied)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(str(path), safe_serialization=True)
+    # A HF tokenizer folder as `youri init` writes it: tokenizer.json with a BOS template + tokenizer.model.
+    tokenizer = AutoTokenizer.from_pretrained(str(shared_path("llama2-tokenizer")), local_files_only=True)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tokenizer.save_pretrained(str(path))
+    shutil.copy(shared_path("llama2-tokenizer", "tokenizer.model"), path / "tokenizer.model")
+    return model, AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+@pytest.mark.parametrize("tied,noise", [(False, 0.0), (True, 0.0), (False, 0.01)])
+def test_model_resize_mean_init_and_old_logits(tmp_path, tied, noise):
+    from youri.model import load_model, load_tokenizer
+
+    base_model, base_tokenizer = _tiny_llama(tmp_path / "base", tied)
+    out = tmp_path / "vocab"
+    run(Config(base=str(tmp_path / "base"), corpus=[str(shared_path(WIKI, "dev.jsonl"))], new_pieces=SMALL_N,
+               init_noise_std=noise, out=str(out), check_docs=20))
+    model = load_model(out).eval()
+    tokenizer = load_tokenizer(out)
+    assert model.config.vocab_size == len(tokenizer) == 32000 + SMALL_N
+    english = "It was the best of times, it was the worst of times."  # BOS template kept, ids unchanged
+    assert tokenizer(english)["input_ids"] == base_tokenizer(english)["input_ids"]
+    assert tokenizer(english)["input_ids"][0] == 1
+    heads = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    assert (heads[0].data_ptr() == heads[1].data_ptr()) == tied
+    # New rows: the mean of the rows of the piece's original tokenisation (+ noise when asked).
+    base_sp = processor(load_proto(tmp_path / "base" / "tokenizer.model"), add_dummy_prefix=False)
+    old = [base_model.get_input_embeddings().weight, base_model.get_output_embeddings().weight]
+    for new_id in (32000, 32000 + SMALL_N // 2, 32000 + SMALL_N - 1):
+        parts = base_sp.encode(tokenizer.convert_ids_to_tokens(new_id).replace(SPACE, " "))
+        for before, after in zip(old, heads):
+            expected = before[parts].mean(dim=0)
+            close = torch.allclose(after[new_id], expected, atol=1e-6)
+            assert close == (noise == 0), (new_id, parts)
+            if noise:
+                assert (after[new_id] - expected).std().item() == pytest.approx(noise, rel=0.5)
+    # Before any training, logits over the original vocabulary on old-token text are the base model's.
+    text = "The emperor said: 吾輩は猫である。名前はまだ無い。"
+    ids = torch.tensor([processor(load_proto(tmp_path / "base" / "tokenizer.model")).encode(text)])
+    assert ids.max() < 32000
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits[..., :32000], base_model(ids).logits, rtol=0, atol=1e-5)
+    manifest, metrics = read_manifest(out), read_metrics(out)
+    assert manifest["stage"] == "vocab" and manifest["config"]["init"] == "mean"
+    assert manifest["config"]["init_noise_std"] == noise
+    assert metrics["init_method"].startswith("mean") and metrics["tied_lm_head"] == tied
+    assert metrics["slow_fast_mismatches"] == 0 and metrics["roundtrip_failures"] == 0
+
+
+def test_cli_tokenizer_only(tmp_path, capsys):
+    out = tmp_path / "vocab"
+    corpus = json.dumps([str(shared_path(WIKI, "dev.jsonl")), str(shared_path(WIKI, "test.jsonl"))])
+    argv = ["vocab", "--base", str(shared_path("llama2-tokenizer")), "--corpus", corpus, "--new_pieces", "200",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    metrics = read_metrics(out)
+    assert metrics["new_pieces"] == 200 and metrics["vocab"] == 32200
+    assert metrics["corpus_chars_per_token_extended"] > metrics["corpus_chars_per_token_base"]
+    assert not (out / "config.json").exists() and (out / "tokenizer.json").is_file()
+    assert cli.main(argv) == 2 and "already holds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"base": "/nonexistent/model"}, "vocab.base"),
+    ({"new_pieces": 0}, "new_pieces"),
+    ({"corpus": ["/nonexistent/ja.jsonl"]}, "corpus"),
+    ({"corpus": []}, "corpus"),
+])
+def test_bad_inputs(tmp_path, change, message):
+    cfg = {"base": str(shared_path("llama2-tokenizer")), "corpus": [str(shared_path(WIKI, "dev.jsonl"))],
+           "new_pieces": 10, "out": str(tmp_path / "out"), **change}
+    with pytest.raises(VocabError, match=message):
+        run(Config(**cfg))
+    assert not (tmp_path / "out").exists()
+
+
+def test_base_folder_without_tokenizer_model(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(VocabError, match="base_tokenizer"):
+        run(Config(base=str(tmp_path / "m"), corpus=[str(shared_path(WIKI, "dev.jsonl"))], out=str(tmp_path / "o")))
