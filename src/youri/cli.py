@@ -31,6 +31,7 @@ class Command:
 
 COMMANDS: list[Command] = [
     Command("vocab", "youri.vocab", "extend a Llama tokenizer with Japanese pieces and resize the model"),
+    Command("quantize", "youri.quantize", "GPTQ 4-bit twin (GPTQ v1 checkpoint) of a model folder, with its cost"),
 ]
 
 

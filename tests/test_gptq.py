@@ -1,0 +1,342 @@
+"""GPTQ: packing layout, QuantLinear, GPTQ vs RTN, `youri quantize` end to end, bad inputs, reload.
+
+The optional round trip through plain transformers needs a GPTQ backend (GPTQModel 7.6.0 + optimum),
+which pins numpy 2.2.6, so it lives in its own venv: set YOURI_GPTQ_REFERENCE_PYTHON to that venv's
+python (see the test's skip reason for the install line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from youri.config import ConfigError
+from youri.gptq import (QuantConfigError, QuantLinear, _pack_rows, _unpack_rows, dequantize, gptq_quantize,
+                        llama_linear_shapes, pack, rtn_quantize, size_ratio, unpack)
+from youri.io import DataError
+from youri.shards import FORMAT, token_dtype, write_shard
+
+JA_TEXT = ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で"
+           "ニャーニャー泣いていた事だけは記憶している。人称とは、文法の用語で、ある発話の話し手および聞き手"
+           "という役割とそれ以外を区別するために使われる。") * 8
+
+
+def _autogptq_pack(intweight: np.ndarray, bits: int) -> np.ndarray:
+    """AutoGPTQ's reference loop (qlinear_cuda_old.pack), written out independently of youri's packer."""
+    w = intweight.astype(np.uint32)
+    q = np.zeros((w.shape[0] // 32 * bits, w.shape[1]), dtype=np.uint32)
+    i = row = 0
+    while row < q.shape[0]:
+        if bits in (2, 4, 8):
+            for j in range(i, i + 32 // bits):
+                q[row] |= w[j] << (bits * (j - i))
+            i += 32 // bits
+            row += 1
+            continue
+        for j in range(i, i + 10):
+            q[row] |= w[j] << (3 * (j - i))
+        i += 10
+        q[row] |= w[i] << 30
+        row += 1
+        q[row] |= (w[i] >> 2) & 1
+        i += 1
+        for j in range(i, i + 10):
+            q[row] |= w[j] << (3 * (j - i) + 1)
+        i += 10
+        q[row] |= w[i] << 31
+        row += 1
+        q[row] |= (w[i] >> 1) & 0x3
+        i += 1
+        for j in range(i, i + 10):
+            q[row] |= w[j] << (3 * (j - i) + 2)
+        i += 10
+        row += 1
+    return q.view(np.int32)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_pack_unpack_round_trip_and_autogptq_layout(bits):
+    torch.manual_seed(bits)
+    codes = torch.randint(0, 2 ** bits, (256, 64))
+    packed = _pack_rows(codes, bits)
+    assert packed.dtype == torch.int32 and packed.shape == (256 * bits // 32, 64)
+    assert np.array_equal(packed.numpy(), _autogptq_pack(codes.numpy(), bits))
+    assert torch.equal(_unpack_rows(packed, bits, 256).long(), codes)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_v1_tensors_shapes_and_zero_minus_one(bits):
+    W = torch.randn(96 if bits != 3 else 64, 256)
+    codes, scales, zeros, g_idx = rtn_quantize(W, bits=bits, group_size=64, sym=False)
+    t = pack(codes, scales, zeros, g_idx, bits)
+    N, K = W.shape
+    assert t["qweight"].shape == (K * bits // 32, N) and t["qzeros"].shape == (K // 64, N * bits // 32)
+    assert t["scales"].dtype == torch.float16 and t["g_idx"].dtype == torch.int32
+    got_codes, got_zeros = unpack(t["qweight"], t["qzeros"], bits, K)
+    assert torch.equal(got_codes.T, codes) and torch.equal(got_zeros, zeros)
+    # v1 stores zero - 1: the raw nibbles of a 4-bit symmetric layer are 7, not 8
+    if bits == 4:
+        sym = pack(*rtn_quantize(W, bits=4, group_size=64, sym=True), bits=4)
+        assert (sym["qzeros"] == 0x77777777).all()
+    assert zeros.min() >= 1  # v1 cannot store zero 0
+
+
+def test_quant_linear_equals_dequantized_dense_and_stays_packed():
+    torch.manual_seed(0)
+    W, x = torch.randn(128, 256), torch.randn(3, 5, 256)
+    tensors = pack(*rtn_quantize(W, bits=4, group_size=128), bits=4)
+    layer = QuantLinear(256, 128, bits=4, group_size=128, bias=True)
+    layer.load_state_dict({**tensors, "bias": torch.randn(128).half()})
+    dense = dequantize(**tensors, bits=4)
+    expected = x @ dense.T + layer.bias.float()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert {n: b.dtype for n, b in layer.named_buffers()}["qweight"] == torch.int32
+    assert sum(b.numel() * b.element_size() for b in layer.buffers()) < W.numel() * 2 / 3  # packed, no cache
+    assert (dense - W).abs().max() < 0.5 * W.abs().max() / 7  # within one 4-bit step
+
+
+@pytest.mark.parametrize("sym,act_order", [(True, False), (False, False), (True, True)])
+def test_gptq_beats_rtn_with_correlated_inputs(sym, act_order):
+    torch.manual_seed(1)
+    X = torch.randn(2048, 256) @ torch.randn(256, 256) * 0.3  # correlated input features
+    H = 2 * X.T @ X / X.shape[0]
+    W = torch.randn(128, 256) * 0.05
+
+    def err(result):
+        dense = dequantize(**pack(*result, bits=4), bits=4)
+        return ((X @ (dense - W).T) ** 2).mean().item()
+
+    gptq = gptq_quantize(W, H, bits=4, group_size=64, sym=sym, act_order=act_order)
+    rtn = rtn_quantize(W, bits=4, group_size=64, sym=sym)
+    assert err(gptq) < 0.7 * err(rtn)
+    g_idx = gptq[3]
+    assert torch.bincount(g_idx.long()).tolist() == [64] * 4
+    assert act_order == bool((g_idx[1:] < g_idx[:-1]).any())  # act-order: groups follow the permutation
+
+
+def test_bad_bits_and_shapes_are_rejected():
+    with pytest.raises(QuantConfigError, match="bits=5"):
+        rtn_quantize(torch.randn(64, 128), bits=5, group_size=128)
+    with pytest.raises(QuantConfigError, match="not divisible by group_size"):
+        QuantLinear(688, 128, bits=4, group_size=128)
+    with pytest.raises(QuantConfigError, match="multiples of 32"):
+        QuantLinear(128, 40, bits=3, group_size=128)
+
+
+def test_size_ratio_llama2_7b():
+    shapes = llama_linear_shapes(4096, 11008, 32)
+    other = 2 * 32000 * 4096 + 4096 * 65
+    ratio = size_ratio(shapes, other, bits=4, group_size=128)
+    assert 0.27 < ratio < 0.30  # Youri's published twin: 3.9 GB / 13.5 GB = 0.29
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _tokenizer(folder: Path):
+    """A character-level fast tokenizer built in process (no shared data, no network)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(JA_TEXT + "abcdefghijklmnopqrstuvwxyz .,\n"))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory) -> Path:
+    """A tiny random Llama with youri.json pointing at a youri data folder (its 'training data')."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("gptq")
+    model_dir, data_dir = root / "parent", root / "data"
+    tok = _tokenizer(model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, eos_token_id=2, bos_token_id=1)
+    LlamaForCausalLM(config).save_pretrained(str(model_dir))
+    ids = np.array(tok(JA_TEXT, add_special_tokens=False)["input_ids"])
+    rows = ids[: len(ids) // 64 * 64].reshape(-1, 64)
+    index = {"format": FORMAT, "seq_len": 64, "dtype": "<u2", "eos_id": 2, "vocab_size": 256, "splits": {}}
+    for split in ("train", "val/ja"):
+        entry = write_shard(data_dir / split / "00000.bin", rows, token_dtype(256))
+        index["splits"][split] = [{"file": f"{split}/00000.bin", **entry}]
+    (data_dir / "index.json").write_text(json.dumps(index))
+    (model_dir / "youri.json").write_text(json.dumps({"stage": "pretrain", "config": {"data": str(data_dir)},
+                                                      "fingerprint": "parent"}))
+    (model_dir / "metrics.json").write_text("{}")
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def twin(parent) -> Path:
+    from youri.quantize import Config, run
+
+    return run(Config(model=str(parent), out=str(parent.parent / "twin"), num_samples=8, seq_len=64,
+                      eval_samples=2, device="cpu"))
+
+
+def test_quantize_folder_is_gptq_v1(twin, parent):
+    from safetensors.torch import load_file
+
+    config = json.loads((twin / "config.json").read_text())
+    assert config["quantization_config"] == {
+        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
+        "damp_percent": 0.01, "true_sequential": True, "static_groups": False, "checkpoint_format": "gptq",
+        "pack_dtype": "int32"}
+    state = load_file(str(twin / "model.safetensors"))
+    assert state["model.layers.1.mlp.down_proj.qweight"].shape == (384 * 4 // 32, 128)
+    assert state["model.layers.1.mlp.down_proj.qzeros"].shape == (3, 128 * 4 // 32)
+    assert state["model.layers.0.self_attn.k_proj.scales"].dtype == torch.float16
+    assert "model.layers.0.mlp.up_proj.weight" not in state
+    assert state["model.embed_tokens.weight"].dtype == torch.float16
+    assert (twin / "tokenizer_config.json").is_file() and (twin / "generation_config.json").is_file()
+    manifest = json.loads((twin / "youri.json").read_text())
+    metrics = json.loads((twin / "metrics.json").read_text())
+    assert manifest["stage"] == "quantize" and manifest["parent"] == str(parent)
+    assert str(parent.parent / "data") in manifest["inputs"]  # default calibration: the parent's own data
+    assert len(metrics["calibration"]["fingerprint"]) == 64 and metrics["calibration"]["sequences"] > 0
+    ja = metrics["quality"]["ja"]
+    assert ja["kl_gptq"] > 0 and ja["kl_rtn"] > 0 and ja["ppl_gptq"] > 1
+    assert "skipped" in metrics["quality"]["en"]
+    assert metrics["size"]["quantized_bytes"] < metrics["size"]["parent_fp16_bytes"]
+
+
+def test_load_model_gives_dequantized_reference_logits(twin, parent):
+    from safetensors.torch import load_file
+
+    from youri.model import load_model
+
+    quant = load_model(twin, dtype=torch.float32)
+    assert isinstance(quant.model.layers[0].mlp.down_proj, QuantLinear)
+    reference = load_model(parent, dtype=torch.float32)
+    state = load_file(str(twin / "model.safetensors"))
+    for name, module in reference.named_modules():
+        if f"{name}.qweight" in state:
+            tensors = {k: state[f"{name}.{k}"] for k in ("qweight", "qzeros", "scales", "g_idx")}
+            module.weight.data = dequantize(**tensors, bits=4)
+        elif f"{name}.weight" in state:
+            module.weight.data = state[f"{name}.weight"].float()
+    ids = torch.arange(3, 60)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(quant(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def _config(parent: Path, tmp_path: Path, **kw):
+    from youri.quantize import Config
+
+    return Config(model=str(parent), out=str(tmp_path / "out"), num_samples=4, seq_len=32, eval_samples=0, **kw)
+
+
+def _copy_with_config(parent: Path, dest: Path, **changes) -> Path:
+    import shutil
+
+    shutil.copytree(parent, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config.update(changes)
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("quantized", ConfigError, "already quantized"),
+    ("gpt2", ConfigError, "model_type 'gpt2' is not supported"),
+    ("bits", ConfigError, "bits=5 is not supported"),
+    ("group", ConfigError, "not divisible by group_size 96"),
+    ("empty", DataError, "calibration set is empty"),
+])
+def test_bad_input_fails_before_any_work(parent, twin, tmp_path, case, error, match):
+    from youri.quantize import run
+
+    kw = {}
+    model = parent
+    if case == "quantized":
+        model = twin
+    elif case == "gpt2":
+        model = _copy_with_config(parent, tmp_path / "gpt2", model_type="gpt2")
+    elif case == "bits":
+        kw = {"bits": 5}
+    elif case == "group":
+        kw = {"group_size": 96}
+    elif case == "empty":
+        (tmp_path / "empty.txt").write_text("")
+        kw = {"calibration": str(tmp_path / "empty.txt")}
+    cfg = _config(model, tmp_path, **kw)
+    with pytest.raises(error, match=match):
+        run(cfg)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_cli_positional_model_and_sft_style_calibration(parent, tmp_path):
+    """``youri quantize MODEL`` with a JSONL of instruction records rendered in the prompt format."""
+    from youri.cli import main
+
+    calib = tmp_path / "sft.jsonl"
+    calib.write_text("\n".join(json.dumps({"instruction": JA_TEXT[i:i + 40], "output": JA_TEXT[i + 40:i + 90]},
+                                          ensure_ascii=False) for i in range(0, 400, 50)))
+    assert main(["quantize", str(parent), "--out", str(tmp_path / "q"), "--calibration", str(calib),
+                 "--num_samples", "4", "--seq_len", "32", "--eval_samples", "0", "--bits", "3",
+                 "--desc_act", "true", "--sym", "false"]) == 0
+    config = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert (config["bits"], config["desc_act"], config["sym"]) == (3, True, False)
+
+
+REFERENCE_SCRIPT = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+out = {}
+for i, folder in enumerate(sys.argv[2:]):
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="cpu", local_files_only=True)
+    for name, module in model.named_modules():
+        if hasattr(module, "dequantize_weight"):  # GPTQModel's own unpacking, before any kernel repacking
+            out[f"{i}:{name}"] = module.dequantize_weight().float().T.contiguous()
+    with torch.no_grad():
+        out[f"{i}:logits"] = model(torch.arange(3, 60)[None]).logits
+assert "youri" not in sys.modules
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_plain_transformers_reload_matches_youri(twin, parent, tmp_path):
+    """Acceptance: the folder reloads with transformers + a GPTQ backend (no youri import), same weights and
+    logits within kernel tolerance (GPTQModel's CPU int4 kernel runs in bf16) -- for the default 4-bit twin
+    and a 3-bit asymmetric act-order one."""
+    python = os.environ.get("YOURI_GPTQ_REFERENCE_PYTHON", "")
+    if not python:
+        pytest.skip("no GPTQ backend for transformers: GPTQModel 7.6.0 pins numpy==2.2.6, so it lives in its "
+                    "own venv; set YOURI_GPTQ_REFERENCE_PYTHON=/tmp/gptqref/bin/python after `python -m venv "
+                    "--system-site-packages /tmp/gptqref && /tmp/gptqref/bin/pip install gptqmodel==7.6.0 "
+                    "optimum==2.3.0 torch==2.13.0 transformers==5.24.0`")
+    from youri.model import load_model
+    from youri.quantize import run
+
+    odd = run(_config(parent, tmp_path, bits=3, sym=False, desc_act=True, group_size=64))
+    folders = [twin, odd]
+    out = tmp_path / "reference.pt"
+    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([python, "-c", REFERENCE_SCRIPT, str(out), *map(str, folders)], check=True, env=env,
+                   cwd=tmp_path, timeout=300)
+    theirs = torch.load(out, weights_only=True)
+    for i, folder in enumerate(folders):
+        ours = load_model(folder, dtype=torch.float32)
+        layers = {name: m for name, m in ours.named_modules() if isinstance(m, QuantLinear)}
+        assert len(layers) == 14 and all(f"{i}:{name}" in theirs for name in layers)
+        for name, layer in layers.items():
+            dense = dequantize(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, layer.bits)
+            torch.testing.assert_close(theirs[f"{i}:{name}"], dense, rtol=0, atol=1e-3)
+        with torch.no_grad():
+            logits = ours(torch.arange(3, 60)[None]).logits
+        torch.testing.assert_close(theirs[f"{i}:logits"], logits, rtol=0, atol=0.02 * logits.abs().max().item())
+        assert (theirs[f"{i}:logits"].argmax(-1) == logits.argmax(-1)).float().mean() > 0.9
