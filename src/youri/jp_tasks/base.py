@@ -17,6 +17,10 @@ from typing import Any, Callable, Sequence
 
 from youri.io import DataError
 
+# Literals shared by many prompt versions: the Alpaca-ja preamble (0.3) and the Llama 2 system turn (0.6).
+ALPACA = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
+LLAMA2_SYS = "<s>[INST] <<SYS>>\nあなたは役立つアシスタントです。\n<</SYS>>\n\n"
+
 Doc = dict[str, Any]
 TokenLen = Callable[[str], int]  # number of LM tokens of a string, no special tokens
 

@@ -15,13 +15,10 @@ longest answer; the ``5921154`` era's answer-passage-only examples are not repro
 from __future__ import annotations
 
 from youri.io import DataError
-from youri.jp_tasks.base import Prompt, TaskDef, Variant, read_records
-from youri.jp_tasks.jsquad import answer_budget
+from youri.jp_tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
+from youri.jp_tasks.jsquad import EXTRACT, answer_budget
 
 NUM_CONTEXTS = 5
-ALPACA = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
-LLAMA2_SYS = "<s>[INST] <<SYS>>\nあなたは役立つアシスタントです。\n<</SYS>>\n\n"
-EXTRACT = "与えられた文脈から、質問に対する答えを抜き出してください。"
 
 
 def load(path: str) -> list[dict]:

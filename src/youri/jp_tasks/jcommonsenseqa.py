@@ -6,10 +6,8 @@ Data: ``eval`` = JGLUE ``valid-v1.x.json``, ``fewshot`` = ``train-v1.x.json``; f
 
 from __future__ import annotations
 
-from youri.jp_tasks.base import Prompt, TaskDef, Variant, read_records
+from youri.jp_tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
 
-ALPACA = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
-LLAMA2_SYS = "<s>[INST] <<SYS>>\nあなたは役立つアシスタントです。\n<</SYS>>\n\n"
 FIELDS = {"q_id": int, "question": str, **{f"choice{i}": str for i in range(5)}, "label": int}
 
 

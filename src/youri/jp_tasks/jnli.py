@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from youri.jp_tasks.base import Prompt, TaskDef, Variant, label_index, read_records
+from youri.jp_tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, label_index, read_records
 
 LABELS = ["entailment", "contradiction", "neutral"]  # the dataset's ClassLabel order -> gold index
-ALPACA = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
-LLAMA2_SYS = "<s>[INST] <<SYS>>\nあなたは役立つアシスタントです。\n<</SYS>>\n\n"
 META_SYS = ("<s>[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant. Always answer as helpfully as "
             "possible, while being safe.  Your answers should not include any harmful, unethical, racist, sexist, "
             "toxic, dangerous, or illegal content. Please ensure that your responses are socially unbiased and "

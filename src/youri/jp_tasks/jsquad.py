@@ -9,10 +9,8 @@ questions taken in article -> paragraph -> qa order; ``eval`` = JGLUE ``valid-v1
 from __future__ import annotations
 
 from youri.io import DataError, read_json
-from youri.jp_tasks.base import Prompt, TaskDef, Variant
+from youri.jp_tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant
 
-ALPACA = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
-LLAMA2_SYS = "<s>[INST] <<SYS>>\nあなたは役立つアシスタントです。\n<</SYS>>\n\n"
 EXTRACT = "与えられた文脈から、質問に対する答えを抜き出してください。"
 
 

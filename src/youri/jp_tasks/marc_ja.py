@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from youri.jp_tasks.base import Prompt, TaskDef, Variant, label_index, read_records
+from youri.jp_tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, label_index, read_records
 
 LABELS = ["positive", "negative"]  # ClassLabel positive=0, negative=1 (neutral is filtered by the loader)
 JA = ["ポジティブ", "ネガティブ"]
-ALPACA = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
-LLAMA2_SYS = "<s>[INST] <<SYS>>\nあなたは役立つアシスタントです。\n<</SYS>>\n\n"
 INSTRUCTION = "与えられた製品レビューを、ポジティブまたはネガティブの感情クラスのいずれかに分類してください。"
 
 

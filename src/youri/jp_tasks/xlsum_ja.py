@@ -8,10 +8,8 @@ Over-long contexts are shortened sentence by sentence with the model's tokenizer
 
 from __future__ import annotations
 
-from youri.jp_tasks.base import Prompt, TaskDef, Variant, read_records
+from youri.jp_tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
 
-ALPACA = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
-LLAMA2_SYS = "<s>[INST] <<SYS>>\nあなたは役立つアシスタントです。\n<</SYS>>\n\n"
 SUMMARISE = "与えられたニュース記事を要約してください。"
 
 
