@@ -120,6 +120,7 @@ def export_model(model, tokenizer, out_dir: str | os.PathLike, dist: Dist, *, dt
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.is_main:
+        model.config.use_cache = True  # training switched the KV cache off; generation wants it
         if dtype is not None:
             full = {k: v.to(dtype) if v.is_floating_point() else v for k, v in full.items()}
             model.config.dtype = dtype

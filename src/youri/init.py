@@ -133,8 +133,8 @@ def check_tokenizer_round_trip(folder: Path, proto: bytes, texts: list[str] = PR
 
 
 def pack(docs: list[str], tokenizer, seq_len: int) -> np.ndarray:
-    """Concatenate ``BOS doc EOS`` and cut into rows of ``seq_len`` (the remainder is dropped)."""
-    ids = tokenizer(docs, add_special_tokens=True)["input_ids"]
+    """``doc EOS doc EOS ...`` cut into rows of ``seq_len`` (the remainder is dropped), as ``youri data`` packs."""
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
     flat = np.fromiter((t for doc in ids for t in (*doc, tokenizer.eos_token_id)), dtype=np.int64)
     n = len(flat) // seq_len
     if n == 0:

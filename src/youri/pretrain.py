@@ -177,6 +177,8 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     if dist.is_main:
         if not cfg.keep_checkpoints:
             shutil.rmtree(stage.path / "checkpoints", ignore_errors=True)
+        if (model_dir / "tokenizer.model").is_file():  # keep the SentencePiece file for llama.cpp & co.
+            shutil.copy(model_dir / "tokenizer.model", stage.path / "tokenizer.model")
         stage.finish(metrics)
         print(json.dumps({"out": str(stage.out), "initial_ppl": metrics["initial_ppl"],
                           "final_ppl": metrics["final_ppl"]}, ensure_ascii=False))

@@ -160,8 +160,8 @@ def evaluate(model, evals: dict[str, EvalFn], dist: Dist, amp: torch.dtype) -> d
 
 def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, EvalFn], run_dir, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.deterministic or was_deterministic)
     amp = compute_dtype(cfg, dist.device)
     model = prepare_model(model, cfg, dist)
     optimizer = build_optimizer(model, cfg, dist)
@@ -219,6 +219,7 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
             checkpoint.save(ckpt_root, done, model, optimizer, {"history": hist, "data_position": done}, dist,
                             keep_last=cfg.keep_last)
     log.close()
+    torch.use_deterministic_algorithms(was_deterministic)  # a global switch: leave it as we found it
     return _summary(hist, log)
 
 
