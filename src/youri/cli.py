@@ -34,6 +34,7 @@ COMMANDS: list[Command] = [
     Command("pretrain", "youri.pretrain", "continued pretraining on youri data token shards (FSDP2, exact resume)"),
     Command("vocab", "youri.vocab", "extend a Llama tokenizer with Japanese pieces and resize the model"),
     Command("quantize", "youri.quantize", "GPTQ 4-bit twin (GPTQ v1 checkpoint) of a model folder, with its cost"),
+    Command("eval", "youri.evaluate", "JP-8 evaluation: the Stability jp-stable protocol, byte-exact and offline (lm-eval)"),
 ]
 
 
