@@ -116,6 +116,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
         raise ConfigError("lora.enabled: LoRA runs in one process; use full fine-tuning with torchrun")
     export_dtype = _export_dtype(cfg.export_dtype, model_dir)
     model = load_model(model_dir, dtype=torch.float32)
+    model.config.use_cache = False  # a KV cache would disable the packed-sequence (block-diagonal) mask
     if cfg.lora.enabled:
         model = _add_lora(model, cfg.lora)
     inputs = [model_dir] + [resolve_path(d.path) for d in cfg.datasets]
@@ -129,6 +130,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     result = train(model, cfg=t, batches=batches, evals=evals, run_dir=stage.path, dist=dist)
     if cfg.lora.enabled:
         model = model.merge_and_unload()  # plain weights: the folder needs no peft to load
+    model.config.use_cache = True  # the loop turned it off (packed rows need that); generation wants it
     _set_generation_config(model, tokenizer)
     checkpoint.export_model(model, None, stage.path, dist, dtype=export_dtype)
     curve = result["eval"]["heldout"]

@@ -26,7 +26,8 @@ Packing puts several encoded examples into one row; ``position_ids`` restart at 
 With transformers >= 5 and no ``attention_mask``, ``masking_utils.find_packed_sequence_indices`` turns
 restarting ``position_ids`` into a block-diagonal causal mask (sdpa and eager), so examples never
 attend to each other -- which is why batches carry ``position_ids`` and never an ``attention_mask``
-(a 2D mask would switch the detection off). ``tests/test_sft.py`` checks per-example losses of a
+(a 2D mask switches the detection off, and so does a KV cache: the model must run with
+``use_cache=False``, as ``trainer.prepare_model`` sets it). ``tests/test_sft.py`` checks per-example losses of a
 packed batch against the unpacked ones.
 """
 
@@ -254,6 +255,8 @@ def pack(examples: list[Encoded], seq_len: int, *, packing: bool) -> list[Row]:
     rows: list[Row] = []
     current = Row([], [], [])
     for enc in examples:
+        # The last token of one example must never be trained to predict the next example's first.
+        assert enc.labels[0] == IGNORE_INDEX, "an example starts with a prompt token"
         if current.input_ids and (not packing or len(current.input_ids) + len(enc.input_ids) > seq_len):
             rows.append(current)
             current = Row([], [], [])
