@@ -32,6 +32,8 @@ class Command:
 COMMANDS: list[Command] = [
     Command("init", "youri.init", "tiny English base model (SentencePiece BPE tokenizer + Llama) from English text"),
     Command("pretrain", "youri.pretrain", "continued pretraining on youri data token shards (FSDP2, exact resume)"),
+    Command("sft", "youri.sft", "instruction or multi-turn chat SFT (one prompt renderer, packing, optional LoRA)",
+            section="sft_instruction"),
     Command("vocab", "youri.vocab", "extend a Llama tokenizer with Japanese pieces and resize the model"),
     Command("quantize", "youri.quantize", "GPTQ 4-bit twin (GPTQ v1 checkpoint) of a model folder, with its cost"),
     Command("eval", "youri.evaluate", "JP-8 evaluation: the Stability jp-stable protocol, byte-exact and offline (lm-eval)"),
