@@ -408,8 +408,8 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
                    "new_pieces_requested": cfg.new_pieces, "method": cfg.method,
                    "score_rule": "new pieces score below every original merge, in trainer order",
                    "corpus_docs": len(texts),
-                   "corpus_chars_per_token_base": round(chars_per_token(processor(base_proto), sample), 4),
-                   "corpus_chars_per_token_extended": round(chars_per_token(processor(proto), sample), 4)}
+                   "corpus_chars_per_token_base": round(chars_per_token(processor(base_proto), texts), 4),
+                   "corpus_chars_per_token_extended": round(chars_per_token(processor(proto), texts), 4)}
         if sample:
             metrics.update(check_tokenizer(stage.path, sample))
             if metrics["slow_fast_mismatches"] or metrics["roundtrip_failures"]:
@@ -417,7 +417,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
         if base.has_model:
             metrics.update(_extend_model(base, base_proto, new, stage.path, cfg))
         metrics["seconds"] = round(time.time() - started, 1)
-        print(f"youri vocab: {len(base_proto.pieces)} + {len(new)} pieces; chars/token on the corpus sample "
+        print(f"youri vocab: {len(base_proto.pieces)} + {len(new)} pieces; chars/token on the corpus "
               f"{metrics['corpus_chars_per_token_base']} -> {metrics['corpus_chars_per_token_extended']}; "
               f"{'model resized' if base.has_model else 'tokenizer only'} -> {cfg.out}")
         return stage.finish(metrics)
