@@ -145,7 +145,10 @@ def _tokenizer(folder: Path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = sorted(set(JA_TEXT + "abcdefghijklmnopqrstuvwxyz .,\n"))
+    from youri.prompts import INSTRUCTION_HEADER, INSTRUCTION_INTRO, SPEAKERS
+
+    chars = sorted(set(JA_TEXT + "abcdefghijklmnopqrstuvwxyz .,:\n" + INSTRUCTION_INTRO + INSTRUCTION_HEADER
+                       + "".join(SPEAKERS)))
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
@@ -237,7 +240,8 @@ def test_load_model_gives_dequantized_reference_logits(twin, parent):
 def _config(parent: Path, tmp_path: Path, **kw):
     from youri.quantize import Config
 
-    return Config(model=str(parent), out=str(tmp_path / "out"), num_samples=4, seq_len=32, eval_samples=0, **kw)
+    return Config(**{"model": str(parent), "out": str(tmp_path / "out"), "num_samples": 4, "seq_len": 32,
+                     "eval_samples": 0, **kw})
 
 
 def _copy_with_config(parent: Path, dest: Path, **changes) -> Path:
@@ -291,6 +295,35 @@ def test_cli_positional_model_and_sft_style_calibration(parent, tmp_path):
                  "--desc_act", "true", "--sym", "false"]) == 0
     config = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert (config["bits"], config["desc_act"], config["sym"]) == (3, True, False)
+
+
+def test_sft_parent_calibrates_on_its_datasets_in_its_prompt_format(parent, tmp_path):
+    import shutil
+
+    from youri.model import load_tokenizer
+    from youri.prompts import encode_training
+    from youri.quantize import _chunk, _rows_fingerprint, run
+    from youri.sft_data import DatasetConfig, read_dataset
+
+    data = tmp_path / "dolly.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": JA_TEXT[i:i + 30], "input": JA_TEXT[i + 30:i + 50],
+                                          "output": JA_TEXT[i + 50:i + 120]}, ensure_ascii=False)
+                              for i in range(0, 600, 40)), encoding="utf-8")
+    sft = tmp_path / "sft"
+    shutil.copytree(parent, sft)
+    spec = {"path": str(data), "shape": "instruction", "weight": 1.0, "personas": "", "max_examples": 0}
+    (sft / "youri.json").write_text(json.dumps({"stage": "sft", "parent": str(parent), "fingerprint": "sft",
+                                                "config": {"kind": "chat", "model": str(parent), "datasets": [spec]}}))
+    metrics = json.loads((run(_config(sft, tmp_path, eval_samples=1)) / "metrics.json").read_text())
+    assert metrics["calibration"]["format"] == "chat" and metrics["calibration"]["sources"] == [str(data)]
+    tok = load_tokenizer(sft)
+
+    def fingerprint(kind):
+        ids = [i for r in read_dataset(DatasetConfig(**spec), kind) for i in encode_training(r.example, tok).input_ids]
+        return _rows_fingerprint(_chunk(ids, 4, 32))
+
+    assert metrics["calibration"]["fingerprint"] == fingerprint("chat") != fingerprint("instruction")
+    assert metrics["quality"]["ja"]["kl_gptq"] > 0  # held-out text found through the SFT stage's parent
 
 
 REFERENCE_SCRIPT = """

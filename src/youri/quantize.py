@@ -34,7 +34,7 @@ import torch
 from youri.config import ConfigError
 from youri.gptq import (QuantConfigError, QuantLinear, check_shape, dequantize, gptq_quantize, pack, packed_bytes,
                         rtn_quantize, swap_linears)
-from youri.io import DataError, iter_jsonl, read_json
+from youri.io import DataError, iter_jsonl, read_json, resolve_path
 from youri.shards import TokenShards
 from youri.stage import StageWriter, read_manifest
 
@@ -85,33 +85,38 @@ class Config:
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
     parent, hf_config = _validate(cfg)
     tokenizer = _tokenizer(parent)
-    calib_source = Path(cfg.calibration) if cfg.calibration else _parent_training_data(parent)
-    calib = _token_rows(calib_source, tokenizer, cfg.num_samples, cfg.seq_len, "train", cfg.calibration_field)
+    sources, kind, calib = _calibration(cfg, parent, tokenizer)
     if calib.shape[0] == 0:
-        raise DataError(f"{calib_source}: calibration set is empty (no sequence of {cfg.seq_len} tokens)")
+        raise DataError(f"{', '.join(map(str, sources))}: calibration set is empty "
+                        f"(not one sequence of {cfg.seq_len} tokens)")
     out = Path(cfg.out) if cfg.out else parent.with_name(f"{parent.name}-gptq-{cfg.bits}bit-g{cfg.group_size}")
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with StageWriter(out, stage="quantize", config=cfg, inputs=[parent, calib_source], parent=parent,
+    with StageWriter(out, stage="quantize", config=cfg, inputs=[parent, *sources], parent=parent,
                      overwrite=overwrite) as stage:
-        start = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        from youri.model import load_model
-
-        model = load_model(parent, dtype=torch.float32)
-        packed = quantize_model(model, calib, cfg, device)
-        wall = time.perf_counter() - start
-        peak = _peak_memory(device)
-        _save(stage.path, parent, model, packed, cfg, tokenizer)
-        metrics = {"wall_time_s": round(wall, 2), **peak,
-                   "calibration": {"source": str(calib_source), "sequences": int(calib.shape[0]),
-                                   "seq_len": int(calib.shape[1]), "fingerprint": _rows_fingerprint(calib)},
+        metrics = {**_quantize_and_save(stage.path, parent, calib, cfg, tokenizer, device),
+                   "calibration": {"sources": [str(p) for p in sources], "format": kind,
+                                   "sequences": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
+                                   "fingerprint": _rows_fingerprint(calib)},
                    "size": _sizes(stage.path, hf_config, cfg)}
-        del model
         metrics["quality"] = _quality(parent, stage.path, tokenizer, cfg)
+        stage.inputs["calibration sample (token rows sha256)"] = metrics["calibration"]["fingerprint"]
         stage.finish(metrics)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     return out
+
+
+def _quantize_and_save(folder: Path, parent: Path, calib: torch.Tensor, cfg: Config, tokenizer, device) -> dict:
+    """Quantize the parent layer by layer and write the checkpoint; return wall time and peak memory."""
+    from youri.model import load_model
+
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model = load_model(parent, dtype=torch.float32)
+    packed = quantize_model(model, calib, cfg, device)
+    wall = time.perf_counter() - start
+    _save(folder, parent, model, packed, cfg, tokenizer)
+    return {"wall_time_s": round(wall, 2), **_peak_memory(device)}
 
 
 # ----------------------------------------------------------------------------- checks before any work
@@ -151,55 +156,117 @@ def _tokenizer(parent: Path):
     return load_tokenizer(parent)
 
 
-def _parent_training_data(parent: Path) -> Path:
-    """The parent's own training data: the youri data folder its stage was trained on."""
+def _calibration(cfg: Config, parent: Path, tokenizer) -> tuple[list[Path], str, torch.Tensor]:
+    """(source files, prompt format, token rows [n, seq_len]) of the calibration set.
+
+    Default: the parent's own training data in its own format -- the data folder's train rows for a
+    pretrain stage, the SFT datasets rendered by ``youri.prompts`` (as ``youri sft`` trained on them) for
+    an SFT stage. ``calibration`` names a data folder, a .jsonl or a .txt file instead.
+    """
+    if cfg.calibration:
+        sources = [Path(cfg.calibration)]
+        return sources, "text", _token_rows(sources, tokenizer, cfg.num_samples, cfg.seq_len, "train",
+                                            text_field=cfg.calibration_field)
+    manifest = _manifest(parent)
+    if manifest.get("stage") == "sft":
+        from youri.prompts import encode_training
+        from youri.sft_data import DatasetConfig, read_dataset
+
+        kind = manifest["config"].get("kind", "instruction")
+        specs = [DatasetConfig(**spec) for spec in manifest["config"].get("datasets", [])]
+        ids: list[int] = []
+        for spec in specs:
+            for record in read_dataset(spec, kind):
+                ids += encode_training(record.example, tokenizer).input_ids
+        sources = [resolve_path(spec.path) for spec in specs]
+        return sources, kind, _chunk(ids, cfg.num_samples, cfg.seq_len)
+    data = _data_folder(parent)
+    if data is None:
+        raise ConfigError(f"{parent}/youri.json: stage {manifest.get('stage')!r} names no youri data folder; "
+                          "pass --calibration")
+    return [data], "text", _token_rows([data], tokenizer, cfg.num_samples, cfg.seq_len, "train")
+
+
+def _manifest(parent: Path) -> dict:
     manifest = read_manifest(parent)
     if manifest is None:
         raise ConfigError(f"{parent}: no youri.json, so its training data is unknown; pass --calibration "
                           "(a youri data folder, .jsonl or .txt file of Japanese text)")
-    stage, config = manifest.get("stage"), manifest.get("config", {})
-    if stage == "sft":
-        # Rendering SFT examples in their prompt format needs youri.prompts; until then the user names a file.
-        raise ConfigError(f"{parent}: an SFT stage; pass --calibration with rendered examples (.jsonl/.txt) "
-                          "or its pretraining data folder")
-    for value in config.values():
-        if isinstance(value, str) and (Path(value) / "index.json").is_file():
-            return Path(value)
-    raise ConfigError(f"{parent}/youri.json: stage {stage!r} names no youri data folder; pass --calibration")
+    return manifest
 
 
-def _heldout_source(parent: Path, explicit: str, lang: str) -> tuple[Path, str] | None:
-    if explicit:
-        return Path(explicit), f"val/{lang}"
-    try:
-        data = _parent_training_data(parent)
-    except ConfigError:
+def _data_folder(model: Path, depth: int = 4) -> Path | None:
+    """The youri data folder a model was (pre)trained on, following SFT stages back to their parent."""
+    manifest = read_manifest(model) if depth > 0 else None
+    if manifest is None:
         return None
-    return (data, f"val/{lang}") if f"val/{lang}" in read_json(data / "index.json")["splits"] else None
+    config = manifest.get("config", {})
+    for value in config.values():
+        if isinstance(value, str) and value and (Path(value) / "index.json").is_file():
+            return Path(value)
+    above = manifest.get("parent") or config.get("model")
+    return _data_folder(Path(above), depth - 1) if isinstance(above, str) and above else None
+
+
+def _heldout_source(parent: Path, explicit: str, lang: str) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    data = _data_folder(parent)
+    if data is not None and f"val/{lang}" in read_json(data / "index.json")["splits"]:
+        return data
+    return None
 
 
 # ----------------------------------------------------------------------------- token rows
 
-def _token_rows(source: Path, tokenizer, count: int, length: int, split: str, text_field: str = "text"):
-    """``count`` rows of ``length`` tokens, evenly spaced through ``source`` (deterministic)."""
-    if not source.exists():
-        raise FileNotFoundError(f"calibration/held-out source not found: {source}")
-    if source.is_dir():
-        shards = TokenShards.open(source, split)
+def _token_rows(sources: list[Path], tokenizer, count: int, length: int, split: str, *,
+                text_field: str = "text") -> torch.Tensor:
+    """``count`` rows of ``length`` tokens, evenly spaced through ``sources`` (deterministic).
+
+    A youri data folder gives its packed rows of ``split``; text files are tokenised (JSONL instruction or
+    messages records rendered by youri.prompts), joined with EOS and cut into rows, as in pretraining.
+    """
+    for source in sources:
+        if not source.exists():
+            raise FileNotFoundError(f"calibration/held-out source not found: {source}")
+    if len(sources) == 1 and sources[0].is_dir():
+        shards = TokenShards.open(sources[0], split)
         picks = np.linspace(0, len(shards) - 1, num=min(count, len(shards))).astype(int) if len(shards) else []
         rows = [shards[int(i)][:length] for i in picks]
         return torch.tensor(np.stack(rows)) if rows else torch.zeros(0, length, dtype=torch.long)
-    if source.suffix == ".jsonl":
-        texts = [r[text_field] for _, r in iter_jsonl(source) if isinstance(r.get(text_field), str)]
-    else:
-        texts = [source.read_text(encoding="utf-8")]
     ids: list[int] = []
-    for text in texts:
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for source in sources:
+        if source.suffix == ".jsonl":
+            for lineno, record in iter_jsonl(source):
+                ids += _render(record, tokenizer, text_field, f"{source}:{lineno}")
+        else:
+            ids += tokenizer(source.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+            ids.append(tokenizer.eos_token_id)
+    return _chunk(ids, count, length)
+
+
+def _chunk(ids: list[int], count: int, length: int) -> torch.Tensor:
+    """Concatenated ids cut into rows of ``length``; ``count`` of them, evenly spaced."""
     rows = torch.tensor(ids[: len(ids) // length * length], dtype=torch.long).view(-1, length)
     if len(rows) > count:
         rows = rows[torch.linspace(0, len(rows) - 1, count).long()]
     return rows
+
+
+def _render(record: dict, tokenizer, text_field: str, where: str) -> list[int]:
+    """Token ids of one JSONL record: plain text, or an SFT example in its prompt format (youri.prompts)."""
+    if isinstance(record.get(text_field), str):
+        return tokenizer(record[text_field], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    from youri import prompts
+
+    if isinstance(record.get("messages"), list):
+        return prompts.encode_training(prompts.messages_to_turns(record["messages"], where), tokenizer).input_ids
+    if isinstance(record.get("instruction"), str):
+        example = prompts.Instruction(record["instruction"], str(record.get("input") or ""),
+                                      str(record.get("output") or ""))
+        return prompts.encode_training(example, tokenizer).input_ids
+    raise DataError(f"{where}: no '{text_field}' text, 'messages' or 'instruction' field to calibrate on "
+                    f"(fields present: {', '.join(sorted(record)) or 'none'})")
 
 
 def _rows_fingerprint(rows: torch.Tensor) -> str:
@@ -371,8 +438,9 @@ def _quality(parent: Path, folder: Path, tokenizer, cfg: Config) -> dict:
         return {"skipped": "eval_samples is 0"}
     sources = {lang: _heldout_source(parent, explicit, lang)
                for lang, explicit in (("ja", cfg.heldout_ja), ("en", cfg.heldout_en))}
-    rows = {lang: _token_rows(src, tokenizer, cfg.eval_samples, cfg.seq_len, split, cfg.calibration_field)
-            for lang, (src, split) in ((k, v) for k, v in sources.items() if v is not None)}
+    rows = {lang: _token_rows([src], tokenizer, cfg.eval_samples, cfg.seq_len, f"val/{lang}",
+                              text_field=cfg.calibration_field)
+            for lang, src in sources.items() if src is not None}
     reference = load_model(parent, dtype=torch.float32)
     candidates = {"gptq": load_model(folder, dtype=torch.float32), "rtn": rtn_model(reference, cfg)}
     result = {}
@@ -380,7 +448,7 @@ def _quality(parent: Path, folder: Path, tokenizer, cfg: Config) -> dict:
         if lang not in rows or len(rows[lang]) == 0:
             result[lang] = {"skipped": f"no held-out {lang} text (set heldout_{lang})"}
             continue
-        result[lang] = {"source": str(sources[lang][0]), **compare_models(reference, candidates, rows[lang])}
+        result[lang] = {"source": str(sources[lang]), **compare_models(reference, candidates, rows[lang])}
     return result
 
 
