@@ -113,6 +113,23 @@ def test_mixture_weights_and_heldout(tmp_path):
     assert len(held_a) == 3 and not held_a & {r.where for r in mix.train}
 
 
+def test_long_chats_split_into_windows_that_fit(tok):
+    from youri.prompts import encode_training
+    from youri.sft_data import split_long_chat
+
+    path = shared_path("real-persona-chat-ja", "dialogues.sample600.jsonl")
+    turns = read_dataset(DatasetConfig(str(path), shape="persona", max_examples=1), "chat")[0].example
+    assert len(encode_training(turns, tok).input_ids) > 768
+    windows = split_long_chat(turns, tok, 768)
+    assert len(windows) > 1
+    body = []
+    for w in windows:
+        assert w[0] == turns[0] and w[-1].speaker == SYSTEM  # persona repeated, ends with a reply
+        assert len(encode_training(w, tok).input_ids) <= 768
+        body += w[1:]
+    assert body == turns[1:len(body) + 1]  # in order, nothing repeated or skipped
+
+
 # ----------------------------------------------------------------------------- packing
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -210,29 +210,40 @@ def _pieces(example: Example, *, for_training: bool) -> list[tuple[str, bool]]:
     return pieces
 
 
+# Tried in order: the first after which the continuation's first token starts exactly at the text.
+CONTINUATION_ANCHORS = ("\n", "。", "\n\n", "a")
+
+
 def _encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids per piece: the first as ``tokenizer(text)``, the others as continuations.
 
-    A continuation is tokenised after a ``"\\n"`` anchor whose tokens are then dropped (by character
-    offsets), which removes SentencePiece's dummy ``"▁"`` prefix without touching tokenizer internals.
+    A continuation is tokenised after an anchor (``"\n"``; another one where a tokenizer merges it
+    with the text, e.g. ``'\n"'``) whose tokens are then dropped by character offsets. That removes
+    SentencePiece's dummy ``"▁"`` prefix without touching tokenizer internals.
     """
     if not texts:
         return []
-    first = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
-    rest = texts[1:]
-    if not rest:
-        return [first]
-    enc = tokenizer(["\n" + t for t in rest], add_special_tokens=False, return_offsets_mapping=True)
-    out = [first]
-    for text, ids, offsets in zip(rest, enc["input_ids"], enc["offset_mapping"]):
-        keep = [i for i, (start, end) in enumerate(offsets) if start >= 1]
-        if any(end > 1 for (start, end) in offsets[: keep[0] if keep else len(offsets)]):
-            raise PromptError(f"tokenizer merges '\\n' with the text after it ({text[:20]!r}); "
-                              "the renderer needs '\\n' to end a token")
-        if keep and keep != list(range(keep[0], len(ids))):
-            raise PromptError(f"tokenizer offsets out of order for piece {text[:20]!r}")
-        out.append([ids[i] for i in keep])
-    return out
+    out: list[list[int] | None] = [tokenizer(texts[0], add_special_tokens=False)["input_ids"]]
+    out += [None] * (len(texts) - 1)
+    todo = list(range(1, len(texts)))
+    for anchor in CONTINUATION_ANCHORS:
+        if not todo:
+            break
+        enc = tokenizer([anchor + texts[i] for i in todo], add_special_tokens=False, return_offsets_mapping=True)
+        failed = []
+        for i, ids, offsets in zip(todo, enc["input_ids"], enc["offset_mapping"]):
+            cut = len(anchor)
+            keep = [k for k, (start, _) in enumerate(offsets) if start >= cut]
+            clean = all(end <= cut for _, end in offsets[:keep[0] if keep else len(offsets)])
+            if clean and keep == list(range(keep[0] if keep else 0, len(ids))):
+                out[i] = [ids[k] for k in keep]
+            else:
+                failed.append(i)
+        todo = failed
+    if todo:
+        raise PromptError(f"cannot tokenise {texts[todo[0]][:20]!r} as a continuation: the tokenizer merges "
+                          f"it with every anchor in {CONTINUATION_ANCHORS}")
+    return out  # type: ignore[return-value]
 
 
 def encode_training(example: Example, tokenizer) -> Encoded:

@@ -214,30 +214,60 @@ def build_mixture(specs: list[DatasetConfig], kind: str, *, heldout: int, seed: 
 @dataclass
 class EncodeStats:
     examples: int = 0
+    split_chats: int = 0
     truncated: int = 0
     dropped_no_target: int = 0
     supervised_tokens: int = 0
     tokens: int = 0
 
 
+def split_long_chat(turns: list[Turn], tokenizer, seq_len: int) -> list[list[Turn]]:
+    """Windows of a chat that each fit ``seq_len`` (estimated per turn), every one repeating the leading
+    設定 turns and ending with a システム reply; user turns after a cut open the next window."""
+    head = [t for t in turns[:1] if t.speaker == SETTING]
+    body = turns[len(head):]
+    lines = [f"{t.speaker}: {t.text}" for t in turns]
+    lengths = [len(ids) + 1 for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
+    budget = seq_len - sum(lengths[:len(head)]) - 4  # 4: the "▁" prefix and boundary slack
+    if sum(lengths) + 4 <= seq_len or budget <= 0:
+        return [turns]
+    body_lengths = lengths[len(head):]
+    windows: list[list[Turn]] = []
+    start = 0  # body index where the open window starts
+    for i in range(len(body)):
+        replies = [j for j in range(start, i) if body[j].speaker == SYSTEM]
+        if replies and sum(body_lengths[start:i + 1]) > budget:
+            windows.append(head + body[start:replies[-1] + 1])
+            start = replies[-1] + 1
+    if any(t.speaker == SYSTEM for t in body[start:]):
+        windows.append(head + body[start:])
+    return windows
+
+
 def encode_all(records: list[Record], tokenizer, seq_len: int) -> tuple[list[Encoded], EncodeStats]:
-    """Encode and cut to ``seq_len``; an example left with no supervised token is dropped and counted."""
+    """Encode (long chats split into windows, see ``split_long_chat``) and cut to ``seq_len``;
+    an example left with no supervised token is dropped and counted."""
     stats, out = EncodeStats(), []
     for record in records:
-        try:
-            enc = encode_training(record.example, tokenizer)
-        except PromptError as err:
-            raise DataError(f"{record.where}: {err}") from err
-        if len(enc.input_ids) > seq_len:
-            enc = Encoded(enc.input_ids[:seq_len], enc.labels[:seq_len])
-            stats.truncated += 1
-        if enc.n_supervised == 0:
-            stats.dropped_no_target += 1
-            continue
-        out.append(enc)
-        stats.examples += 1
-        stats.tokens += len(enc.input_ids)
-        stats.supervised_tokens += enc.n_supervised
+        examples = [record.example]
+        if not isinstance(record.example, Instruction):
+            examples = split_long_chat(list(record.example), tokenizer, seq_len)
+            stats.split_chats += len(examples) > 1
+        for example in examples:
+            try:
+                enc = encode_training(example, tokenizer)
+            except PromptError as err:
+                raise DataError(f"{record.where}: {err}") from err
+            if len(enc.input_ids) > seq_len:
+                enc = Encoded(enc.input_ids[:seq_len], enc.labels[:seq_len])
+                stats.truncated += 1
+            if enc.n_supervised == 0:
+                stats.dropped_no_target += 1
+                continue
+            out.append(enc)
+            stats.examples += 1
+            stats.tokens += len(enc.input_ids)
+            stats.supervised_tokens += enc.n_supervised
     return out, stats
 
 
