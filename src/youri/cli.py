@@ -37,6 +37,8 @@ COMMANDS: list[Command] = [
     Command("vocab", "youri.vocab", "extend a Llama tokenizer with Japanese pieces and resize the model"),
     Command("quantize", "youri.quantize", "GPTQ 4-bit twin (GPTQ v1 checkpoint) of a model folder, with its cost"),
     Command("eval", "youri.evaluate", "JP-8 evaluation: the Stability jp-stable protocol, byte-exact and offline (lm-eval)"),
+    Command("chat", "youri.chat", "talk to a chat model in the terminal (persona, streaming, /save /load; stdin one-shot)"),
+    Command("serve", "youri.serve", "OpenAI-compatible server with dynamic batching and a web chat page"),
 ]
 
 
