@@ -328,3 +328,28 @@ def test_model_kind_picks_the_default_prompt_version(tmp_path):
     assert keys[0] == "jcommonsenseqa-1.1-0.3"
     keys = [sel.key for sel, _ in plan_tasks(_cfg(model=str(tmp_path), tasks=["jcommonsenseqa", "mgsm"]))]
     assert keys == ["jcommonsenseqa-1.1-0.1", "mgsm-1.0-0.0"]  # base: what the bare harness names resolve to
+
+
+def test_japanese_leaderboard_suite_reads_the_same_local_files(tmp_path):
+    """lm-eval's own YAML tasks on youri's converted files (MARC-ja, JAQKET v2, XL-Sum fixtures)."""
+    from youri.jp_tasks import lm_eval_bridge as bridge
+    from youri.jp_tasks.leaderboard import task_config
+
+    configs = [task_config(select(name), FIXTURE_DATA[name], tmp_path) for name in FIXTURE_DATA]
+    assert all(c["dataset_path"] == "json" for c in configs)
+    from lm_eval.api.model import LM
+
+    class Constant(LM):
+        def loglikelihood(self, requests, disable_tqdm=False):
+            return [(0.0, False) for _ in requests]
+
+        def generate_until(self, requests, disable_tqdm=False):
+            return ["" for _ in requests]
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+    results = bridge.evaluate(Constant(), configs)
+    assert bridge.task_metrics(results, "ja_leaderboard_marc_ja")["acc"] == pytest.approx(0.5)  # label prior
+    assert bridge.task_metrics(results, "ja_leaderboard_jaqket_v2")["exact_match"] == 0.0
+    assert "rouge2" in bridge.task_metrics(results, "ja_leaderboard_xlsum")

@@ -217,9 +217,8 @@ def _score(cfg: Config, plan, rendered: dict[str, list[dict]], tokenizer, max_le
     from youri.jp_tasks import lm_eval_bridge as bridge
     from youri.stage import StageWriter
 
-    out = Path(cfg.out) if cfg.out else resolve_path(cfg.model).with_name(resolve_path(cfg.model).name + "-eval")
     data_files = sorted({p for _, paths in plan if paths for p in paths.values()})
-    with StageWriter(out, stage="eval", config=cfg, inputs=data_files, parent=cfg.model, overwrite=overwrite) as stage:
+    with StageWriter(out_folder(cfg), stage="eval", config=cfg, inputs=data_files, parent=cfg.model, overwrite=overwrite) as stage:
         configs = []
         for sel, paths in plan:
             if not paths:
@@ -238,6 +237,10 @@ def _score(cfg: Config, plan, rendered: dict[str, list[dict]], tokenizer, max_le
         print_table(metrics)
         stage.finish(metrics)
     return metrics
+
+
+def out_folder(cfg: Config) -> Path:
+    return Path(cfg.out) if cfg.out else resolve_path(cfg.model).with_name(resolve_path(cfg.model).name + "-eval")
 
 
 def build_lm(cfg: Config, tokenizer, max_length: int):

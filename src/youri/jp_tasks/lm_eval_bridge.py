@@ -83,14 +83,16 @@ def vllm_lm(model_path: str, tokenizer, *, batch_size: int | str, max_length: in
                              prefix_token_id=tokenizer.eos_token_id)
 
 
-def evaluate(lm, configs: list[dict[str, Any]], *, cache: str = "") -> dict[str, Any]:
-    """``lm_eval.simple_evaluate`` on pre-built task configs; returns its ``results`` mapping by task."""
+def evaluate(lm, configs: list[dict[str, Any]], *, cache: str = "", limit: int | None = None,
+             full: bool = False) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` on task configs: its ``results`` by task (``full``: the whole output,
+    per-document ``samples`` included). youri's own tasks come pre-limited, so ``limit`` is for others."""
     offline_env()
     from lm_eval import simple_evaluate
 
-    out = simple_evaluate(model=lm, tasks=configs, use_cache=cache or None, bootstrap_iters=1000,
-                          log_samples=False, random_seed=1234, numpy_random_seed=1234, torch_random_seed=1234)
-    return out["results"]
+    out = simple_evaluate(model=lm, tasks=configs, use_cache=cache or None, limit=limit, bootstrap_iters=1000,
+                          log_samples=full, random_seed=1234, numpy_random_seed=1234, torch_random_seed=1234)
+    return out if full else out["results"]
 
 
 def task_metrics(results: dict[str, Any], key: str) -> dict[str, float]:
