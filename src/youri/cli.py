@@ -30,6 +30,7 @@ class Command:
 
 
 COMMANDS: list[Command] = [
+    Command("data", "youri.data", "corpus pipeline: normalise, filter, dedup, mix and pack text into token shards"),
     Command("init", "youri.init", "tiny English base model (SentencePiece BPE tokenizer + Llama) from English text"),
     Command("pretrain", "youri.pretrain", "continued pretraining on youri data token shards (FSDP2, exact resume)"),
     Command("sft", "youri.sft", "instruction or multi-turn chat SFT (one prompt renderer, packing, optional LoRA)",

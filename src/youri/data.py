@@ -64,7 +64,8 @@ class Config:
     dedup: Dedup = field(default_factory=Dedup)
     """Exact + MinHash near-duplicate removal across sources."""
     val_docs: int = 16
-    """Documents held out per language (after dedup, before mixing) for the val/LANG splits."""
+    """Documents held out per language (after dedup, before mixing) for the val/LANG splits; more when they
+    do not fill one sequence (up to half the language's documents); 0 = no validation splits."""
     shard_size: int = 1024
     """Sequences per shard file."""
     seed: int = 0
@@ -226,9 +227,12 @@ def hold_out(cfg: Config, docs: Documents, kept: np.ndarray) -> dict[str, np.nda
     doc_lang = source_lang[docs.keys[:, 0]] if len(docs) else np.zeros(0, int)
     val = {}
     for i, lang in enumerate(langs):
-        pool = np.flatnonzero(kept & (doc_lang == i))
-        rng = np.random.default_rng([cfg.seed, 1, i])
-        val[lang] = np.sort(rng.permutation(pool)[:cfg.val_docs]) if cfg.val_docs else pool[:0]
+        pool = np.random.default_rng([cfg.seed, 1, i]).permutation(np.flatnonzero(kept & (doc_lang == i)))
+        count = min(cfg.val_docs, len(pool))
+        if cfg.val_docs:  # short documents: take more until one full sequence, but leave half for training
+            enough = int(np.searchsorted(np.cumsum(docs.lengths[pool] + 1), cfg.seq_len)) + 1
+            count = max(count, min(enough, len(pool) // 2))
+        val[lang] = np.sort(pool[:count])
     return val
 
 
@@ -370,7 +374,8 @@ def print_table(stats: list[dict], totals: dict) -> None:
         table.add_row(s["source"], s["lang"], f"{s['docs_in']:,}", f"{s['kept']:,}", dropped, f"{s['chars']:,}",
                       f"{s['tokens']:,}", f"{s['chars_per_token']:.2f}", f"{s['weight']:g}",
                       f"{s.get('train_tokens', 0):,}", f"{s.get('effective_epochs', 0):.2f}")
-    Console().print(table)
+    console = Console()
+    Console(width=max(console.width, 160) if not console.is_terminal else None).print(table)
     for split, t in totals.items():
         print(f"{split}: {t['sequences']:,} sequences x seq_len = {t['tokens']:,} tokens in {t['shards']} shard(s) "
               f"({t['documents']:,} documents; {t['tail_tokens_dropped']:,} tail tokens dropped)")

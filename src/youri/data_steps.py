@@ -136,7 +136,7 @@ def _read_text(path: Path, source: Source, skip: SkipCounter | None) -> Iterator
     if source.doc_split == "file":
         parts = [text]
     else:
-        parts = re.split(r"\n[ \t\r]*\n" if source.doc_split == "blank_line" else r"\n", text)
+        parts = re.split(r"\n(?:[ \t\r]*\n)+" if source.doc_split == "blank_line" else r"\n", text)
     for index, part in enumerate(parts):
         if part.strip():
             yield index, part
@@ -370,7 +370,13 @@ def _batch_encoder(tokenizer_dir: str):
 
     from youri.model import load_tokenizer
 
-    tokenizer = _LOADED.get(str(tokenizer_dir)) or load_tokenizer(tokenizer_dir)
+    tokenizer = _LOADED.get(str(tokenizer_dir))
+    if tokenizer is None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        # A worker process: the saved fast tokenizer alone, without importing transformers (and torch).
+        from tokenizers import Tokenizer
+
+        return partial(_batch_encode_fast, Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")))
+    tokenizer = tokenizer or load_tokenizer(tokenizer_dir)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
         return partial(_batch_encode_fast, backend)

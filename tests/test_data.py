@@ -1,0 +1,311 @@
+"""youri data: normalisation, filters, dedup, readers, and the whole pipeline on the shared corpora."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import youri.data as data
+from youri.config import build_config
+from youri.data_filters import (Filters, boilerplate_phrases, drop_reason, features, find_duplicates, nfkc,
+                                normalize)
+from youri.data_steps import Source, iter_records, source_files
+from youri.io import DataError, SkipCounter
+from youri.shards import TokenShards, read_index
+from youri.stage import is_complete
+
+from conftest import shared_path
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def fast_tokenizer(tmp_path_factory, llama2_tokenizer_dir) -> Path:
+    """The Llama 2 tokenizer converted once to tokenizer.json (loading tokenizer.model converts it each time)."""
+    from youri.model import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("llama2-fast")
+    load_tokenizer(llama2_tokenizer_dir).save_pretrained(str(folder))
+    return folder
+
+
+def _config(out: Path, tokenizer, sources: list[dict], **over) -> data.Config:
+    return build_config(data.Config, {"out": str(out), "tokenizer": str(tokenizer), "sources": sources, **over})
+
+
+SAMPLES = [{"path": "builtin:corpus_ja.jsonl", "lang": "ja", "weight": 9},
+           {"path": "builtin:corpus_en.txt", "lang": "en", "weight": 1}]
+
+
+def _payload(folder: Path) -> dict[str, bytes]:
+    """Everything that must be byte-identical between two runs with one seed (not the timestamps)."""
+    files = sorted(p for p in folder.rglob("*.bin")) + [folder / "index.json", folder / "stats.json"]
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def test_normalize_japanese_aware_nfkc_and_whitespace():
+    text = "\ufeff　ＡＢＣ１２３！　ｽﾏｰﾄﾌｫﾝ「吾輩」、猫。……‥\u200b\r\n\r\n\r\n\r\n  次の\t\t段落  です  "
+    assert normalize(text) == "ABC123! スマートフォン「吾輩」、猫。……‥\n\n次の 段落 です"
+    assert normalize("か\u3099") == "が" and normalize("㈱①") == "(株)1"
+
+
+def test_nfkc_equals_unicodedata_except_protected():
+    tricky = "ｶﾞｷﾞ か\u3099 ＡＢＣ１２３ ㈱ ①… ‥ 각 \u1100\u1161\u11a8 e\u0301\u0323 ＫＫ…？ ﾊﾟﾝ　全角 ﬁ ㍻"
+    sample = json.loads(Path(data.__file__).with_name("sample").joinpath("corpus_ja.jsonl").read_text(
+        encoding="utf-8").splitlines()[200])["text"]
+    for text in (tricky, sample, tricky.replace("…", "").replace("‥", "")):
+        pieces = text.split("…")
+        expected = "…".join("‥".join(unicodedata.normalize("NFKC", q) for q in p.split("‥")) for p in pieces)
+        assert nfkc(text) == expected
+    assert nfkc("plain ascii") == "plain ascii"
+
+
+# ----------------------------------------------------------------------------- filters and dedup
+
+def _reason(text: str, lang: str = "ja", **cfg) -> str | None:
+    found = features([text], 5, 112)
+    filters = Filters(**cfg)
+    return drop_reason(text, lang, float(found.ja_ratio[0]), float(found.dup_ngram_frac[0]), filters,
+                       boilerplate_phrases(filters.boilerplate))
+
+
+def test_each_filter_has_its_reason():
+    good = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
+    assert _reason(good) is None
+    assert _reason("") == "empty"
+    assert _reason("短い文。") == "too_short"
+    assert _reason(good, max_chars=10) == "too_long"
+    english = "This page is written in English with only one word of 日本語 at the end."
+    assert _reason(english) == "low_ja_ratio" and _reason(english, lang="en") is None
+    assert _reason("本日は晴天なり。" * 30) == "dup_ngrams"
+    lines = "\n".join(["今日は雨が降っています。", "明日は晴れるでしょう。"] * 3 + ["お元気で。"])
+    assert _reason(lines, max_dup_ngram_frac=1.0) == "dup_lines"
+    footer = good + "\nCopyright © 2024 All Rights Reserved.\n無断転載を禁じます。"
+    assert _reason(footer) == "boilerplate" and _reason(footer, boilerplate=[]) is None
+
+
+def test_features_ratio_repetition_and_minhash_similarity():
+    a = "富士山は静岡県と山梨県にまたがる日本最高峰の山で、標高は3776メートルです。夏には多くの人が山頂を目指します。"
+    b = a.replace("多くの人", "大勢の人")
+    c = "The quick brown fox jumps over the lazy dog while the farmer watches from the old wooden gate."
+    found = features([a, b, c, "短い"], 5, 112)
+    assert found.ja_ratio[0] > 0.8 and found.ja_ratio[2] == 0.0
+    assert found.dup_ngram_frac[0] < 0.1 and features(["ab" * 200], 5, 112).dup_ngram_frac[0] > 0.9
+    same = lambda i, j: float(np.mean(found.signatures[i] == found.signatures[j]))  # noqa: E731
+    assert same(0, 1) > 0.7 and same(0, 2) < 0.1
+    assert np.all(found.signatures[3] == np.iinfo(np.uint64).max)  # shorter than one n-gram: no sketch
+    # A batch gives each text the signature it gets alone (the concatenation never leaks across texts).
+    assert np.array_equal(features([b], 5, 112).signatures[0], found.signatures[1])
+
+
+def test_find_duplicates_exact_near_first_wins():
+    base = "京都市は794年に平安京が置かれて以来、千年以上にわたって都として栄えた町です。寺院や神社が数多く残ります。"
+    texts = [base, "全く別の話題として、味噌汁は日本の家庭料理の基本であり、毎朝の食卓に並びます。", base,
+             base.replace("数多く", "たくさん"), "短い", "短い"]
+    digests = np.stack([np.frombuffer(hashlib.blake2b(t.encode(), digest_size=16).digest(), np.uint64) for t in texts])
+    sigs = features(texts, 5, 112).signatures
+    assert find_duplicates(digests, sigs) == [None, None, "exact_dup", "near_dup", None, "exact_dup"]
+    assert find_duplicates(digests, sigs, near=False) == [None, None, "exact_dup", None, None, "exact_dup"]
+    assert find_duplicates(digests, sigs, exact=False)[2:4] == ["near_dup", "near_dup"]
+
+
+# ----------------------------------------------------------------------------- readers
+
+def test_readers_text_splits_parquet_and_datasets_folder(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    text = tmp_path / "a.txt"
+    text.write_text("one\ntwo\n\n\nthree\n", encoding="utf-8")
+    records = lambda **kw: [r[2] for r in iter_records(Source(path=str(text), **kw), None)]  # noqa: E731
+    assert records() == ["one\ntwo", "three\n"]
+    assert records(doc_split="line") == ["one", "two", "three"]
+    assert records(doc_split="file") == ["one\ntwo\n\n\nthree\n"]
+    pq.write_table(pa.table({"body": ["x", None, "y"]}), tmp_path / "t.parquet")
+    skip = SkipCounter()
+    assert [r[2] for r in iter_records(Source(path=str(tmp_path / "t.parquet"), text_field="body"), skip)] == ["x", "y"]
+    assert skip.count == 1 and "row 1" in skip.examples[0]
+    with pytest.raises(DataError, match="missing column 'text'"):
+        list(iter_records(Source(path=str(tmp_path / "t.parquet")), None))
+    Dataset.from_dict({"text": ["d1", "d2"]}).save_to_disk(str(tmp_path / "ds"))
+    assert source_files(Source(path=str(tmp_path / "ds")))[1] == "hf_disk"
+    assert [r[2] for r in iter_records(Source(path=str(tmp_path / "ds")), None)] == ["d1", "d2"]
+    # Ordinal sharding: two tasks split one file between them, together they read it once.
+    halves = [[r[1] for r in iter_records(Source(path=str(text), doc_split="line"), None, lambda o, k=k: o % 2 == k)]
+              for k in (0, 1)]
+    assert halves == [[0, 4], [1]]  # record index = line index; ordinals 0, 2 vs 1
+
+
+def test_bad_jsonl_line_names_file_and_line_and_leaves_nothing_complete(tmp_path, fast_tokenizer):
+    corpus = tmp_path / "c.jsonl"
+    topics = ["富士山は日本で一番高い山です。", "味噌汁は毎朝の食卓に並びます。", "京都には古い寺が多く残っています。",
+              "北海道の冬はとても寒く、雪が深く積もります。", "図書館で静かに本を読むのが好きです。", "電車は時間通りに駅へ着きました。"]
+    good = [json.dumps({"text": t * 2}, ensure_ascii=False) for t in topics]
+    corpus.write_text("\n".join(good[:3] + ['{"text": "壊れた行'] + good[3:]) + "\n", encoding="utf-8")
+    cfg = _config(tmp_path / "out", fast_tokenizer, [{"path": str(corpus)}], val_docs=0, seq_len=16)
+    with pytest.raises(DataError, match=rf"{corpus}:4: malformed JSONL"):
+        data.run(cfg)
+    assert not (tmp_path / "out").exists() and not is_complete(tmp_path / "out.partial")
+    cfg.skip_bad_records = True
+    data.run(cfg)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))["sources"][0]
+    assert stats["docs_in"] == 7 and stats["dropped"] == {"bad_record": 1} and stats["kept"] == 6
+    assert f"{corpus}:4" in stats["bad_record_examples"][0]
+
+
+def test_missing_text_field_names_the_field(tmp_path, fast_tokenizer):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "一行目の文書です。"}\n{"body": "二行目"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{corpus}:2: missing field 'text' \(fields present: body\)"):
+        data.run(_config(tmp_path / "out", fast_tokenizer, [{"path": str(corpus)}]))
+    assert not is_complete(tmp_path / "out.partial")
+
+
+# ----------------------------------------------------------------------------- whole pipeline
+
+@pytest.fixture(scope="module")
+def shared_runs(tmp_path_factory, llama2_tokenizer_dir):
+    """The acceptance setting: Wikipedia + Aozora (ja) : Tiny Shakespeare (en) = 9 : 1, Llama 2, seq_len 512."""
+    sources = [
+        {"path": str(shared_path("wikipedia-annotated-corpus-ja", "train.jsonl")), "lang": "ja", "weight": 2,
+         "name": "wikipedia"},
+        {"path": str(shared_path("aozora-bunko-ja", "aozora_clean.jsonl")), "lang": "ja", "weight": 7, "name": "aozora"},
+        {"path": str(shared_path("tinyshakespeare-en", "input.txt")), "lang": "en", "weight": 1, "name": "shakespeare"},
+    ]
+    root = tmp_path_factory.mktemp("shared-runs")
+    tokenizer = llama2_tokenizer_dir / "tokenizer.model"
+    outs = [data.run(_config(root / name, tokenizer, sources, seq_len=512, seed=7)) for name in ("a", "b")]
+    return outs, sources
+
+
+def test_shared_corpora_token_counts_match_report_and_mixture(shared_runs):
+    (out, _), _ = shared_runs
+    index = read_index(out)
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert index["format"] == "youri-tokens-v1" and index["seq_len"] == 512 and index["eos_id"] == 2
+    assert index["dtype"] == "<u2" and index["vocab_size"] == 32000 and set(index["splits"]) == {"train", "val/ja", "val/en"}
+    for split, total in stats["splits"].items():
+        shards = TokenShards.open(out, split)
+        on_disk = sum((out / e["file"]).stat().st_size for e in index["splits"][split]) // 2
+        assert shards.num_tokens == on_disk == total["tokens"] == total["sequences"] * 512 > 0
+    train = stats["splits"]["train"]
+    assert metrics["train_tokens"] == train["tokens"]
+    by_name = {s["source"]: s for s in stats["sources"]}
+    sampled = {name: s["train_tokens"] for name, s in by_name.items()}
+    assert sum(sampled.values()) == train["tokens"] + train["tail_tokens_dropped"]
+    ja_share = (sampled["wikipedia"] + sampled["aozora"]) / sum(sampled.values())
+    assert abs(ja_share - 0.9) < 0.005, sampled
+    assert by_name["shakespeare"]["effective_epochs"] < 1 < by_name["aozora"]["effective_epochs"]
+    assert 0.75 < by_name["aozora"]["chars_per_token"] < 0.9 and 2.8 < by_name["shakespeare"]["chars_per_token"] < 3.4
+    assert by_name["wikipedia"]["dropped"]["too_short"] > 0 and by_name["aozora"]["kept"] == 32
+
+
+def test_shared_corpora_decode_to_the_normalised_documents(shared_runs):
+    (out, _), sources = shared_runs
+    from youri.model import load_tokenizer
+
+    tokenizer = load_tokenizer(out / "tokenizer")
+    documents = {normalize(text) for s in sources for _, _, text in iter_records(Source(**s), None)}
+    for split in ("train", "val/ja", "val/en"):
+        shards = TokenShards.open(out, split)
+        stream = np.concatenate([np.fromfile(f, dtype=shards.dtype) for f in shards.files]).astype(np.int64)
+        cuts = np.flatnonzero(stream == 2)
+        pieces = np.split(stream, cuts + 1)[:-1]  # the last piece is cut by the final row boundary
+        assert len(pieces) > 0 and all(p[-1] == 2 and 2 not in p[:-1] for p in pieces)
+        decoded = tokenizer.batch_decode([p[:-1].tolist() for p in pieces])
+        missing = [d for d in decoded if d not in documents]
+        assert not missing, (split, missing[:2])
+        if split == "train":  # upsampled Japanese: every kept Aozora work appears
+            assert sum(d.startswith("一\n\n吾輩は猫である。") for d in decoded) >= 1
+
+
+def test_same_seed_gives_byte_identical_output(shared_runs):
+    (a, b), _ = shared_runs
+    assert _payload(a) == _payload(b) and len(_payload(a)) > 4
+
+
+def test_task_count_and_workers_do_not_change_output(tmp_path, fast_tokenizer):
+    base = data.run(_config(tmp_path / "one", fast_tokenizer, SAMPLES, seq_len=64))
+    split = data.run(_config(tmp_path / "three", fast_tokenizer, SAMPLES, seq_len=64, tasks=3))
+    forked = data.run(_config(tmp_path / "forked", fast_tokenizer, SAMPLES, seq_len=64, tasks=2, workers=2))
+    assert _payload(base) == _payload(split) == _payload(forked)
+    other_seed = data.run(_config(tmp_path / "seed", fast_tokenizer, SAMPLES, seq_len=64, seed=1))
+    assert _payload(other_seed)["train/00000.bin"] != _payload(base)["train/00000.bin"]
+
+
+def test_sample_rejects_are_dropped_by_reason(tmp_path, fast_tokenizer):
+    out = data.run(_config(tmp_path / "out", fast_tokenizer, SAMPLES, seq_len=128))
+    ja, en = json.loads((out / "stats.json").read_text(encoding="utf-8"))["sources"]
+    assert ja["dropped"] == {"boilerplate": 1, "dup_ngrams": 1, "exact_dup": 3, "low_ja_ratio": 2, "near_dup": 3,
+                             "too_short": 3}
+    assert (ja["docs_in"], ja["kept"], en["docs_in"], en["dropped"]) == (299, 286, 354, {})
+
+
+def _shard_name(path) -> str:
+    return "/".join(Path(path).parts[-2:])
+
+
+def test_interrupted_run_resumes_without_redoing_finished_shards(tmp_path, fast_tokenizer, monkeypatch):
+    cfg = dict(seq_len=64, shard_size=50)
+    reference = data.run(_config(tmp_path / "ref", fast_tokenizer, SAMPLES, **cfg))
+    total = len(read_index(reference)["splits"]["train"])
+    assert total >= 5
+    real_write, written = data.write_shard, []
+
+    def crash_after_three(path, rows, dtype):
+        if len(written) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        written.append(_shard_name(path))
+        return real_write(path, rows, dtype)
+
+    monkeypatch.setattr(data, "write_shard", crash_after_three)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        data.run(_config(out, fast_tokenizer, SAMPLES, **cfg))
+    partial = tmp_path / "out.partial"
+    assert not out.exists() and not is_complete(partial) and not (partial / "index.json").exists()
+    first = {p.name: p.stat().st_mtime_ns for p in (partial / "train").glob("*.bin")}
+    assert sorted(first) == ["00000.bin", "00001.bin", "00002.bin"]
+    (partial / "train" / "00001.bin").write_bytes(b"corrupt")  # a damaged shard is rewritten, not trusted
+
+    tokenised = []
+    monkeypatch.setattr(data, "write_shard", lambda *a: written.append(_shard_name(a[0])) or real_write(*a))
+    real_save = data.TokenizeSketch._save
+    monkeypatch.setattr(data.TokenizeSketch, "_save", lambda self, *a: tokenised.append(1) or real_save(self, *a))
+    written.clear()
+    data.run(_config(out, fast_tokenizer, SAMPLES, **cfg))
+    assert tokenised == []  # the finished datatrove task was not run again
+    assert "train/00000.bin" not in written and "train/00002.bin" not in written and "train/00001.bin" in written
+    assert (out / "train" / "00000.bin").stat().st_mtime_ns == first["00000.bin"]
+    assert len(written) == total - 2 + 2  # the rest of train + 00001 again + the two val shards
+    assert _payload(out) == _payload(reference)
+
+
+def test_cli_recipe_flags_and_misspelt_key(tmp_path, fast_tokenizer, capsys):
+    from youri.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  sources:\n    - {path: 'builtin:corpus_ja.jsonl', lang: ja, weight: 9}\n"
+                      "    - {path: 'builtin:corpus_en.txt', lang: en, weight: 1}\n  seq_len: 512\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["data", "--recipe", str(recipe), "--tokenizer", str(fast_tokenizer), "--out", str(out),
+                 "--seq_len", "128", "--filters.min_chars", "10", "--dedup.near", "false"]) == 0
+    manifest = json.loads((out / "youri.json").read_text(encoding="utf-8"))
+    assert manifest["stage"] == "data" and manifest["config"]["seq_len"] == 128
+    assert manifest["config"]["filters"]["min_chars"] == 10 and read_index(out)["seq_len"] == 128
+    assert "corpus_ja.jsonl" in capsys.readouterr().out  # the printed table
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("seq_len", "seq_lne"), encoding="utf-8")
+    assert main(["data", "--recipe", str(recipe), "--tokenizer", str(fast_tokenizer), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown key 'seq_lne'; did you mean 'seq_len'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "--recipe", str(recipe), "--seq_lne", "3"])
+    assert "did you mean '--seq_len'?" in capsys.readouterr().err
