@@ -353,3 +353,40 @@ def test_japanese_leaderboard_suite_reads_the_same_local_files(tmp_path):
     assert bridge.task_metrics(results, "ja_leaderboard_marc_ja")["acc"] == pytest.approx(0.5)  # label prior
     assert bridge.task_metrics(results, "ja_leaderboard_jaqket_v2")["exact_match"] == 0.0
     assert "rouge2" in bridge.task_metrics(results, "ja_leaderboard_xlsum")
+
+
+def test_loglikelihood_requests_follow_jp_stable_semantics(tiny_llama):
+    """No BOS, context and continuation encoded apart, an empty context scored after EOS (protocol 2.5)."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    from youri.jp_tasks.lm_eval_bridge import hf_lm
+    from youri.model import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(tiny_llama), load_model(tiny_llama, device="cpu").eval()
+    lm = hf_lm(model, tok, batch_size=2, max_length=4096)
+    pairs = [("前提：犬が走る。\n関係: ", "含意"), ("", "猫が寝ている。")]
+    got = [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])]
+    for (ctx, cont), value in zip(pairs, got):
+        ctx_ids = tok.encode(ctx, add_special_tokens=False) if ctx else [tok.eos_token_id]
+        cont_ids = tok.encode(cont, add_special_tokens=False)
+        ids = torch.tensor([ctx_ids + cont_ids])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+        want = sum(logprobs[len(ctx_ids) - 1 + i, t].item() for i, t in enumerate(cont_ids))
+        assert value == pytest.approx(want, abs=1e-4)
+
+
+def test_same_command_on_the_gptq_twin(tmp_path, tiny_llama):
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text("吾輩は猫である。名前はまだ無い。The quick brown fox jumps over the lazy dog. " * 100)
+    twin = tmp_path / "gptq"
+    assert cli.main(["quantize", str(tiny_llama), "--calibration", str(calibration), "--num_samples", "2",
+                     "--seq_len", "32", "--eval_samples", "0", "--out", str(twin)]) == 0
+    data = {k: SHARED_DATA[k] for k in ("jcommonsenseqa", "xwinograd_ja")}
+    out = tmp_path / "eval"
+    assert cli.main(["eval", str(twin), "--tasks", "[jcommonsenseqa, xwinograd_ja]", "--data_dir", str(shared_path()),
+                     "--data", json.dumps(data), "--limit", "2", "--device", "cpu", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert list(metrics["tasks"]) == ["jcommonsenseqa-1.1-0.1", "xwinograd_ja"] and metrics["average"] is not None
+    assert json.loads((twin / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
