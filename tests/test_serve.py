@@ -22,6 +22,15 @@ KEY = "test-key"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny matmuls on a shared, oversubscribed CPU run ~50x faster on one thread (OpenMP spin-waits)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, llama2_tokenizer_dir):
     """A chat 'stage folder' saved the way youri sft saves one (template in tokenizer_config.json)."""
@@ -153,7 +162,7 @@ def test_conversation_save_load_and_prompt(loaded, tmp_path):
 
 
 def test_chat_one_shot_from_stdin(model_dir, loaded):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "youri", "chat", str(model_dir), "--persona", "翻訳者です",
                            "--temperature", "0", "--max_new_tokens", "8", "--device", "cpu"],
                           input="おはようございます\n", capture_output=True, text=True, env=env, timeout=120)
