@@ -172,3 +172,23 @@ def test_base_folder_without_tokenizer_model(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{}")
     with pytest.raises(VocabError, match="base_tokenizer"):
         run(Config(base=str(tmp_path / "m"), corpus=[str(shared_path(WIKI, "dev.jsonl"))], out=str(tmp_path / "o")))
+
+
+def test_unigram_method_pieces_are_reachable(tmp_path):
+    out = tmp_path / "uni"
+    run(Config(base=str(shared_path("llama2-tokenizer")), corpus=[str(shared_path(WIKI, "dev.jsonl"))],
+               method="unigram", new_pieces=150, out=str(out), check_docs=100))
+    proto = load_proto(out / "tokenizer.model")
+    vocab = {p.piece for p in proto.pieces}
+    new = [p.piece for p in proto.pieces[32000:]]
+    assert len(new) == 150 and read_metrics(out)["slow_fast_mismatches"] == 0
+    assert all(len(p) == 1 or any(p[:i] in vocab and p[i:] in vocab for i in range(1, len(p))) for p in new)
+
+
+def test_non_bpe_base_is_refused(tmp_path):
+    proto = load_proto(shared_path("llama2-tokenizer", "tokenizer.model"))
+    proto.trainer_spec.model_type = proto.trainer_spec.UNIGRAM
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "tokenizer.model").write_bytes(proto.SerializeToString())
+    with pytest.raises(VocabError, match="UNIGRAM"):
+        run(Config(base=str(tmp_path / "t"), corpus=[str(shared_path(WIKI, "dev.jsonl"))], out=str(tmp_path / "o")))
