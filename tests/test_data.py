@@ -309,3 +309,31 @@ def test_cli_recipe_flags_and_misspelt_key(tmp_path, fast_tokenizer, capsys):
     with pytest.raises(SystemExit):
         main(["data", "--recipe", str(recipe), "--seq_lne", "3"])
     assert "did you mean '--seq_len'?" in capsys.readouterr().err
+
+
+def test_cluster_executor_returning_early_resumes_on_the_next_call(tmp_path, fast_tokenizer, monkeypatch, capsys):
+    """A Slurm/Ray executor may return before its tasks end: no output yet; the same command later finishes."""
+    from datatrove import executor as executors
+
+    calls = []
+
+    class FakeSlurm(executors.LocalPipelineExecutor):  # "submits" by running only the tasks it has time for
+        def __init__(self, pipeline, *, tasks, logging_dir, workers, partition, time):
+            calls.append({"partition": partition, "time": time, "tasks": tasks})
+            super().__init__(pipeline, tasks=tasks, workers=1, logging_dir=logging_dir,
+                             local_tasks=1 if len(calls) == 1 else -1)
+
+    monkeypatch.setattr(executors, "SlurmPipelineExecutor", FakeSlurm)
+    cfg = _config(tmp_path / "out", fast_tokenizer, SAMPLES, seq_len=64, tasks=2, executor="slurm",
+                  executor_options={"partition": "cpu", "time": "01:00:00"})
+    data.run(cfg)
+    assert "1 of 2 datatrove tasks are still running on the slurm executor" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+    data.run(cfg)
+    assert is_complete(tmp_path / "out") and calls[-1] == {"partition": "cpu", "time": "01:00:00", "tasks": 2}
+    assert _payload(tmp_path / "out") == _payload(data.run(_config(tmp_path / "local", fast_tokenizer, SAMPLES,
+                                                                   seq_len=64)))
+    cfg.executor_options = {"partition": "cpu"}
+    with pytest.raises(ValueError, match="executor_options for SlurmPipelineExecutor.*time"):
+        cfg.out = str(tmp_path / "x")
+        data.run(cfg)

@@ -30,12 +30,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 from youri.data_filters import Filters, find_duplicates
 from youri.data_steps import (Dedup, Normalize, QualityFilter, ReadSources, Source, TokenizeSketch, load_counts,
                               remember_tokenizer, source_files)
+from youri.config import ConfigError
 from youri.io import DataError, atomic_write_json, read_json, resolve_path
 from youri.shards import FORMAT, INDEX, shard_is_valid, token_dtype, write_shard
 from youri.stage import StageWriter
@@ -75,7 +77,11 @@ class Config:
     tasks: int = 1
     """datatrove tasks (each reads every ``tasks``-th record); the output does not depend on it."""
     workers: int = 1
-    """Tasks run at once by datatrove's LocalPipelineExecutor (1 = in this process; >1 = forkserver workers)."""
+    """Tasks run at once (local: 1 = in this process, >1 = forkserver worker processes)."""
+    executor: Literal["local", "slurm", "ray"] = "local"
+    """datatrove executor of the parallel half: local processes, a Slurm job array or a Ray cluster."""
+    executor_options: dict[str, Any] = field(default_factory=dict)
+    """Extra executor arguments, e.g. {partition: cpu, time: '04:00:00', cpus_per_task: 4, venv_path: ...} (Slurm)."""
     batch_size: int = 512
     """Documents per tokenizer batch (the fast tokenizer encodes a batch on all cores)."""
 
@@ -87,7 +93,11 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
     started = time.perf_counter()
     with StageWriter(cfg.out, stage="data", config=cfg, inputs=inputs, overwrite=overwrite) as stage:
         tokenizer = _prepare_tokenizer(cfg.tokenizer, stage.path / "tokenizer")
-        run_datatrove(cfg, stage.path)
+        waiting = run_datatrove(cfg, stage.path)
+        if waiting:
+            print(f"youri data: {waiting} of {cfg.tasks} datatrove tasks are still running on the {cfg.executor} "
+                  f"executor (logs: {stage.path / 'datatrove'}); run the same command again when they finish")
+            return stage.path
         docs = load_documents(stage.path / "work", cfg.dedup.num_perm)
         stats = source_stats(cfg, load_counts(stage.path / "work"))
         drops = find_duplicates(docs.digest, docs.sig, exact=cfg.dedup.exact, near=cfg.dedup.near,
@@ -137,6 +147,9 @@ def _validate(cfg: Config) -> None:
 
 def _tokenizer_input(path: str) -> Path:
     resolved = resolve_path(path)
+    if not resolved.exists():
+        raise FileNotFoundError(f"tokenizer not found: {resolved} (run 'youri init' for the demo's, or pass "
+                                "--tokenizer PATH: a HF model/tokenizer folder or a tokenizer.model)")
     return resolved.parent if resolved.is_file() else resolved
 
 
@@ -170,12 +183,22 @@ def pipeline_steps(cfg: Config, folder: Path) -> list:
     ]
 
 
-def run_datatrove(cfg: Config, folder: Path) -> None:
-    from datatrove.executor import LocalPipelineExecutor
+def run_datatrove(cfg: Config, folder: Path) -> int:
+    """Run the parallel half; returns how many tasks are still unfinished (a cluster executor may return early).
 
-    executor = LocalPipelineExecutor(pipeline_steps(cfg, folder), tasks=cfg.tasks, workers=min(cfg.workers, cfg.tasks),
-                                     logging_dir=str(folder / "datatrove"))
-    executor.run()
+    Finished tasks are skipped (datatrove's completion markers), so calling this again resumes.
+    """
+    from datatrove import executor as executors
+
+    steps, logs = pipeline_steps(cfg, folder), str(folder / "datatrove")
+    classes = {"local": "LocalPipelineExecutor", "slurm": "SlurmPipelineExecutor", "ray": "RayPipelineExecutor"}
+    options = {"workers": min(cfg.workers, cfg.tasks), **cfg.executor_options}
+    try:
+        runner = getattr(executors, classes[cfg.executor])(steps, tasks=cfg.tasks, logging_dir=logs, **options)
+    except TypeError as err:  # a missing or unknown executor argument
+        raise ConfigError(f"data.executor_options for {classes[cfg.executor]}: {err}") from err
+    runner.run()
+    return len(runner.get_incomplete_ranks(skip_completed=True))
 
 
 # ----------------------------------------------------------------------------- documents
