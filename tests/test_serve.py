@@ -351,3 +351,49 @@ def test_web_page_streams_a_reply_in_headless_chromium(server, loaded, tmp_path)
         assert not browser.find_elements(By.CSS_SELECTOR, ".msg")
     finally:
         browser.quit()
+
+
+def test_gptq_folder_serves_like_its_loader_generates(tmp_path, llama2_tokenizer_dir):
+    """A GPTQ v1 folder (RTN-packed here, to stay fast) loads through youri.model and serves."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from youri.gptq import pack, rtn_quantize
+    from youri.model import load_tokenizer
+    from youri.prompts import install_chat_template
+    from youri.serve import Config, running
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = LlamaForCausalLM(cfg).float()
+    model.generation_config.eos_token_id = 2
+    state = {}
+    for name, tensor in model.state_dict().items():
+        layer = name[: -len(".weight")]
+        if ".layers." in name and name.endswith("proj.weight"):
+            packed = pack(*rtn_quantize(tensor, bits=4, group_size=64), bits=4)
+            state.update({f"{layer}.{key}": value for key, value in packed.items()})
+        else:
+            state[name] = tensor.contiguous()
+    out = tmp_path / "tiny-gptq"
+    model.config.quantization_config = {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": 4,
+                                        "group_size": 64, "desc_act": False, "sym": True}
+    model.config.save_pretrained(str(out))
+    model.generation_config.save_pretrained(str(out))
+    save_file(state, str(out / "model.safetensors"))
+    tokenizer = load_tokenizer(llama2_tokenizer_dir)
+    install_chat_template(tokenizer, "chat")
+    tokenizer.save_pretrained(str(out), save_jinja_files=False)
+
+    from youri.chat import load_for_inference
+    from youri.gptq import QuantLinear
+
+    loaded = load_for_inference(str(out), device="cpu")
+    assert any(isinstance(m, QuantLinear) for m in loaded[0].modules())
+    expected = greedy(loaded, MESSAGES, 6).text
+    with running(Config(model=str(out), port=0, device="cpu")) as url:
+        status, body = post(url + "/v1/chat/completions", {"model": "tiny-gptq", "messages": MESSAGES,
+                                                            "temperature": 0, "max_tokens": 6}, key=None)
+    assert status == 200 and body["choices"][0]["message"]["content"] == expected
+    assert body["usage"]["completion_tokens"] == 6
