@@ -397,3 +397,23 @@ def test_gptq_folder_serves_like_its_loader_generates(tmp_path, llama2_tokenizer
                                                             "temperature": 0, "max_tokens": 6}, key=None)
     assert status == 200 and body["choices"][0]["message"]["content"] == expected
     assert body["usage"]["completion_tokens"] == 6
+
+
+def test_engine_failure_ends_requests_with_an_error_and_keeps_running(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer).start()
+    try:
+        done = threading.Event()
+        events = []
+        real_forward = engine._forward
+        engine._forward = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+        engine.submit([1, 2, 3], SamplingParams(temperature=0, max_new_tokens=4),
+                      lambda e: (events.append(e), e.finish_reason and done.set()))
+        assert done.wait(30) and events[-1].finish_reason == "error: RuntimeError: boom"
+        engine._forward = real_forward
+        done.clear()
+        engine.submit([1, 2, 3], SamplingParams(temperature=0, max_new_tokens=4),
+                      lambda e: (events.append(e), e.finish_reason and done.set()))
+        assert done.wait(30) and events[-1].finish_reason == "length"
+    finally:
+        engine.stop()

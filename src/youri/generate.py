@@ -79,7 +79,7 @@ def next_token(logits: torch.Tensor, context: list[int], params: SamplingParams,
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
-        drop = (torch.cumsum(probs, dim=-1) - probs) > params.top_p
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= params.top_p
         logits[order[drop]] = float("-inf")
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
@@ -206,6 +206,7 @@ class Engine:
 
     def _reset_batch(self) -> None:
         self.active: list[Request] = []
+        self._admitting: list[Request] = []
         self.cache = None
         self.mask: torch.Tensor | None = None  # [B, cached length]: 1 = real token, 0 = left padding
         self.last: torch.Tensor | None = None  # [B, 1]: the token each row feeds next
@@ -234,6 +235,7 @@ class Engine:
             room = self.max_batch_size - len(self.active)
             newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
         newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
+        self._admitting = newcomers  # failed too if the step raises before they join the batch
         with torch.inference_mode():
             if newcomers:
                 self._prefill(newcomers)
@@ -274,9 +276,10 @@ class Engine:
                 self._fail_all(err)
 
     def _fail_all(self, err: Exception) -> None:
-        for request in self.active:
-            request.done = True
-            request.on_event(Event("", f"error: {type(err).__name__}: {err}"))
+        for request in {id(r): r for r in self.active + self._admitting}.values():
+            if not request.done:
+                request.done = True
+                request.on_event(Event("", f"error: {type(err).__name__}: {err}"))
         self._reset_batch()
 
     def _drop_if_cancelled(self, request: Request) -> bool:
