@@ -323,21 +323,21 @@ class ShardWriter:
         return entries, totals
 
     def _tokens(self, docs: Documents, order: np.ndarray, ends: np.ndarray, first: int, last: int) -> np.ndarray:
-        """Tokens [first, last) of the packed stream ``doc, EOS, doc, EOS, ...``."""
-        out = np.empty(last - first, dtype=np.int64)
-        i = int(np.searchsorted(ends, first, side="right"))
-        pos = first
-        while pos < last:
-            doc = int(order[i])
-            ids = docs.ids(doc)
-            doc_start = int(ends[i]) - len(ids) - 1
-            lo, hi = pos - doc_start, min(last - doc_start, len(ids) + 1)  # within "ids + EOS"
-            if lo < len(ids):
-                out[pos - first:pos - first + min(hi, len(ids)) - lo] = ids[lo:min(hi, len(ids))]
-            if hi == len(ids) + 1:
-                out[doc_start + len(ids) - first] = self.eos_id
-            pos = doc_start + hi
-            i += 1
+        """Tokens [first, last) of the packed stream ``doc, EOS, doc, EOS, ...``, gathered with array indexing."""
+        lo = int(np.searchsorted(ends, first, side="right"))
+        hi = int(np.searchsorted(ends, last, side="left")) + 1
+        picked = order[lo:hi]
+        begins = ends[lo:hi] - docs.lengths[picked] - 1  # stream position where each document starts
+        positions = np.arange(first, last)
+        which = np.searchsorted(ends[lo:hi], positions, side="right")  # document of every position
+        offset = positions - begins[which]  # position inside "ids + EOS"
+        is_eos = offset == docs.lengths[picked][which]
+        source = docs.start[picked][which] + np.minimum(offset, docs.lengths[picked][which] - 1)
+        task = docs.task[picked][which]
+        out = np.full(last - first, self.eos_id, dtype=np.int64)
+        for t in np.unique(task).tolist():
+            mask = (task == t) & ~is_eos
+            out[mask] = docs.tokens[t][source[mask]]
         return out
 
 
