@@ -78,6 +78,8 @@ class Config:
     """English held-out text, same forms as heldout_ja (val/en of a data folder)."""
     eval_samples: int = 16
     """Held-out sequences per language for perplexity/KL (0 skips the comparison)."""
+    batch_size: int = 8
+    """Calibration/held-out sequences per forward pass (activation memory vs fewer, larger matmuls)."""
     device: str = ""
     """Device for the layer being quantized: cpu or cuda (default: cuda when available)."""
 
@@ -279,7 +281,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str,
     """GPTQ every projection of every decoder layer in place (weights become the dequantized values);
     return the packed v1 tensors by module name. One layer at a time lives on ``device``."""
     layers = model.model.layers
-    inputs, kwargs = _first_layer_inputs(model, calib, device)
+    inputs, kwargs = _first_layer_inputs(model, calib, device, cfg.batch_size)
     packed: dict[str, dict[str, torch.Tensor]] = {}
     groups = SEQUENTIAL_GROUPS if cfg.true_sequential else (sum(SEQUENTIAL_GROUPS, ()),)
     for index, layer in enumerate(layers):
@@ -305,8 +307,9 @@ class _Stop(Exception):
     pass
 
 
-def _first_layer_inputs(model, calib: torch.Tensor, device):
-    """Hidden states entering decoder layer 0 for each calibration row, and the layer's keyword args."""
+def _first_layer_inputs(model, calib: torch.Tensor, device, batch_size: int):
+    """Hidden states entering decoder layer 0 for each batch of calibration rows, and the layer's keyword
+    args (rotary tables, causal mask: the same for every batch, as all rows have one length)."""
     captured, kwargs = [], {}
     first = model.model.layers[0]
 
@@ -318,9 +321,9 @@ def _first_layer_inputs(model, calib: torch.Tensor, device):
     handle = first.register_forward_pre_hook(catch, with_kwargs=True)
     try:
         with torch.no_grad():
-            for row in calib:
+            for rows in calib.split(max(1, batch_size)):
                 try:
-                    model(row[None], use_cache=False)
+                    model(rows, use_cache=False)
                 except _Stop:
                     pass
     finally:
@@ -448,7 +451,8 @@ def _quality(parent: Path, folder: Path, tokenizer, cfg: Config) -> dict:
         if lang not in rows or len(rows[lang]) == 0:
             result[lang] = {"skipped": f"no held-out {lang} text (set heldout_{lang})"}
             continue
-        result[lang] = {"source": str(sources[lang]), **compare_models(reference, candidates, rows[lang])}
+        result[lang] = {"source": str(sources[lang]),
+                        **compare_models(reference, candidates, rows[lang], batch=cfg.batch_size)}
     return result
 
 
