@@ -224,6 +224,8 @@ def test_shared_corpora_decode_to_the_normalised_documents(shared_runs):
         decoded = tokenizer.batch_decode([p[:-1].tolist() for p in pieces])
         missing = [d for d in decoded if d not in documents]
         assert not missing, (split, missing[:2])
+        for piece, text in list(zip(pieces, decoded))[:20]:  # no BOS, same ids as the HF tokenizer call
+            assert piece[:-1].tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
         if split == "train":  # upsampled Japanese: every kept Aozora work appears
             assert sum(d.startswith("一\n\n吾輩は猫である。") for d in decoded) >= 1
 
@@ -243,11 +245,15 @@ def test_task_count_and_workers_do_not_change_output(tmp_path, fast_tokenizer):
 
 
 def test_sample_rejects_are_dropped_by_reason(tmp_path, fast_tokenizer):
-    out = data.run(_config(tmp_path / "out", fast_tokenizer, SAMPLES, seq_len=128))
+    out = data.run(_config(tmp_path / "out", fast_tokenizer, SAMPLES, seq_len=512, val_docs=2))
     ja, en = json.loads((out / "stats.json").read_text(encoding="utf-8"))["sources"]
     assert ja["dropped"] == {"boilerplate": 1, "dup_ngrams": 1, "exact_dup": 3, "low_ja_ratio": 2, "near_dup": 3,
                              "too_short": 3}
     assert (ja["docs_in"], ja["kept"], en["docs_in"], en["dropped"]) == (299, 286, 354, {})
+    # Two documents do not fill a 512-token sequence: more are held out, so each val split has one
+    index = read_index(out)
+    assert all(sum(e["sequences"] for e in index["splits"][f"val/{lang}"]) == 1 for lang in ("ja", "en"))
+    assert en["val_docs"] > 2 and ja["val_docs"] > 2
 
 
 def _shard_name(path) -> str:
