@@ -293,6 +293,7 @@ def test_five_available_tasks_on_a_tiny_model(tmp_path, tiny_llama):
     ({"tasks": ["jcqa"]}, ConfigError, "unknown task 'jcqa'"),
     ({"tasks": ["jnli-1.3-0.9"]}, ConfigError, "unknown prompt version '0.9'"),
     ({"tasks": ["jnli-2.0"]}, ConfigError, "unknown task version '2.0'"),
+    ({"data": {"jcqa": {"eval": "x.json"}}}, ConfigError, "eval.data: unknown task 'jcqa'"),
     ({"tasks": ["marc_ja"], "data": {"marc_ja": {"eval": "/nonexistent/valid.jsonl", "fewshot": "x"}}},
      DataError, "/nonexistent/valid.jsonl"),
 ])

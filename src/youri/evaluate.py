@@ -118,6 +118,11 @@ def plan_tasks(cfg: Config) -> list[tuple[Selected, dict[str, str] | None]]:
     unknown = set(cfg.shots) - set(TASKS)
     if unknown:
         raise ConfigError(f"eval.shots: unknown task '{sorted(unknown)[0]}'; choose from {', '.join(TASKS)}")
+    valid = set(TASKS) | {f"{t.name}-{v}" for t in TASKS.values() for v in t.variants}
+    unknown = set(cfg.data) - valid
+    if unknown:
+        raise ConfigError(f"eval.data: unknown task '{sorted(unknown)[0]}'; use a task name or name-VERSION "
+                          f"({', '.join(sorted(valid))})")
     return plan
 
 
