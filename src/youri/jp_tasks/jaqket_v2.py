@@ -15,8 +15,8 @@ longest answer; the ``5921154`` era's answer-passage-only examples are not repro
 from __future__ import annotations
 
 from youri.io import DataError
-from youri.jp_tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
-from youri.jp_tasks.jsquad import EXTRACT, answer_budget
+from youri.jp_tasks.base import Prompt, TaskDef, Variant, read_records
+from youri.jp_tasks.jsquad import answer0, answer_budget, extraction_prompts
 
 NUM_CONTEXTS = 5
 
@@ -54,10 +54,6 @@ def _contexts(ctxs, where: str) -> list[dict]:
     return ctxs
 
 
-def answer0(doc: dict) -> str:
-    return doc["answers"][0]
-
-
 def _texts(doc: dict, nl: str) -> str:
     return nl.join(doc["texts"])
 
@@ -69,17 +65,10 @@ def _prompts(with_06: bool) -> dict[str, Prompt]:
                       + f"[質問]:{d['question']}\n[答え]:", answer0, "\n\n"),
         "0.2": Prompt("0.2", "質問に対する回答を文章から一言で抽出してください。回答は名詞で答えてください。\n\n",
                       lambda d: f"文章:{_texts(d, chr(10))}\n質問:{d['question']}\n回答:", answer0, "\n\n"),
-        "0.3": Prompt("0.3", ALPACA, lambda d: f"### 指示:\n{EXTRACT}\n\n### 入力:\n文脈：{_texts(d, chr(10))}\n"
-                                               f"質問：{d['question']}\n\n### 応答:\n", answer0, "\n\n"),
-        "0.4": Prompt("0.4", f"ユーザー: {EXTRACT}<NL>システム: 分かりました。<NL>",
-                      lambda d: f"ユーザー: 文脈：{_texts(d, '<NL>')}<NL>質問：{d['question']}<NL>システム: ",
-                      answer0, "<NL>", sep="<NL>"),
-        "0.5": Prompt("0.5", f"ユーザー: {EXTRACT}\nシステム: 分かりました。\n",
-                      lambda d: f"ユーザー: 文脈：{_texts(d, chr(10))}\n質問：{d['question']}\nシステム: ", answer0, "\n"),
+        **extraction_prompts(_texts),
     }
-    if with_06:
-        table["0.6"] = Prompt("0.6", LLAMA2_SYS, lambda d: f"{EXTRACT}\n\n文脈：{_texts(d, chr(10))}\n"
-                                                           f"質問：{d['question']} [/INST] ", answer0, " </s><s>[INST] ")
+    if not with_06:
+        del table["0.6"]
     return table
 
 

@@ -56,6 +56,21 @@ def answer0(doc: dict) -> str:
     return doc["answers"][0]
 
 
+def extraction_prompts(context) -> dict[str, Prompt]:
+    """Prompt versions 0.3-0.6 shared by JSQuAD and JAQKET v2; ``context(doc, newline)`` renders 文脈."""
+    return {
+        "0.3": Prompt("0.3", ALPACA, lambda d: f"### 指示:\n{EXTRACT}\n\n### 入力:\n文脈：{context(d, chr(10))}\n"
+                                               f"質問：{d['question']}\n\n### 応答:\n", answer0, "\n\n"),
+        "0.4": Prompt("0.4", f"ユーザー: {EXTRACT}<NL>システム: 分かりました。<NL>",
+                      lambda d: f"ユーザー: 文脈：{context(d, '<NL>')}<NL>質問：{d['question']}<NL>システム: ",
+                      answer0, "<NL>", sep="<NL>"),
+        "0.5": Prompt("0.5", f"ユーザー: {EXTRACT}\nシステム: 分かりました。\n",
+                      lambda d: f"ユーザー: 文脈：{context(d, chr(10))}\n質問：{d['question']}\nシステム: ", answer0, "\n"),
+        "0.6": Prompt("0.6", LLAMA2_SYS, lambda d: f"{EXTRACT}\n\n文脈：{context(d, chr(10))}\n"
+                                                   f"質問：{d['question']} [/INST] ", answer0, " </s><s>[INST] "),
+    }
+
+
 def _v11() -> dict[str, Prompt]:
     return {
         "0.1": Prompt("0.1", "[題名]と[問題]から[質問]に対する[答え]を抜き出しなさい\n\n",
@@ -63,32 +78,15 @@ def _v11() -> dict[str, Prompt]:
                       answer0, "\n\n"),
         "0.2": Prompt("0.2", "質問に対する回答を文章から一言で抽出してください。回答は名詞で答えてください。\n\n",
                       lambda d: f"文章:{paragraph(d)}\n質問:{d['question']}\n回答:", answer0, "\n\n"),
-        "0.3": Prompt("0.3", ALPACA, lambda d: f"### 指示:\n{EXTRACT}\n\n### 入力:\n文脈：{paragraph(d)}\n"
-                                               f"質問：{d['question']}\n\n### 応答:\n", answer0, "\n\n"),
-        "0.4": Prompt("0.4", f"ユーザー: {EXTRACT}<NL>システム: 分かりました。<NL>",
-                      lambda d: f"ユーザー: 文脈：{paragraph(d)}<NL>質問：{d['question']}<NL>システム: ",
-                      answer0, "<NL>", sep="<NL>"),
-        "0.5": Prompt("0.5", f"ユーザー: {EXTRACT}\nシステム: 分かりました。\n",
-                      lambda d: f"ユーザー: 文脈：{paragraph(d)}\n質問：{d['question']}\nシステム: ", answer0, "\n"),
-        "0.6": Prompt("0.6", LLAMA2_SYS, lambda d: f"{EXTRACT}\n\n文脈：{paragraph(d)}\n質問：{d['question']} [/INST] ",
-                      answer0, " </s><s>[INST] "),
+        **extraction_prompts(lambda d, nl: paragraph(d)),
     }
 
 
-def _v12() -> dict[str, Prompt]:
+def _v12() -> dict[str, Prompt]:  # 1.2 adds the title to the context
     return {
         "0.2": Prompt("0.2", "質問に対する回答を題名と文章から一言で抽出してください。回答は名詞で答えてください。\n\n",
                       lambda d: f"題名:{d['title']}\n文章:{paragraph(d)}\n質問:{d['question']}\n回答:", answer0, "\n\n"),
-        "0.3": Prompt("0.3", ALPACA, lambda d: f"### 指示:\n{EXTRACT}\n\n### 入力:\n文脈：{d['title']}\n{paragraph(d)}\n"
-                                               f"質問：{d['question']}\n\n### 応答:\n", answer0, "\n\n"),
-        "0.4": Prompt("0.4", f"ユーザー: {EXTRACT}<NL>システム: 分かりました。<NL>",
-                      lambda d: f"ユーザー: 文脈：{d['title']}<NL>{paragraph(d)}<NL>質問：{d['question']}<NL>システム: ",
-                      answer0, "<NL>", sep="<NL>"),
-        "0.5": Prompt("0.5", f"ユーザー: {EXTRACT}\nシステム: 分かりました。\n",
-                      lambda d: f"ユーザー: 文脈：{d['title']}\n{paragraph(d)}\n質問：{d['question']}\nシステム: ",
-                      answer0, "\n"),
-        "0.6": Prompt("0.6", LLAMA2_SYS, lambda d: f"{EXTRACT}\n\n文脈：{d['title']}\n{paragraph(d)}\n"
-                                                   f"質問：{d['question']} [/INST] ", answer0, " </s><s>[INST] "),
+        **extraction_prompts(lambda d, nl: f"{d['title']}{nl}{paragraph(d)}"),
     }
 
 
