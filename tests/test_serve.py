@@ -417,3 +417,45 @@ def test_engine_failure_ends_requests_with_an_error_and_keeps_running(loaded):
         assert done.wait(30) and events[-1].finish_reason == "length"
     finally:
         engine.stop()
+
+
+def test_interactive_chat_commands(loaded, tmp_path, monkeypatch, capsys):
+    from youri.chat import _interactive
+
+    model, tokenizer = loaded
+    saved = tmp_path / "talk.json"
+    lines = iter(["/prompt", "こんにちは", "/save " + str(saved), "/reset", "/prompt", "/load " + str(saved),
+                  "/prompt 次", "/bogus", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    chat = Conversation(tokenizer, "猫です", budget=200)
+    params = SamplingParams(temperature=0, max_new_tokens=5)
+    _interactive(Engine(model, tokenizer, max_batch_size=1), chat, params)
+    out = capsys.readouterr().out
+    reply = greedy(loaded, [{"role": "system", "content": "猫です"}, {"role": "user", "content": "こんにちは"}], 5).text
+    assert f"システム> {reply}\n" in out
+    assert json.loads(saved.read_text())["messages"] == [{"role": "user", "content": "こんにちは"},
+                                                          {"role": "assistant", "content": reply}]
+    assert out.count("設定: 猫です\nユーザー: …\nシステム:") == 2  # before the first message and after /reset
+    assert f"設定: 猫です\nユーザー: こんにちは\nシステム: {reply}\nユーザー: 次\nシステム:" in out  # after /load
+    assert out.count("/reset  /prompt") == 2  # the banner, then the help for /bogus
+
+
+def test_client_leaving_a_stream_frees_its_batch_slot(client, server):
+    import time
+
+    def health():
+        with urllib.request.urlopen(server + "/health") as response:
+            return json.loads(response.read())
+
+    before = health()["steps"]
+    stream = client.chat.completions.create(model="tiny-chat", messages=MESSAGES, max_tokens=60, stream=True)
+    for index, _ in enumerate(stream):
+        if index == 2:
+            break
+    stream.close()
+    for _ in range(200):
+        if health()["running"] == 0:
+            break
+        time.sleep(0.05)
+    assert health()["running"] == 0
+    assert health()["steps"] - before < 40, "the abandoned request kept generating"

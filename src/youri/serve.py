@@ -342,7 +342,7 @@ def create_app(server: Server):
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": server.name, "batching": server.engine.max_batch_size > 1,
-                **server.engine.stats}
+                "running": len(server.engine.active), **server.engine.stats}
 
     @app.get("/")
     async def page():
