@@ -34,10 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from youri.config import ConfigError
 from youri.data_filters import Filters, find_duplicates
 from youri.data_steps import (Dedup, Normalize, QualityFilter, ReadSources, Source, TokenizeSketch, load_counts,
                               remember_tokenizer, source_files)
-from youri.config import ConfigError
 from youri.io import DataError, atomic_write_json, read_json, resolve_path
 from youri.shards import FORMAT, INDEX, shard_is_valid, token_dtype, write_shard
 from youri.stage import StageWriter
@@ -87,7 +87,7 @@ class Config:
 
 
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
-    """Run the pipeline; returns the finished output folder."""
+    """Run the pipeline; returns the finished output folder (the partial one while cluster tasks still run)."""
     _validate(cfg)
     inputs = [p for s in cfg.sources for p in source_files(s)[0]] + [_tokenizer_input(cfg.tokenizer)]
     started = time.perf_counter()
@@ -98,36 +98,21 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
             print(f"youri data: {waiting} of {cfg.tasks} datatrove tasks are still running on the {cfg.executor} "
                   f"executor (logs: {stage.path / 'datatrove'}); run the same command again when they finish")
             return stage.path
-        docs = load_documents(stage.path / "work", cfg.dedup.num_perm)
+        docs = load_documents(stage.path / "work")
         stats = source_stats(cfg, load_counts(stage.path / "work"))
-        drops = find_duplicates(docs.digest, docs.sig, exact=cfg.dedup.exact, near=cfg.dedup.near,
-                                threshold=cfg.dedup.threshold, bands=cfg.dedup.bands)
-        kept = np.array([r is None for r in drops], dtype=bool)
-        for source, reason in zip(docs.keys[:, 0].tolist(), drops):
-            if reason is not None:
-                stats[source]["dropped"][reason] = stats[source]["dropped"].get(reason, 0) + 1
-        val = hold_out(cfg, docs, kept)
+        kept, val = select_documents(cfg, docs, stats)
         in_val = np.zeros(len(docs), dtype=bool)
         for picked in val.values():
             in_val[picked] = True
-        train = np.flatnonzero(kept & ~in_val)
-        order = mixture(cfg, docs, train, stats)
-        index = {"format": FORMAT, "seq_len": cfg.seq_len, "dtype": token_dtype(len(tokenizer)).str,
-                 "eos_id": int(tokenizer.eos_token_id), "vocab_size": len(tokenizer), "splits": {}, "totals": {}}
-        writer = ShardWriter(stage.path, cfg.seq_len, cfg.shard_size, np.dtype(index["dtype"]), index["eos_id"])
-        index["splits"]["train"], index["totals"]["train"] = writer.write("train", docs, order)
-        for lang, picked in sorted(val.items()):
-            index["splits"][f"val/{lang}"], index["totals"][f"val/{lang}"] = writer.write(f"val/{lang}", docs, picked)
+        order = mixture(cfg, docs, np.flatnonzero(kept & ~in_val), stats)
+        index = write_shards(cfg, stage.path, tokenizer, docs, order, val)
         finish_stats(stats, docs, kept, in_val)
-        atomic_write_json(stage.path / INDEX, index)
         atomic_write_json(stage.path / STATS, {"sources": stats, "splits": index["totals"]})
         print_table(stats, index["totals"])
         for scratch in ("work", "datatrove", PROGRESS):
             target = stage.path / scratch
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        seconds = time.perf_counter() - started
-        natural = sum(s["tokens"] for s in stats)
-        return stage.finish(metrics_of(stats, index["totals"], seconds, natural))
+        return stage.finish(metrics_of(stats, index["totals"], time.perf_counter() - started))
 
 
 def _validate(cfg: Config) -> None:
@@ -219,11 +204,9 @@ class Documents:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def ids(self, i: int) -> np.ndarray:
-        return self.tokens[self.task[i]][self.start[i]:self.start[i] + self.lengths[i]]
 
-
-def load_documents(work: Path, num_perm: int) -> Documents:
+def load_documents(work: Path) -> Documents:
+    """Every task's arrays, concatenated and sorted by document key (so the task count does not matter)."""
     folders = sorted(p for p in work.iterdir() if p.is_dir() and p.name.isdigit())
     parts = {name: [] for name in ("keys", "lengths", "chars", "digest", "sig", "task", "start")}
     tokens = []
@@ -241,6 +224,17 @@ def load_documents(work: Path, num_perm: int) -> Documents:
     keys = merged["keys"]
     order = np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))
     return Documents(**{name: array[order] for name, array in merged.items()}, tokens=tokens)
+
+
+def select_documents(cfg: Config, docs: Documents, stats: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Dedup across sources (drops counted in ``stats``), then the validation hold-out: (kept mask, val)."""
+    drops = find_duplicates(docs.digest, docs.sig, exact=cfg.dedup.exact, near=cfg.dedup.near,
+                            threshold=cfg.dedup.threshold, bands=cfg.dedup.bands)
+    for source, reason in zip(docs.keys[:, 0].tolist(), drops):
+        if reason is not None:
+            stats[source]["dropped"][reason] = stats[source]["dropped"].get(reason, 0) + 1
+    kept = np.array([r is None for r in drops], dtype=bool)
+    return kept, hold_out(cfg, docs, kept)
 
 
 def hold_out(cfg: Config, docs: Documents, kept: np.ndarray) -> dict[str, np.ndarray]:
@@ -289,6 +283,22 @@ def mixture(cfg: Config, docs: Documents, train: np.ndarray, stats: list[dict]) 
         picked.append(chosen)
     everything = np.concatenate(picked)
     return everything[np.random.default_rng([cfg.seed, 3]).permutation(len(everything))]
+
+
+def write_shards(cfg: Config, folder: Path, tokenizer, docs: Documents, order: np.ndarray,
+                 val: dict[str, np.ndarray]) -> dict:
+    """Pack and write the train and val/LANG splits, then ``index.json``; returns the index."""
+    dtype = token_dtype(len(tokenizer))
+    index = {"format": FORMAT, "seq_len": cfg.seq_len, "dtype": dtype.str, "eos_id": int(tokenizer.eos_token_id),
+             "vocab_size": len(tokenizer), "splits": {}, "totals": {}}
+    writer = ShardWriter(folder, cfg.seq_len, cfg.shard_size, dtype, index["eos_id"])
+    for split, picked in [("train", order)] + [(f"val/{lang}", p) for lang, p in sorted(val.items())]:
+        index["splits"][split], index["totals"][split] = writer.write(split, docs, picked)
+    if index["totals"]["train"]["sequences"] == 0:
+        raise DataError(f"data: the training mixture has {index['totals']['train']['tail_tokens_dropped']} tokens, "
+                        f"fewer than one sequence of seq_len {cfg.seq_len}; add data or raise token_budget")
+    atomic_write_json(folder / INDEX, index)
+    return index
 
 
 class ShardWriter:
@@ -369,7 +379,8 @@ def finish_stats(stats: list[dict], docs: Documents, kept: np.ndarray, in_val: n
         entry["dropped"] = dict(sorted(entry["dropped"].items()))
 
 
-def metrics_of(stats: list[dict], totals: dict, seconds: float, natural_tokens: int) -> dict:
+def metrics_of(stats: list[dict], totals: dict, seconds: float) -> dict:
+    natural_tokens = sum(s["tokens"] for s in stats)
     return {
         "docs_in": sum(s["docs_in"] for s in stats),
         "docs_kept": sum(s["kept"] for s in stats),
