@@ -161,6 +161,18 @@ def test_conversation_save_load_and_prompt(loaded, tmp_path):
         other.load(str(tmp_path / "bad.json"))
 
 
+def test_persona_from_flag_or_file(tmp_path):
+    from youri.chat import Config, read_persona
+
+    (tmp_path / "p.txt").write_text("あなたは猫のてんころです。\n", encoding="utf-8")
+    assert read_persona(Config(persona_file=str(tmp_path / "p.txt"))) == "あなたは猫のてんころです。"
+    assert read_persona(Config(persona="翻訳者")) == "翻訳者"
+    with pytest.raises(ChatError, match="not both"):
+        read_persona(Config(persona="a", persona_file=str(tmp_path / "p.txt")))
+    with pytest.raises(ChatError, match="missing.txt"):
+        read_persona(Config(persona_file=str(tmp_path / "missing.txt")))
+
+
 def test_chat_one_shot_from_stdin(model_dir, loaded):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "youri", "chat", str(model_dir), "--persona", "翻訳者です",

@@ -338,12 +338,16 @@ class Engine:
 
     def _advance(self, logits: torch.Tensor, rows) -> None:
         """Sample ``rows`` (``logits[i]`` belongs to ``rows[i]``), report events, and drop every finished or cancelled row."""
+        argmax = logits.argmax(-1).tolist()  # one device sync for all plain-greedy rows
         for logits_row, row in enumerate(rows):
             request = self.active[row]
             if request.cancelled:
                 continue
-            token = next_token(logits[logits_row], request.prompt_ids + request.generated, request.params,
-                               request.generator)
+            if request.params.temperature == 0 and request.params.repetition_penalty == 1.0:
+                token = argmax[logits_row]
+            else:
+                token = next_token(logits[logits_row], request.prompt_ids + request.generated, request.params,
+                                   request.generator)
             self.last[row, 0] = token
             if token in self.eos_ids:
                 self._finish(request, "stop")
