@@ -89,9 +89,13 @@ def evaluate(lm, configs: list[dict[str, Any]], *, cache: str = "", limit: int |
     per-document ``samples`` included). youri's own tasks come pre-limited, so ``limit`` is for others."""
     offline_env()
     from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
 
-    out = simple_evaluate(model=lm, tasks=configs, use_cache=cache or None, limit=limit, bootstrap_iters=1000,
-                          log_samples=full, random_seed=1234, numpy_random_seed=1234, torch_random_seed=1234)
+    # The configs are complete; indexing lm-eval's thousands of built-in YAMLs would cost ~15 s a run.
+    manager = TaskManager(include_path=str(YAML_DIR), include_defaults=False)
+    out = simple_evaluate(model=lm, tasks=configs, task_manager=manager, use_cache=cache or None, limit=limit,
+                          bootstrap_iters=1000, log_samples=full, random_seed=1234, numpy_random_seed=1234,
+                          torch_random_seed=1234)
     return out if full else out["results"]
 
 
