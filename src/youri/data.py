@@ -293,7 +293,9 @@ def write_shards(cfg: Config, folder: Path, tokenizer, docs: Documents, order: n
              "vocab_size": len(tokenizer), "splits": {}, "totals": {}}
     writer = ShardWriter(folder, cfg.seq_len, cfg.shard_size, dtype, index["eos_id"])
     for split, picked in [("train", order)] + [(f"val/{lang}", p) for lang, p in sorted(val.items())]:
-        index["splits"][split], index["totals"][split] = writer.write(split, docs, picked)
+        entries, index["totals"][split] = writer.write(split, docs, picked)
+        if entries or split == "train":  # a language too small for one val sequence gets no (empty) split
+            index["splits"][split] = entries
     if index["totals"]["train"]["sequences"] == 0:
         raise DataError(f"data: the training mixture has {index['totals']['train']['tail_tokens_dropped']} tokens, "
                         f"fewer than one sequence of seq_len {cfg.seq_len}; add data or raise token_budget")
