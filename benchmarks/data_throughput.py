@@ -97,7 +97,8 @@ def main() -> int:
     print(f"{len(texts):,} documents, {sum(map(len, texts)):,} characters, {tokens:,} tokens, {repeats} repeat(s)")
     print(json.dumps({"benchmark": "data_throughput", "quick": args.quick, "documents": len(texts), "tokens": tokens,
                       "youri_tokens_per_s": round(youri_tps, 1), "reference_tokens_per_s": round(ref_tps, 1),
-                      "youri_seconds": [round(s, 3) for s in youri_s], "reference_seconds": [round(s, 3) for s in ref_s],
+                      "youri_seconds": [round(s, 3) for s in youri_s],
+                      "reference_seconds": [round(s, 3) for s in ref_s],
                       "youri_cpu_seconds": [round(s, 3) for s in youri_cpu],
                       "reference_cpu_seconds": [round(s, 3) for s in ref_cpu], "cpu_ratio": round(cpu_ratio, 4),
                       "ratio": round(youri_tps / ref_tps, 4), "target": 0.9}))

@@ -47,7 +47,8 @@ def _tiny_bpe(folder: Path) -> None:
     tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(resolve_path("builtin:corpus_en.txt").read_text(encoding="utf-8").split("\n\n"), trainer)
+    english = resolve_path("builtin:corpus_en.txt").read_text(encoding="utf-8")
+    tokenizer.train_from_iterator(english.split("\n\n"), trainer)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", bos_token="<s>",
                             unk_token="<unk>").save_pretrained(str(folder))
 
@@ -195,7 +196,8 @@ def shared_runs(tmp_path_factory, llama2_tokenizer_dir):
     sources = [
         {"path": str(shared_path("wikipedia-annotated-corpus-ja", "train.jsonl")), "lang": "ja", "weight": 2,
          "name": "wikipedia"},
-        {"path": str(shared_path("aozora-bunko-ja", "aozora_clean.jsonl")), "lang": "ja", "weight": 7, "name": "aozora"},
+        {"path": str(shared_path("aozora-bunko-ja", "aozora_clean.jsonl")), "lang": "ja", "weight": 7,
+         "name": "aozora"},
         {"path": str(shared_path("tinyshakespeare-en", "input.txt")), "lang": "en", "weight": 1, "name": "shakespeare"},
     ]
     root = tmp_path_factory.mktemp("shared-runs")
@@ -210,7 +212,8 @@ def test_shared_corpora_token_counts_match_report_and_mixture(shared_runs):
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert index["format"] == "youri-tokens-v1" and index["seq_len"] == 512 and index["eos_id"] == 2
-    assert index["dtype"] == "<u2" and index["vocab_size"] == 32000 and set(index["splits"]) == {"train", "val/ja", "val/en"}
+    assert index["dtype"] == "<u2" and index["vocab_size"] == 32000
+    assert set(index["splits"]) == {"train", "val/ja", "val/en"}
     for split, total in stats["splits"].items():
         shards = TokenShards.open(out, split)
         on_disk = sum((out / e["file"]).stat().st_size for e in index["splits"][split]) // 2
@@ -329,7 +332,8 @@ def test_cli_recipe_flags_and_misspelt_key(tmp_path, fast_tokenizer, capsys):
     assert manifest["config"]["filters"]["min_chars"] == 10 and read_index(out)["seq_len"] == 128
     assert "corpus_ja.jsonl" in capsys.readouterr().out  # the printed table
     recipe.write_text(recipe.read_text(encoding="utf-8").replace("seq_len", "seq_lne"), encoding="utf-8")
-    assert main(["data", "--recipe", str(recipe), "--tokenizer", str(fast_tokenizer), "--out", str(tmp_path / "x")]) == 2
+    misspelt = ["data", "--recipe", str(recipe), "--tokenizer", str(fast_tokenizer), "--out", str(tmp_path / "x")]
+    assert main(misspelt) == 2
     assert "unknown key 'seq_lne'; did you mean 'seq_len'?" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "--recipe", str(recipe), "--seq_lne", "3"])

@@ -161,7 +161,8 @@ def _read_parquet(path: Path, source: Source, skip: SkipCounter | None) -> Itera
 
     handle = pq.ParquetFile(path)
     if source.text_field not in handle.schema_arrow.names:
-        raise DataError(f"{path}: missing column '{source.text_field}' (columns: {', '.join(handle.schema_arrow.names)})")
+        columns = ", ".join(handle.schema_arrow.names)
+        raise DataError(f"{path}: missing column '{source.text_field}' (columns: {columns})")
     batches = (b.column(0).to_pylist() for b in handle.iter_batches(batch_size=1024, columns=[source.text_field]))
     yield from _read_table_rows(batches, str(path), source, skip)
 
@@ -287,6 +288,7 @@ class QualityFilter(BaseFilter, _Counting):
             counts.setdefault(source, {})["drop:" + reason] = n
         self._save_counts(counts, rank)
 
+
 class TokenizeSketch(PipelineStep):
     """Batch-tokenises documents (no BOS/EOS) and sketches them; writes ``work/RANK/`` at the end.
 
@@ -300,7 +302,8 @@ class TokenizeSketch(PipelineStep):
 
     def __init__(self, tokenizer_dir: str, work_dir: str, num_perm: int, batch_size: int = 512):
         super().__init__()
-        self.tokenizer_dir, self.work_dir, self.num_perm, self.batch_size = tokenizer_dir, work_dir, num_perm, batch_size
+        self.tokenizer_dir, self.work_dir = tokenizer_dir, work_dir
+        self.num_perm, self.batch_size = num_perm, batch_size
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         encode = _batch_encoder(self.tokenizer_dir)
@@ -329,8 +332,8 @@ class TokenizeSketch(PipelineStep):
             parts["lengths"].append(lengths)
             parts["keys"].append(np.array([doc.metadata["key"] for doc in batch], dtype=np.int64).reshape(-1, 3))
             parts["chars"].append(np.array([len(doc.text) for doc in batch], dtype=np.int64))
-            parts["digest"].append(np.frombuffer(b"".join(
-                hashlib.blake2b(doc.text.encode(), digest_size=16).digest() for doc in batch), dtype=np.uint64).reshape(-1, 2))
+            digests = b"".join(hashlib.blake2b(doc.text.encode(), digest_size=16).digest() for doc in batch)
+            parts["digest"].append(np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2))
             parts["sig"].append(np.stack([doc.metadata.pop("minhash") for doc in batch]))
             self.stat_update("tokens", value=int(lengths.sum()))
         return batch
