@@ -1,6 +1,6 @@
 """GPTQ quality: youri's GPTQ vs round-to-nearest vs GPTQModel (reference), on a tiny model trained on Japanese.
 
-    python benchmarks/gptq_quality.py            # hidden 256, 4 layers, vocab 8192, 600 steps (minutes)
+    python benchmarks/gptq_quality.py            # hidden 256, 2 layers, vocab 2048, 200 steps (minutes)
     python benchmarks/gptq_quality.py --quick    # hidden 128, 2 layers, vocab 1024, 80 steps
 
 1. Trains a tiny Llama with a plain torch loop on the shared Aozora Bunko + Wikipedia Japanese corpora
@@ -59,7 +59,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     size = dict(hidden=128, inter=384, layers=2, vocab=1024, steps=80, seq=64, calib=16, heldout=16) if args.quick \
-        else dict(hidden=256, inter=768, layers=4, vocab=8192, steps=600, seq=256, calib=64, heldout=32)
+        else dict(hidden=256, inter=768, layers=2, vocab=2048, steps=200, seq=128, calib=32, heldout=32)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -81,6 +81,7 @@ def run(work: Path, size: dict) -> dict:
     parent = train_tiny_llama(work / "parent", tokenizer, train_rows, size)
     train_s = time.perf_counter() - start
     calib = train_rows[torch.linspace(0, len(train_rows) - 1, size["calib"]).long()]
+    heldout_rows = heldout_rows[: size["heldout"]]  # every method is scored on exactly these rows
     data = write_data_folder(work / "data", calib, heldout_rows, size["vocab"], tokenizer.eos_token_id)
 
     cfg = Config(model=str(parent), out=str(work / "youri-gptq"), calibration=str(data), heldout_ja=str(data),
@@ -94,7 +95,7 @@ def run(work: Path, size: dict) -> dict:
     if reference is not None:
         fp = load_model(parent, dtype=torch.float32)
         ref_scores = compare_models(fp, {"gptqmodel": load_model(reference["folder"], dtype=torch.float32)},
-                                    heldout_rows[: size["heldout"]])
+                                    heldout_rows)
         kl_reference, ppl_reference = ref_scores["kl_gptqmodel"], ref_scores["ppl_gptqmodel"]
     shapes = llama_linear_shapes(4096, 11008, 32)
     return {

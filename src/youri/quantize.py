@@ -139,17 +139,22 @@ def _validate(cfg: Config):
                           f"youri quantize handles the Llama family ({', '.join(SUPPORTED_MODEL_TYPES)})")
     if cfg.num_samples <= 0 or cfg.seq_len <= 0:
         raise ConfigError("quantize: num_samples and seq_len must be positive")
-    hidden, inter = hf_config["hidden_size"], hf_config["intermediate_size"]
-    heads = hf_config["num_attention_heads"]
-    kv = hf_config.get("num_key_value_heads", heads) * hf_config.get("head_dim", hidden // heads)
-    for name, (k, n) in {"q_proj": (hidden, heads * hf_config.get("head_dim", hidden // heads)),
-                         "k_proj/v_proj": (hidden, kv), "gate_proj/up_proj": (hidden, inter),
-                         "down_proj": (inter, hidden)}.items():
+    for name, (k, n) in _linear_shapes(hf_config).items():
         try:
             check_shape(k, n, cfg.bits, cfg.group_size, name)
         except QuantConfigError as err:
             raise ConfigError(f"{parent}/config.json: {err}") from err
     return parent, hf_config
+
+
+def _linear_shapes(hf_config: dict) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each projection GPTQ quantizes in a Llama decoder layer."""
+    hidden, inter, heads = hf_config["hidden_size"], hf_config["intermediate_size"], hf_config["num_attention_heads"]
+    head_dim = hf_config.get("head_dim") or hidden // heads
+    q, kv = heads * head_dim, hf_config.get("num_key_value_heads", heads) * head_dim
+    return {"self_attn.q_proj": (hidden, q), "self_attn.k_proj": (hidden, kv), "self_attn.v_proj": (hidden, kv),
+            "self_attn.o_proj": (q, hidden), "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter),
+            "mlp.down_proj": (inter, hidden)}
 
 
 def _tokenizer(parent: Path):
@@ -417,12 +422,8 @@ def _save(folder: Path, parent: Path, model, packed, cfg: Config, tokenizer) -> 
 
 def _sizes(folder: Path, hf_config: dict, cfg: Config) -> dict:
     """Bytes on disk of the twin against the same model in fp16 (parameter count × 2)."""
-    from youri.gptq import llama_linear_shapes
-
     hidden, layers = hf_config["hidden_size"], hf_config["num_hidden_layers"]
-    heads = hf_config["num_attention_heads"]
-    kv = hf_config.get("num_key_value_heads", heads) * hf_config.get("head_dim", hidden // heads)
-    shapes = llama_linear_shapes(hidden, hf_config["intermediate_size"], layers, kv)
+    shapes = list(_linear_shapes(hf_config).values()) * layers
     vocab = hf_config["vocab_size"]
     other = vocab * hidden * (1 if hf_config.get("tie_word_embeddings") else 2) + hidden * (2 * layers + 1)
     fp16 = 2 * (sum(i * o for i, o in shapes) + other)
