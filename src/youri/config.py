@@ -217,9 +217,11 @@ def _default_of(field: dataclasses.Field) -> Any:
 
 def _field_doc(cls: type, name: str) -> str:
     """Attribute docstrings (``x: int = 1`` followed by ``\"\"\"doc\"\"\"``) for ``--help``."""
-    docs = getattr(cls, "__field_docs__", None)
+    docs = cls.__dict__.get("__field_docs__")  # not getattr: a subclass must not see its base's cache
     if docs is None:
-        docs = _parse_field_docs(cls)
+        docs = {}
+        for klass in reversed(cls.__mro__):  # a subclass that re-declares a field inherits its base's doc
+            docs.update(_parse_field_docs(klass) if dataclasses.is_dataclass(klass) else {})
         try:
             cls.__field_docs__ = docs
         except (AttributeError, TypeError):
