@@ -71,7 +71,7 @@ class TrainConfig:
     eval_batches: int = 8
     """Micro-batches per held-out set and evaluation."""
     save_every: int = 0
-    """Checkpoint every N steps (and at the end; 0 = only at the end)."""
+    """Checkpoint every N steps (and at the end; 0 = only at the end; -1 = never, e.g. benchmarks)."""
     keep_last: int = 2
     """Checkpoints kept."""
     resume: str = "auto"
@@ -215,7 +215,7 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
         last = done == cfg.max_steps
         if evals and (last or (cfg.eval_every > 0 and done % cfg.eval_every == 0)):
             _record_evals(hist, done, evaluate(model, evals, dist, amp), dist, log)
-        if last or (cfg.save_every > 0 and done % cfg.save_every == 0):
+        if cfg.save_every >= 0 and (last or (cfg.save_every > 0 and done % cfg.save_every == 0)):
             checkpoint.save(ckpt_root, done, model, optimizer, {"history": hist, "data_position": done}, dist,
                             keep_last=cfg.keep_last)
     log.close()
