@@ -136,7 +136,7 @@ def test_exact_resume_after_sigkill_and_kill_during_save(tiny, tmp_path):
     proc = cli(tiny, out)
     deadline = time.time() + 120
     while checkpoint.latest(partial) != partial / "step_00000004" and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     log = proc.communicate(timeout=60)[0]
     assert "resumed from" in log and "step_00000002" in log, log
