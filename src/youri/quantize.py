@@ -5,7 +5,8 @@ Tiny, on CPU (calibrated on the parent's own training data, found through its ``
     youri quantize runs/pretrain --out runs/pretrain-gptq --num_samples 32 --seq_len 256
 
 Multi-GPU machines: quantization is sequential, one decoder layer at a time on one GPU (peak ≈ one
-layer + the calibration activations), so a 7B model needs one 24 GB GPU::
+fp32 layer + the calibration activations, in and out: for a 7B Llama with 128 × 2048 calibration tokens
+an estimated ~12 GB, i.e. one 24 GB GPU -- arithmetic, not yet measured on a GPU)::
 
     CUDA_VISIBLE_DEVICES=0 youri quantize runs/sft-chat --out runs/sft-chat-gptq --device cuda
 
