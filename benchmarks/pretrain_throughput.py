@@ -63,7 +63,7 @@ def run_youri(args, state, rows, workdir: Path) -> list[float]:
     cfg = TrainConfig(lr=3e-4, min_lr=3e-5, warmup_steps=2, max_steps=args.warmup + args.steps + 1,
                       micro_batch_size=args.batch, grad_accum=1, weight_decay=0.1, betas=[0.9, 0.95], grad_clip=1.0,
                       eval_every=0, save_every=-1, resume="none", dtype="float32", progress=False,
-                      log_every=10**9)
+                      log_every=1)  # a log line per step, like the Trainer's logging_steps=1 below
     train(build_model(args, state), cfg=cfg, batches=Timed(rows, args.batch, 1), evals={}, run_dir=workdir, dist=Dist())
     return step_periods(stamps, args.warmup)
 
