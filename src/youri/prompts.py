@@ -41,7 +41,8 @@ and every later piece as a continuation (no ``"▁"`` dummy prefix). ``encode_pr
 uses the same pieces, so every generation context equals the training context token for token; for
 a single turn it equals ``tokenizer(prompt_string, add_special_tokens=False)`` exactly, and for
 multi-turn prompts it differs from tokenising the whole string only where an earlier reply starts
-with such a merging character (tested on Japanese MT-Bench).
+with such a merging character (Japanese MT-Bench two-turn prompts with the GPT-4 reference as the
+first reply: 10 of 80 differ, all there; tested).
 
 Labels: every ``システム`` reply is supervised, plus its ``</s>``. The last reply is followed by a
 real ``</s>`` token. An earlier reply is followed in the sequence by the ``"\\n"`` that starts the
