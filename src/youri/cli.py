@@ -27,6 +27,7 @@ class Command:
     module: str
     help: str
     section: str = ""  # default recipe section; the command name when empty
+    recipe_positional: bool = False  # the command's positional argument is the recipe file itself
 
 
 COMMANDS: list[Command] = [
@@ -40,6 +41,9 @@ COMMANDS: list[Command] = [
     Command("eval", "youri.evaluate", "JP-8 evaluation: the Stability jp-stable protocol, byte-exact and offline (lm-eval)"),
     Command("chat", "youri.chat", "talk to a chat model in the terminal (persona, streaming, /save /load; stdin one-shot)"),
     Command("serve", "youri.serve", "OpenAI-compatible server with dynamic batching and a web chat page"),
+    Command("pipeline", "youri.pipeline", "the whole family from one recipe: data → pretrain → sft → quantize → eval → report",
+            recipe_positional=True),
+    Command("report", "youri.report", "the family's report card (JP-8, perplexity, size, speed; Markdown, HTML, plots)"),
 ]
 
 
@@ -60,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(_unknown_flag_message(parser, unknown))
     try:
         section = args.section or command.section or command.name
-        recipe = load_recipe(args.recipe).get(section) if args.recipe else None
+        overrides = flag_overrides(args)
+        # ``youri pipeline RECIPE``: a positional recipe field also names the file to read the section from.
+        recipe_path = args.recipe or (overrides.get("recipe") if command.recipe_positional else None)
+        recipe = load_recipe(recipe_path).get(section) if recipe_path else None
         if args.recipe and recipe is None:
             raise ConfigError(f"{args.recipe}: no section '{section}' (pass --section NAME)")
-        cfg = build_config(module.Config, recipe, flag_overrides(args), where=section)
+        cfg = build_config(module.Config, recipe, overrides, where=section)
         if args.print_config:
             from youri.config import config_to_dict
             import yaml

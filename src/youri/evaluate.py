@@ -223,7 +223,7 @@ def _score(cfg: Config, plan, rendered: dict[str, list[dict]], tokenizer, max_le
     from youri.stage import StageWriter
 
     data_files = sorted({p for _, paths in plan if paths for p in paths.values()})
-    with StageWriter(out_folder(cfg), stage="eval", config=cfg, inputs=data_files, parent=cfg.model, overwrite=overwrite) as stage:
+    with StageWriter(out_folder(cfg), stage="eval", config=cfg, inputs=[cfg.model, *data_files], parent=cfg.model, overwrite=overwrite) as stage:
         configs = []
         for sel, paths in plan:
             if not paths:

@@ -102,7 +102,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
                                    "fingerprint": _rows_fingerprint(calib)},
                    "size": _sizes(stage.path, hf_config, cfg)}
         metrics["quality"] = _quality(parent, stage.path, tokenizer, cfg)
-        stage.inputs["calibration sample (token rows sha256)"] = metrics["calibration"]["fingerprint"]
+        stage.facts["calibration_sample_sha256"] = metrics["calibration"]["fingerprint"]
         stage.finish(metrics)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     return out

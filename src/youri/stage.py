@@ -91,6 +91,8 @@ class StageWriter:
         self.config = config_to_dict(config) if not isinstance(config, dict) else config
         self.parent = str(parent) if parent is not None else None
         self.inputs = {str(p): fingerprint(p) for p in inputs}
+        self.facts: dict[str, Any] = {}
+        """Derived fingerprints worth recording that are not input paths (e.g. a calibration sample's hash)."""
         self.fingerprint = config_fingerprint(stage, self.config, self.inputs)
         self.path = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
         self.finished = False
@@ -134,6 +136,7 @@ class StageWriter:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "parent": self.parent,
             "inputs": self.inputs,
+            "facts": self.facts,
             "fingerprint": self.fingerprint,
             "config": self.config,
         }

@@ -1,0 +1,91 @@
+"""`youri pipeline`: the whole family from the demo recipe (shortened), skip/re-run logic, the report card."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from youri.config import ConfigError, build_config
+from youri.pipeline import Config, plan, run
+from youri.stage import is_complete, read_manifest
+
+from conftest import SHARED_DATA
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = {"warmup_steps": 1, "eval_every": 2, "eval_batches": 1, "micro_batch_size": 2, "save_every": 0}
+
+
+def tiny_recipe(tmp_path: Path) -> Path:
+    """The demo recipe with every stage cut to seconds (same sections, same wiring)."""
+    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text(encoding="utf-8"))
+    recipe["init"].update(vocab_size=512, seq_len=512, hidden_size=128, intermediate_size=256, num_layers=1,
+                          num_heads=2, train={**TRAIN, "max_steps": 3})
+    recipe["data"].update(seq_len=128, val_docs=4)
+    recipe["pretrain"]["train"] = {**TRAIN, "max_steps": 3}
+    for section in ("sft_instruction", "sft_chat"):
+        recipe[section].update(seq_len=512, heldout=2, train={**TRAIN, "max_steps": 2})
+    recipe["quantize"].update(num_samples=2, seq_len=64, eval_samples=2)
+    recipe["eval"].update(tasks=["jcommonsenseqa", "xwinograd_ja"], limit=2, max_gen_toks=4,
+                          data_dir=str(SHARED_DATA))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_plan_wires_every_variant_and_rejects_unknown_stages():
+    names = [node.name for node in plan(Config(recipe="x"))]
+    assert names[:5] == ["init", "data", "pretrain", "sft_instruction", "sft_chat"]
+    assert {"quantize_base", "quantize_instruction", "quantize_chat"} <= set(names)
+    assert {f"eval_{v}{s}" for v in ("base", "instruction", "chat") for s in ("", "_gptq")} <= set(names)
+    assert [n.name for n in plan(Config(recipe="x", vocab_extend=True))][:3] == ["init", "vocab", "data"]
+    assert [n.name for n in plan(Config(recipe="x", base="/models/llama-2-7b"))][0] == "data"
+    with pytest.raises(ConfigError, match="until: unknown stage 'pretrian'"):
+        run(build_config(Config, {"recipe": str(REPO / "recipes" / "demo.yaml"), "until": "pretrian"}))
+
+
+@pytest.mark.slow
+def test_demo_pipeline_runs_skips_and_reruns_what_changed(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the recipe's builtin: paths and relative data paths
+    recipe = tiny_recipe(tmp_path)
+    cfg = Config(recipe=str(recipe), run_dir=str(tmp_path / "run"))
+    first = run(cfg)
+    run_dir = tmp_path / "run"
+    has_eval_data = SHARED_DATA.is_dir()
+    for node in plan(cfg):
+        if node.group == "eval" and not has_eval_data:
+            continue
+        assert first[node.name].startswith("ran"), node.name
+        assert is_complete(run_dir / node.name), node.name
+    for model in ("pretrain", "sft_instruction", "sft_chat", "quantize_chat"):
+        card = (run_dir / model / "README.md").read_text(encoding="utf-8")
+        assert "## Prompt format" in card and "## License" in card
+    assert "### 応答:" in (run_dir / "sft_instruction" / "README.md").read_text(encoding="utf-8")
+    assert "quant_method" in (run_dir / "quantize_chat" / "README.md").read_text(encoding="utf-8")
+
+    report = yaml.safe_load((run_dir / "report" / "report.json").read_text(encoding="utf-8"))
+    rows = {(r["variant"], r["precision"]): r for r in report["rows"]}
+    assert set(rows) == {(v, p) for v in ("base", "instruction", "chat") for p in ("fp", "gptq")}
+    for row in rows.values():
+        assert row["present"]
+        for key in ("ppl_ja", "ppl_en", "size_mb", "gen_tokens_per_s"):
+            assert math.isfinite(row[key]) and row[key] > 0, (row["variant"], row["precision"], key)
+        if has_eval_data:
+            assert math.isfinite(row["average"]) and set(row["scores"]) == {"jcommonsenseqa", "xwinograd_ja"}
+    assert rows[("chat", "gptq")]["size_mb"] < rows[("chat", "fp")]["size_mb"]
+    for name in ("report.md", "report.html", "loss_curves.png", "scores.png"):
+        assert (run_dir / "report" / name).stat().st_size > 0
+
+    second = run(cfg)
+    assert all(status == "skipped" for status in second.values()), second
+
+    text = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    text["sft_chat"]["train"]["lr"] = 5.0e-4
+    recipe.write_text(yaml.safe_dump(text, allow_unicode=True), encoding="utf-8")
+    third = run(cfg)
+    reran = {name for name, status in third.items() if status != "skipped"}
+    expected = {"sft_chat", "quantize_chat"} | ({"eval_chat", "eval_chat_gptq"} if has_eval_data else set())
+    assert reran == expected
+    assert read_manifest(run_dir / "sft_chat")["config"]["train"]["lr"] == 5.0e-4
