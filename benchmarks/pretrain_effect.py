@@ -38,14 +38,14 @@ def sections(corpus: str, work: Path, quick: bool) -> dict:
     init, data, pre = dict(recipe["init"]), dict(recipe["data"]), dict(recipe["pretrain"])
     if corpus == "shared":
         init["text"] = str(SHARED / "tinyshakespeare-en" / "input.txt")
-        init["train"] = {**init.get("train", {}), "max_steps": 250}
+        init["train"] = {**init.get("train", {}), "max_steps": 150}
         data["sources"] = [
             {"path": str(SHARED / "aozora-bunko-ja" / "aozora_clean.jsonl"), "lang": "ja", "weight": 4.5},
             {"path": str(SHARED / "wikipedia-annotated-corpus-ja" / "train.jsonl"), "lang": "ja", "weight": 4.5},
             {"path": str(SHARED / "tinyshakespeare-en" / "input.txt"), "lang": "en", "weight": 1}]
-        data["token_budget"] = 600_000
+        data["token_budget"] = 200_000
         data["val_docs"] = 32
-        pre["train"] = {**pre.get("train", {}), "max_steps": 100}
+        pre["train"] = {**pre.get("train", {}), "max_steps": 40}
     if quick:
         init["train"] = {**init.get("train", {}), "max_steps": 60}
         pre["train"] = {**pre.get("train", {}), "max_steps": 30, "eval_every": 10}
