@@ -47,7 +47,14 @@ def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None
     from youri.gptq import gptq_settings, load_gptq_model
     from youri.io import read_json
 
-    quant = gptq_settings(read_json(path / "config.json"))
+    config = read_json(path / "config.json")
+    if dtype is None and str(device or "cpu").startswith("cpu") and config.get("dtype", config.get("torch_dtype")) == "float16":
+        # fp16 matmuls on CPU are emulated and many times slower than fp32 (a GPTQ twin's eval went from
+        # minutes to seconds); keep the checkpoint's fp16 on GPUs, compute in fp32 on CPUs.
+        import torch
+
+        dtype = torch.float32
+    quant = gptq_settings(config)
     if quant is not None:  # a GPTQ twin: youri's own loader keeps the weights packed (QuantLinear)
         model = load_gptq_model(path, quant, dtype=dtype)
         return model.to(device) if device else model
