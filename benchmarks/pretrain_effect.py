@@ -45,10 +45,9 @@ def sections(corpus: str, work: Path, quick: bool) -> dict:
             {"path": str(SHARED / "tinyshakespeare-en" / "input.txt"), "lang": "en", "weight": 1}]
         data["token_budget"] = 200_000
         data["val_docs"] = 32
-        pre["train"] = {**pre.get("train", {}), "max_steps": 40}
     if quick:
         init["train"] = {**init.get("train", {}), "max_steps": 60}
-        pre["train"] = {**pre.get("train", {}), "max_steps": 30, "eval_every": 10}
+        pre["train"] = {**pre.get("train", {}), "max_steps": 10, "eval_every": 5}
     init["out"], data["out"], pre["out"] = str(work / "init"), str(work / "data"), str(work / "pretrain")
     data["tokenizer"], pre["model"], pre["data"] = init["out"], init["out"], data["out"]
     return {"init": init, "data": data, "pretrain": pre}
