@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run the test suite, first fetching the optional tools two tests use (each test skips with a reason
+# when its tool is missing): headless Chromium for the web chat page, and a separate venv with
+# GPTQModel for the plain-transformers GPTQ round trip (GPTQModel 7.6.0 pins numpy 2.2.6).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if { ! command -v chromium || ! command -v chromedriver; } >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "test.sh: chromium could not be installed; the browser test will skip"
+fi
+REF=${YOURI_GPTQ_REF_VENV:-$HOME/.cache/youri/gptqref}
+if ! "$REF/bin/python" -c "import gptqmodel, optimum" 2>/dev/null; then
+  (python3 -m venv --system-site-packages "$REF" && "$REF/bin/python" -m pip install -q gptqmodel==7.6.0 \
+     optimum==2.3.0 torch==2.13.0 transformers==5.24.0) \
+    || echo "test.sh: GPTQModel reference venv unavailable; the GPTQ round-trip test will skip"
+fi
+if "$REF/bin/python" -c "import gptqmodel, optimum" 2>/dev/null; then export YOURI_GPTQ_REFERENCE_PYTHON="$REF/bin/python"; fi
+exec python -m pytest tests "$@"
