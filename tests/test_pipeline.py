@@ -89,3 +89,10 @@ def test_demo_pipeline_runs_skips_and_reruns_what_changed(tmp_path, monkeypatch)
     expected = {"sft_chat", "quantize_chat"} | ({"eval_chat", "eval_chat_gptq"} if has_eval_data else set())
     assert reran == expected
     assert read_manifest(run_dir / "sft_chat")["config"]["train"]["lr"] == 5.0e-4
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates_every_stage(recipe, capsys):
+    planned = run(build_config(Config, {"recipe": str(recipe), "plan_only": True, "vocab_extend": True}))
+    assert planned and all(status == "planned" for status in planned.values())
+    assert "pretrain" in planned and "eval_chat_gptq" in planned

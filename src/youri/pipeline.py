@@ -55,6 +55,8 @@ class Config:
     """Run only this stage (or stage group); its inputs must already exist."""
     report: bool = True
     """Write and print the report card at the end."""
+    plan_only: bool = False
+    """Validate every stage's config and print the plan without running anything."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,12 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
     if cfg.base:
         folders["init"] = Path(cfg.base)
     configs = {node.name: _node_config(node, recipe, folders) for node in nodes}  # all validated up front
+    if cfg.plan_only:
+        for node in nodes:
+            mark = "run " if node.name in selected else "skip"
+            wiring = ", ".join(f"{k}={folders[v]}" for k, v in node.wiring.items())
+            print(f"[pipeline] {mark} {node.name:<22} {node.module:<16} {wiring}")
+        return {node.name: "planned" for node in nodes if node.name in selected}
     missing = _missing_eval_data(configs)
     if missing:  # the demo must run without ../shared: evaluation is then reported n/a, not an error
         print(f"[pipeline] eval: skipped, no evaluation data ({missing}); the report shows n/a")
