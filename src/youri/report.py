@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from youri.io import atomic_write_json, atomic_write_text, read_json
-from youri.stage import fingerprint, is_complete, read_metrics
+from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
 
 VARIANTS = (("base", "pretrain"), ("instruction", "sft_instruction"), ("chat", "sft_chat"))
 PRECISIONS = (("fp", ""), ("gptq", "_gptq"))
@@ -96,7 +96,7 @@ def collect_rows(run_dir: Path, *, measure: bool, eval_rows: int) -> list[dict[s
 def _scores(eval_dir: Path) -> dict[str, Any]:
     """Scores keyed by JP-8 task name (``jcommonsenseqa-1.1-0.3`` -> ``jcommonsenseqa``), versions kept aside:
     the family table compares tasks, while each model kind is scored with its own prompt version."""
-    if not is_complete(eval_dir):
+    if not is_complete(eval_dir) or _stale(eval_dir):
         return {"scores": {}, "versions": {}, "average": None, "average_note": "not evaluated"}
     metrics = read_metrics(eval_dir)
     scores, versions = {}, {}
@@ -105,6 +105,16 @@ def _scores(eval_dir: Path) -> dict[str, Any]:
         scores[task], versions[task] = round(t["score"], 2), key
     return {"scores": scores, "versions": versions, "average": metrics.get("average"),
             "average_note": metrics.get("average_note", "")}
+
+
+def _stale(eval_dir: Path) -> bool:
+    """An eval folder made from an older version of its model (the model was re-trained since)."""
+    manifest = read_manifest(eval_dir) or {}
+    parent, recorded = manifest.get("parent"), (manifest.get("inputs") or {}).get(manifest.get("parent"))
+    try:
+        return bool(parent and recorded and fingerprint(parent) != recorded)
+    except FileNotFoundError:
+        return True
 
 
 def _task_columns(rows: list[dict[str, Any]]) -> list[str]:
