@@ -64,6 +64,10 @@ def test_demo_pipeline_runs_skips_and_reruns_what_changed(tmp_path, monkeypatch)
         assert "## Prompt format" in card and "## License" in card
     assert "### 応答:" in (run_dir / "sft_instruction" / "README.md").read_text(encoding="utf-8")
     assert "quant_method" in (run_dir / "quantize_chat" / "README.md").read_text(encoding="utf-8")
+    if has_eval_data:  # every evaluated model's card carries its JP-8 table
+        for model in ("pretrain", "sft_chat", "quantize_chat"):
+            card = (run_dir / model / "README.md").read_text(encoding="utf-8")
+            assert "## Evaluation" in card and "| jcommonsenseqa" in card, model
 
     report = yaml.safe_load((run_dir / "report" / "report.json").read_text(encoding="utf-8"))
     rows = {(r["variant"], r["precision"]): r for r in report["rows"]}

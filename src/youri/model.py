@@ -77,3 +77,18 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, *, max_shard_size: 
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def resolve_export_dtype(name: str, model_dir: str | os.PathLike):
+    """The dtype a training stage saves its weights in: ``auto`` keeps the parent checkpoint's dtype."""
+    import torch
+
+    from youri.config import ConfigError
+    from youri.io import read_json
+
+    if name == "auto":
+        saved = read_json(Path(model_dir) / "config.json")
+        name = saved.get("dtype") or saved.get("torch_dtype") or "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"export_dtype: {name!r} is not one of 'auto', 'float32', 'bfloat16', 'float16'")
+    return getattr(torch, name)

@@ -21,7 +21,6 @@ downstream, because their recorded input fingerprints no longer match.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import time
@@ -131,7 +130,8 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         importlib.import_module(node.module).run(stage_cfg, overwrite=True)
         summary[node.name] = f"ran in {time.perf_counter() - started:.1f}s"
-        _write_card(folders[node.name], run_dir)
+        _write_card(folders[node.name], None)
+    _refresh_cards_with_scores(nodes, folders)
     if cfg.report and not cfg.only:
         from youri.report import write_report
 
@@ -190,13 +190,17 @@ def _canonical(config: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in config.items() if k != "out"}, sort_keys=True, ensure_ascii=False)
 
 
-def _write_card(folder: Path, run_dir: Path) -> None:
+def _write_card(folder: Path, eval_folder: Path | None) -> None:
     from youri.card import write_model_card
+    from youri.stage import read_metrics
 
     if (folder / "config.json").is_file():  # a model folder (not data / eval)
-        write_model_card(folder)
+        write_model_card(folder, eval_metrics=read_metrics(eval_folder) if eval_folder else None)
 
 
-def describe(cfg: Config) -> list[dict[str, Any]]:
-    """The plan as data (for docs and tests): node, section, wiring."""
-    return [dataclasses.asdict(node) for node in plan(cfg)]
+def _refresh_cards_with_scores(nodes: list[Node], folders: dict[str, Path]) -> None:
+    """Each evaluated model's card gets its JP-8 table (an eval node's ``model`` is the evaluated folder)."""
+    for node in nodes:
+        model = folders.get(node.wiring.get("model", ""))
+        if node.group == "eval" and model is not None and is_complete(folders[node.name]) and is_complete(model):
+            _write_card(model, folders[node.name])

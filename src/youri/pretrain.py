@@ -142,7 +142,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
         return dry_run(cfg)
     from youri import checkpoint
     from youri.distributed import close_distributed, init_distributed
-    from youri.model import load_model, load_tokenizer
+    from youri.model import load_model, load_tokenizer, resolve_export_dtype
     from youri.shards import TokenShards, read_index
     from youri.stage import StageWriter
     from youri.trainer import train
@@ -152,7 +152,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=torch.float32)  # fp32 master weights; bf16 compute is autocast
     check_tokenizer(data, index, model.config, tokenizer)
-    export_dtype = _export_dtype(cfg.export_dtype, model_dir)
+    export_dtype = resolve_export_dtype(cfg.export_dtype, model_dir)
     t = cfg.train
     batches = ShardBatches(TokenShards.open(data, "train"), t.micro_batch_size, t.grad_accum, t.seed)
     evals = {split: HeldOut(TokenShards.open(data, split), t.micro_batch_size, t.eval_batches)
@@ -184,15 +184,6 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
                           "final_ppl": metrics["final_ppl"]}, ensure_ascii=False))
     close_distributed(dist)
     return metrics
-
-
-def _export_dtype(name: str, model_dir: Path) -> torch.dtype:
-    if name == "auto":
-        saved = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        name = saved.get("dtype") or saved.get("torch_dtype") or "float32"
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"export_dtype: {name!r} is not one of 'auto', 'float32', 'bfloat16', 'float16'")
-    return getattr(torch, name)
 
 
 # ---------------------------------------------------------------------------- dry run

@@ -88,8 +88,7 @@ class Config:
 def run(cfg: Config, *, overwrite: bool = False) -> dict:
     from youri import checkpoint
     from youri.distributed import close_distributed, init_distributed
-    from youri.model import load_model, load_tokenizer
-    from youri.pretrain import _export_dtype
+    from youri.model import load_model, load_tokenizer, resolve_export_dtype
     from youri.stage import StageWriter
     from youri.trainer import train
 
@@ -114,7 +113,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     dist = init_distributed()
     if cfg.lora.enabled and dist.enabled:
         raise ConfigError("lora.enabled: LoRA runs in one process; use full fine-tuning with torchrun")
-    export_dtype = _export_dtype(cfg.export_dtype, model_dir)
+    export_dtype = resolve_export_dtype(cfg.export_dtype, model_dir)
     model = load_model(model_dir, dtype=torch.float32)
     model.config.use_cache = False  # a KV cache would disable the packed-sequence (block-diagonal) mask
     if cfg.lora.enabled:
