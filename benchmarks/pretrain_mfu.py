@@ -23,7 +23,7 @@ import torch
 SHAPES = {  # (hidden, intermediate, layers, heads, kv heads)
     "tiny": (128, 384, 2, 4, 4),
     "1b": (2048, 5632, 22, 32, 4),      # TinyLlama-1.1B
-    "3b": (3200, 8640, 26, 32, 32),     # OpenLLaMA-3B
+    "3b": (3072, 8192, 28, 24, 8),      # Llama-3.2-3B blocks (head_dim 128), Llama 2 vocabulary
     "7b": (4096, 11008, 32, 32, 32),    # Llama 2 7B
 }
 
@@ -50,13 +50,14 @@ def main() -> None:
     config = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=args.seq,
                          tie_word_embeddings=False, attn_implementation="sdpa")
-    model = LlamaForCausalLM(config)
+    dist = init_distributed()
+    with dist.device:  # random init straight on the GPU: a 7B fp32 init on the CPU takes minutes
+        model = LlamaForCausalLM(config)
     rows = np.random.default_rng(0).integers(3, 32000, size=(args.batch * (args.steps + 1), args.seq))
     cfg = TrainConfig(max_steps=args.steps, warmup_steps=2, micro_batch_size=args.batch, eval_every=0, save_every=-1,
                       resume="none", dtype="bfloat16", compile=args.compile,
                       activation_checkpointing=args.activation_checkpointing, peak_tflops=args.peak_tflops,
                       progress=False, log_every=5)
-    dist = init_distributed()
     with tempfile.TemporaryDirectory() as tmp:
         result = train(model, cfg=cfg, batches=ShardBatches(rows, args.batch, 1), evals={}, run_dir=tmp, dist=dist)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -191,6 +191,34 @@ def twin(parent) -> Path:
                       eval_samples=2, device="cpu"))
 
 
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_hessians_equal_plain_x_xt_of_each_linear_input(parent, true_sequential):
+    """Shared Hessians (q/k/v, gate/up) and early-stopped batches give exactly 2/n Σ x xᵀ per linear,
+    also when all seven linears are collected in one pass (inputs of different linears never alias)."""
+    from youri.model import load_model
+    from youri.quantize import SEQUENTIAL_GROUPS, _collect_hessians, _first_layer_inputs
+
+    model = load_model(parent, dtype=torch.float32)
+    inputs, kwargs = _first_layer_inputs(model, torch.randint(3, 256, (6, 32)), torch.device("cpu"), 4)
+    layer = model.model.layers[0]
+    names = sum(SEQUENTIAL_GROUPS, ())
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = [layer.get_submodule(n).register_forward_hook(
+        lambda m, a, o, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1]))) for n in names]
+    with torch.no_grad():
+        for x in inputs:
+            layer(x, **kwargs)
+    for h in handles:
+        h.remove()
+    groups = SEQUENTIAL_GROUPS if true_sequential else (names,)
+    got = {n: H for group in groups for n, H in _collect_hessians(layer, group, inputs, kwargs).items()}
+    for name in names:
+        X = torch.cat(seen[name])
+        torch.testing.assert_close(got[name], 2 * X.T @ X / X.shape[0], rtol=1e-5, atol=1e-6)
+    assert got["self_attn.q_proj"] is got["self_attn.v_proj"]  # one Hessian for one shared input
+    assert not torch.equal(got["mlp.gate_proj"], got["self_attn.q_proj"])
+
+
 def test_quantize_folder_is_gptq_v1(twin, parent):
     from safetensors.torch import load_file
 

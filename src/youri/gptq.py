@@ -62,11 +62,6 @@ def quant_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, t
     return scale, zero
 
 
-def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer codes of ``w`` ([N, cols]) for per-row ``scale``/``zero`` ([N])."""
-    return torch.clamp(torch.round(w / scale[:, None]) + zero[:, None], 0, 2 ** bits - 1)
-
-
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size: int = 128, sym: bool = True,
                   damp: float = 0.01, act_order: bool = False, block_size: int = 128):
     """GPTQ (Frantar et al. 2022) of one weight ``W`` [N, K] given the Hessian ``H`` = 2/n Σ x xᵀ [K, K].
@@ -89,21 +84,29 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
 
     codes = torch.zeros(N, K, device=W.device)
     scales, zeros = [], []
+    maxq = 2 ** bits - 1
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        diag = torch.diagonal(Hinv1)
         for i in range(i2 - i1):
             if (i1 + i) % group == 0:  # new group: parameters from the error-updated weights
-                cols = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :group]
+                cols = W1[:, i:i + group]
+                if i + group > i2 - i1:  # the group runs past this block: its tail is still in W
+                    cols = torch.cat([cols, W[:, i2:i1 + i + group]], dim=1)
                 scale, zero = quant_params(cols, bits, sym)
                 scales.append(scale)
                 zeros.append(zero)
-            q = quantize_codes(W1[:, i:i + 1], scale, zero, bits)[:, 0]
-            codes[:, i1 + i] = q
-            err = (W1[:, i] - scale * (q - zero)) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            w = W1[:, i]
+            q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+            Q1[:, i] = q
+            err = (w - scale * (q - zero)) / diag[i]
             Err1[:, i] = err
+            # Hinv1 is upper triangular: row i is zero left of column i, so updating the whole
+            # block row-rank-1 (one kernel, fixed shape) equals updating columns i: only.
+            W1.addr_(err, Hinv1[i], alpha=-1)
+        codes[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     invperm = torch.argsort(perm)

@@ -5,8 +5,8 @@ Tiny, on CPU (calibrated on the parent's own training data, found through its ``
     youri quantize runs/pretrain --out runs/pretrain-gptq --num_samples 32 --seq_len 256
 
 Multi-GPU machines: quantization is sequential, one decoder layer at a time on one GPU (peak ≈ one
-fp32 layer + the calibration activations, in and out: for a 7B Llama with 128 × 2048 calibration tokens
-an estimated ~12 GB, i.e. one 24 GB GPU -- arithmetic, not yet measured on a GPU)::
+fp32 layer + the calibration activations, in and out: for a Llama-2-7B with 128 × 2048 calibration
+tokens 11.2 GB measured on an H200, so one 24 GB GPU; ~8 s per layer there, see docs/gpu_checks.md)::
 
     CUDA_VISIBLE_DEVICES=0 youri quantize runs/sft-chat --out runs/sft-chat-gptq --device cuda
 
@@ -26,6 +26,7 @@ import math
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
                                    "sequences": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
                                    "fingerprint": _rows_fingerprint(calib)},
                    "size": _sizes(stage.path, hf_config, cfg)}
-        metrics["quality"] = _quality(parent, stage.path, tokenizer, cfg)
+        metrics["quality"] = _quality(parent, stage.path, tokenizer, cfg, device)
         stage.facts["calibration_sample_sha256"] = metrics["calibration"]["fingerprint"]
         stage.finish(metrics)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
@@ -293,7 +294,8 @@ def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str,
     for index, layer in enumerate(layers):
         layer.to(device)
         for group in groups:
-            hessians = _collect_hessians(layer, group, inputs, kwargs)
+            with _fast_fp32_matmuls(device):
+                hessians = _collect_hessians(layer, group, inputs, kwargs)
             for name in group:
                 linear = layer.get_submodule(name)
                 codes, scales, zeros, g_idx = gptq_quantize(
@@ -303,7 +305,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str,
                 linear.weight.data = dequantize(**tensors, bits=cfg.bits).to(linear.weight.dtype)
                 packed[f"model.layers.{index}.{name}"] = {k: v.cpu() for k, v in tensors.items()}
             del hessians
-        with torch.no_grad():  # the next layer is calibrated on this layer's quantized outputs
+        with torch.no_grad(), _fast_fp32_matmuls(device):  # the next layer sees this one's quantized outputs
             inputs = [_layer_out(layer(x, **kwargs)) for x in inputs]
         layer.to("cpu")
     return packed
@@ -311,6 +313,24 @@ def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str,
 
 class _Stop(Exception):
     pass
+
+
+@contextmanager
+def _fast_fp32_matmuls(device):
+    """TF32 matmuls on GPUs for the calibration forwards and Hessians (not for the GPTQ solve itself).
+
+    Five fp32 forwards of every layer over all calibration tokens (four true-sequential groups, then the
+    output) are most of the arithmetic. TF32 keeps fp32 range with a 10-bit mantissa, the precision of the
+    fp16 activations the reference tools (AutoGPTQ/GPTQModel) calibrate with. CPUs are unaffected."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def _first_layer_inputs(model, calib: torch.Tensor, device, batch_size: int):
@@ -338,28 +358,46 @@ def _first_layer_inputs(model, calib: torch.Tensor, device, batch_size: int):
 
 
 def _collect_hessians(layer, names, inputs, kwargs) -> dict[str, torch.Tensor]:
-    """H = 2/n Σ x xᵀ over every calibration token entering each named linear (running average)."""
+    """H = 2/n Σ x xᵀ over every calibration token entering each named linear (running average).
+
+    Linears fed the same tensor (q/k/v, gate/up) share one Hessian, and each calibration batch stops as
+    soon as every named linear has seen its input: the rest of the layer is not needed for these."""
     hessians, counts, handles = {}, {}, []
+    seen: list[tuple[str, torch.Tensor]] = []  # (linear, its input) in this batch, in call order
 
     def hook(name):
         def accumulate(module, args, output):
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            n = counts.get(name, 0)
-            H = hessians.get(name)
-            if H is None:
-                H = hessians[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-            H *= n / (n + x.shape[0])
-            counts[name] = n + x.shape[0]
-            x = math.sqrt(2 / counts[name]) * x
-            H += x.T @ x
+            twin = next((first for first, tensor in seen if tensor is args[0]), None)
+            if twin is None:
+                seen.append((name, args[0]))
+                x = args[0].reshape(-1, args[0].shape[-1]).float()
+                n = counts.get(name, 0)
+                H = hessians.get(name)
+                if H is None:
+                    H = hessians[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+                H *= n / (n + x.shape[0])
+                counts[name] = n + x.shape[0]
+                x = math.sqrt(2 / counts[name]) * x
+                H.addmm_(x.T, x)
+            else:
+                hessians[name] = hessians[twin]
+            done.add(name)
+            if len(done) == len(names):
+                raise _Stop  # every named linear has its input for this batch
         return accumulate
 
+    done: set[str] = set()
     for name in names:
         handles.append(layer.get_submodule(name).register_forward_hook(hook(name)))
     try:
         with torch.no_grad():
             for x in inputs:
-                layer(x, **kwargs)
+                seen.clear()
+                done.clear()
+                try:
+                    layer(x, **kwargs)
+                except _Stop:
+                    pass
     finally:
         for h in handles:
             h.remove()
@@ -435,8 +473,8 @@ def _sizes(folder: Path, hf_config: dict, cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------- what it cost
 
-def _quality(parent: Path, folder: Path, tokenizer, cfg: Config) -> dict:
-    """Held-out perplexity and KL(parent ‖ ·) per language for the GPTQ twin and for RTN."""
+def _quality(parent: Path, folder: Path, tokenizer, cfg: Config, device=torch.device("cpu")) -> dict:
+    """Held-out perplexity and KL(parent ‖ ·) per language for the GPTQ twin and for RTN (all fp32, on ``device``)."""
     from youri.model import load_model
 
     if cfg.eval_samples <= 0:
@@ -446,8 +484,8 @@ def _quality(parent: Path, folder: Path, tokenizer, cfg: Config) -> dict:
     rows = {lang: _token_rows([src], tokenizer, cfg.eval_samples, cfg.seq_len, f"val/{lang}",
                               text_field=cfg.calibration_field)
             for lang, src in sources.items() if src is not None}
-    reference = load_model(parent, dtype=torch.float32)
-    candidates = {"gptq": load_model(folder, dtype=torch.float32), "rtn": rtn_model(reference, cfg)}
+    reference = load_model(parent, dtype=torch.float32).to(device)
+    candidates = {"gptq": load_model(folder, dtype=torch.float32).to(device), "rtn": rtn_model(reference, cfg)}
     result = {}
     for lang in ("ja", "en"):
         if lang not in rows or len(rows[lang]) == 0:
@@ -477,7 +515,7 @@ def compare_models(reference, candidates: dict, rows: torch.Tensor, batch: int =
     kls = {name: 0.0 for name in candidates}
     tokens = 0
     for i in range(0, len(rows), batch):
-        ids = rows[i:i + batch]
+        ids = rows[i:i + batch].to(next(reference.parameters()).device)
         ref = torch.log_softmax(reference(ids).logits[:, :-1].float(), -1)
         target = ids[:, 1:]
         totals["reference"] -= ref.gather(-1, target[..., None]).sum().item()
