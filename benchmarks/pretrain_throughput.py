@@ -2,10 +2,12 @@
 
 Same tiny Llama (default: hidden 256, 4 layers, vocab 32000 — the LM head dominates, as noted in
 ../shared/docs/engineering-notes.md), same batch, sequence length, dtype (fp32), optimizer settings
-(AdamW fused, betas 0.9/0.95, clip 1.0, warmup + cosine) and data, on CPU, one process. The two
-loops alternate in rounds (the machine is shared and noisy) and each step is timed end to end: the
-period between the starts of consecutive optimizer steps, which includes data, logging and the
-optimizer. Reported: median tokens/s over all timed steps of all rounds, and their ratio.
+(AdamW fused, betas 0.9/0.95, clip 1.0, warmup + cosine) and data, on CPU. The two loops alternate in
+rounds (the machine is shared and noisy), each round in a fresh Python process of its own, so that
+neither inherits the other's process state (youri's loop tunes the process's malloc on CPU:
+``youri.trainer.retain_freed_memory``). Each step is timed end to end: the period between the starts
+of consecutive optimizer steps, which includes data, logging and the optimizer. Reported: median
+tokens/s over all timed steps of all rounds, and their ratio.
 
     python benchmarks/pretrain_throughput.py            # full: 3 rounds x 12 timed steps
     python benchmarks/pretrain_throughput.py --quick    # <= 60 s: 1 round x 4 timed steps, smaller model
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +91,21 @@ def run_trainer(args, state, rows, workdir: Path) -> list[float]:
     return step_periods(stamps, args.warmup)
 
 
+def run_round(name: str, argv: list[str]) -> list[float]:
+    """One loop's timed step periods, measured in a fresh process (``--worker NAME``)."""
+    out = subprocess.run([sys.executable, __file__, "--worker", name, *argv], check=True, text=True,
+                         stdout=subprocess.PIPE)
+    return json.loads(out.stdout.strip().splitlines()[-1])["periods"]
+
+
+def worker(args) -> None:
+    state = build_model(args).state_dict()
+    rows = np.random.default_rng(0).integers(3, args.vocab, size=(2048, args.seq), dtype=np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        periods = {"youri": run_youri, "trainer": run_trainer}[args.worker](args, state, rows, Path(tmp))
+    print(json.dumps({"periods": periods}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="<= 60 s: 1 round, 4 timed steps, seq 128")
@@ -99,21 +117,22 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--worker", choices=["youri", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.steps, args.seq = 1, 4, 128
+    if args.worker:
+        return worker(args)
 
     import transformers
 
-    state = build_model(args).state_dict()
-    rows = np.random.default_rng(0).integers(3, args.vocab, size=(2048, args.seq), dtype=np.int64)
+    argv = [f"--{k}={getattr(args, k)}" for k in ("steps", "warmup", "batch", "seq", "hidden", "layers", "vocab")]
     periods = {"youri": [], "trainer": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for name, fn in (("youri", run_youri), ("trainer", run_trainer)):
-                periods[name] += fn(args, state, rows, Path(tmp) / f"{name}{r}")
-                print(f"round {r + 1}/{args.rounds} {name:8s} median step {statistics.median(periods[name]):.3f} s",
-                      file=sys.stderr)
+    for r in range(args.rounds):
+        for name in ("youri", "trainer"):
+            periods[name] += run_round(name, argv)
+            print(f"round {r + 1}/{args.rounds} {name:8s} median step {statistics.median(periods[name]):.3f} s",
+                  file=sys.stderr)
 
     tokens = args.batch * args.seq
     tps = {name: tokens / statistics.median(p) for name, p in periods.items()}

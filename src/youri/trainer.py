@@ -159,6 +159,8 @@ def evaluate(model, evals: dict[str, EvalFn], dist: Dist, amp: torch.dtype) -> d
 
 
 def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, EvalFn], run_dir, dist: Dist) -> dict:
+    if dist.device.type == "cpu":
+        retain_freed_memory()
     torch.manual_seed(cfg.seed)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(cfg.deterministic or was_deterministic)
@@ -224,6 +226,28 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
 
 
 # ---------------------------------------------------------------------------- helpers
+
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process instead of giving it back to the OS.
+
+    By default every buffer over a few MB (logits, their gradient, the softmax) is a fresh ``mmap``
+    that is unmapped when freed, so each training step page-faults all of them back in: ~210k minor
+    faults and ~18 % of the step on the CPU benchmark model. With the mmap threshold at 1 GiB and no
+    trimming, the same heap memory is reused step after step (~40k faults). Process-wide and kept
+    for the life of the process (resident memory stays at its peak); a no-op off glibc. Returns
+    whether the settings were applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h; mallopt takes a C int
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
 
 def _autocast(device: torch.device, amp: torch.dtype):
     return torch.autocast(device.type, dtype=amp) if amp != torch.float32 else nullcontext()
