@@ -366,3 +366,25 @@ def test_cluster_executor_returning_early_resumes_on_the_next_call(tmp_path, fas
     with pytest.raises(ValueError, match="executor_options for SlurmPipelineExecutor.*time"):
         cfg.out = str(tmp_path / "x")
         data.run(cfg)
+
+
+def test_tokenizer_copied_as_is_and_its_facts_equal_transformers(tmp_path, fast_tokenizer):
+    """A HF tokenizer folder is copied byte for byte; EOS id and size read without transformers equal
+    the transformers tokenizer's (for Llama 2's and for a tokenizer with an extra added token)."""
+    from youri.model import load_tokenizer
+
+    extended = tmp_path / "extended"
+    tokenizer = load_tokenizer(fast_tokenizer)
+    tokenizer.add_tokens(["<extra_ja>"])
+    tokenizer.save_pretrained(str(extended))
+    for folder in (fast_tokenizer, extended):
+        out = tmp_path / f"out-{folder.name}"
+        data.run(_config(out, folder, SAMPLES, seq_len=64, val_docs=0))
+        for name in data.TOKENIZER_FILES:
+            if (folder / name).is_file():
+                assert (out / "tokenizer" / name).read_bytes() == (folder / name).read_bytes()
+        hf = load_tokenizer(folder)
+        index = json.loads((out / "index.json").read_text())
+        assert (index["eos_id"], index["vocab_size"]) == (hf.eos_token_id, len(hf))
+        assert data.tokenizer_facts(out / "tokenizer") == data.TokenizerFacts(hf.eos_token_id, len(hf))
+    assert json.loads((tmp_path / "out-extended" / "index.json").read_text())["vocab_size"] == len(tokenizer)
