@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU checks of issues 3 and 6, in one run on one GPU (written for an H200):
-#   1. MFU of youri's training loop (bf16, fused AdamW, torch.compile per layer) for 1B and 3B Llama shapes;
+#   1. MFU of youri's training loop (bf16, fused AdamW, torch.compile per layer) for 1B and 3B Llama shapes,
+#      and a Llama-2-7B shape with activation checkpointing (the youri-7b recipe's settings);
 #   2. `youri quantize` (GPTQ 4 bit, g128) of a 1.1B Llama shape, and of a Llama-2-7B shape cut to 2 layers
 #      (same peak GPU memory as the full 7B: one layer lives on the GPU at a time), time and peak memory;
 #   3. whether vLLM is importable there (it is not part of the machine image; too large to carry).
@@ -41,5 +42,8 @@ check quantize_7b_2layers 90 benchmarks/quantize_gpu.py --shape 7b --layers 2 --
     --calibration "$DATA/aozora_clean.jsonl"
 check mfu_3b_compile 130 benchmarks/pretrain_mfu.py --shape 3b --batch 2 --steps 12 --compile
 check mfu_1b_eager 60 benchmarks/pretrain_mfu.py --shape 1b --batch 4 --steps 10
+# The youri-7b recipe's own settings (compile + activation checkpointing) on one GPU, batch 1 x 4096:
+# fp32 master weights + AdamW states alone are 100 GiB here (FSDP2 shards them across GPUs in the recipe).
+check mfu_7b_ac 240 benchmarks/pretrain_mfu.py --shape 7b --batch 1 --steps 8 --compile --activation_checkpointing
 echo "== results"
 cat "$OUT/results.jsonl"
