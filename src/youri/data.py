@@ -26,6 +26,7 @@ its file still has that hash.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,17 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
     _validate(cfg)
     inputs = [p for s in cfg.sources for p in source_files(s)[0]] + [_tokenizer_input(cfg.tokenizer)]
     started = time.perf_counter()
+    # Objects alive before the run (imported libraries: ~220k once torch/transformers are loaded) are kept
+    # out of the cyclic GC's full collections while the documents stream through: those collections
+    # took 0.16-0.19 s of a 1.3-1.4 s run on the shared corpora (0.015 s frozen). Undone at the end.
+    gc.freeze()
+    try:
+        return _run(cfg, inputs, started, overwrite)
+    finally:
+        gc.unfreeze()
+
+
+def _run(cfg: Config, inputs: list[Path], started: float, overwrite: bool) -> Path:
     with StageWriter(cfg.out, stage="data", config=cfg, inputs=inputs, overwrite=overwrite) as stage:
         tokenizer = _prepare_tokenizer(cfg.tokenizer, stage.path / "tokenizer")
         waiting = run_datatrove(cfg, stage.path)
@@ -376,22 +388,19 @@ class ShardWriter:
         return entries, totals
 
     def _tokens(self, docs: Documents, order: np.ndarray, ends: np.ndarray, first: int, last: int) -> np.ndarray:
-        """Tokens [first, last) of the packed stream ``doc, EOS, doc, EOS, ...``, gathered with array indexing."""
+        """Tokens [first, last) of the packed stream ``doc, EOS, doc, EOS, ...``: the documents that
+        overlap the range, concatenated as slices of their tasks' token arrays, then cut to the range."""
         lo = int(np.searchsorted(ends, first, side="right"))
         hi = int(np.searchsorted(ends, last, side="left")) + 1
         picked = order[lo:hi]
-        begins = ends[lo:hi] - docs.lengths[picked] - 1  # stream position where each document starts
-        positions = np.arange(first, last)
-        which = np.searchsorted(ends[lo:hi], positions, side="right")  # document of every position
-        offset = positions - begins[which]  # position inside "ids + EOS"
-        is_eos = offset == docs.lengths[picked][which]
-        source = docs.start[picked][which] + np.minimum(offset, docs.lengths[picked][which] - 1)
-        task = docs.task[picked][which]
-        out = np.full(last - first, self.eos_id, dtype=np.int64)
-        for t in np.unique(task).tolist():
-            mask = (task == t) & ~is_eos
-            out[mask] = docs.tokens[t][source[mask]]
-        return out
+        eos = np.array([self.eos_id], dtype=np.uint32)
+        pieces = []
+        for task, start, length in zip(docs.task[picked].tolist(), docs.start[picked].tolist(),
+                                       docs.lengths[picked].tolist()):
+            pieces.append(docs.tokens[task][start:start + length])
+            pieces.append(eos)
+        begin = int(ends[lo] - docs.lengths[picked[0]] - 1)  # stream position where the first document starts
+        return np.concatenate(pieces)[first - begin:last - begin].astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- report
