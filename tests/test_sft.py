@@ -10,7 +10,7 @@ import torch
 
 from conftest import shared_path
 from youri.io import DataError, SkipCounter
-from youri.losses import IGNORE_INDEX, token_loss_sum
+from youri.losses import token_loss_sum
 from youri.prompts import SETTING, SYSTEM, USER, Instruction, chat_prompt, messages_to_turns
 from youri.sft_data import (DatasetConfig, Row, RowBatches, build_mixture, collate, encode_all, pack, read_dataset)
 
