@@ -31,11 +31,7 @@ from pathlib import Path
 
 import torch
 
-SHAPES = {  # (hidden, intermediate, layers, heads, kv heads)
-    "tiny": (256, 768, 2, 4, 4),
-    "1b": (2048, 5632, 22, 32, 4),      # TinyLlama-1.1B
-    "7b": (4096, 11008, 32, 32, 32),    # Llama 2 7B
-}
+from pretrain_mfu import SHAPES  # the same named Llama shapes as the MFU benchmark (this folder is on sys.path)
 
 
 def build_parent(folder: Path, shape: str, layers: int, tokenizer_path: str) -> int:

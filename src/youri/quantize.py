@@ -319,9 +319,10 @@ class _Stop(Exception):
 def _fast_fp32_matmuls(device):
     """TF32 matmuls on GPUs for the calibration forwards and Hessians (not for the GPTQ solve itself).
 
-    Five fp32 forwards of every layer over all calibration tokens (four true-sequential groups, then the
-    output) are most of the arithmetic. TF32 keeps fp32 range with a 10-bit mantissa, the precision of the
-    fp16 activations the reference tools (AutoGPTQ/GPTQModel) calibrate with. CPUs are unaffected."""
+    The fp32 layer forwards over all calibration tokens (one per true-sequential group, each stopped once
+    the group has its inputs, then the output pass) and the Hessian products are most of the arithmetic.
+    TF32 keeps fp32 range with a 10-bit mantissa, the precision of the fp16 activations the reference
+    tools (AutoGPTQ/GPTQModel) calibrate with. CPUs are unaffected."""
     if device.type != "cuda":
         yield
         return
