@@ -3,7 +3,7 @@
     python benchmarks/data_throughput.py            # the shared corpora (ja Wikipedia + Aozora + Tiny Shakespeare)
     python benchmarks/data_throughput.py --quick    # Wikipedia + a slice of Tiny Shakespeare, one repeat (< 60 s)
 
-youri: the whole ``youri.data.run`` (read, normalise, filter, tokenise, MinHash, dedup, mix, pack,
+youri: the whole ``youri.data.corpus.run`` (read, normalise, filter, tokenise, MinHash, dedup, mix, pack,
 write shards + report) on the sources. Reference: ``tokenizer(texts, add_special_tokens=False)`` on
 exactly the normalised documents that pass the filters, i.e. the text youri tokenises. Both measured
 after imports, with the same tokenizer folder (youri's run copies it into its output and loads it,
@@ -27,22 +27,27 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def sources(quick: bool, tmp: Path) -> list[dict]:
     if not SHARED.is_dir():  # the shipped samples still give a (small) comparison
-        return [{"path": "builtin:corpus_ja.jsonl", "lang": "ja", "weight": 9},
-                {"path": "builtin:corpus_en.txt", "lang": "en", "weight": 1}]
+        return [
+            {"path": "builtin:corpus_ja.jsonl", "lang": "ja", "weight": 9},
+            {"path": "builtin:corpus_en.txt", "lang": "en", "weight": 1},
+        ]
     wiki = {"path": str(SHARED / "wikipedia-annotated-corpus-ja/train.jsonl"), "lang": "ja", "weight": 2}
     english = SHARED / "tinyshakespeare-en/input.txt"
     if quick:
         piece = tmp / "shakespeare_quarter.txt"
         text = english.read_text(encoding="utf-8")
-        piece.write_text(text[:len(text) // 4], encoding="utf-8")
+        piece.write_text(text[: len(text) // 4], encoding="utf-8")
         return [wiki, {"path": str(piece), "lang": "en", "weight": 1}]
-    return [wiki, {"path": str(SHARED / "aozora-bunko-ja/aozora_clean.jsonl"), "lang": "ja", "weight": 7},
-            {"path": str(english), "lang": "en", "weight": 1}]
+    return [
+        wiki,
+        {"path": str(SHARED / "aozora-bunko-ja/aozora_clean.jsonl"), "lang": "ja", "weight": 7},
+        {"path": str(english), "lang": "en", "weight": 1},
+    ]
 
 
 def filtered_texts(cfg, tmp: Path) -> list[str]:
     """The normalised documents that pass the filters: what youri's tokenise step sees."""
-    from youri.data_steps import Normalize, QualityFilter, ReadSources
+    from youri.data.steps import Normalize, QualityFilter, ReadSources
 
     work = str(tmp / "reference-work")
     steps = ReadSources(cfg.sources, work), Normalize(), QualityFilter(cfg.sources, cfg.filters, cfg.dedup, work)
@@ -61,7 +66,7 @@ def main() -> int:
     repeats = args.repeats or (1 if args.quick else 3)
 
     from youri.config import build_config
-    from youri.data import Config, run
+    from youri.data.corpus import Config, run
     from youri.model import load_tokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix="youri-bench-"))
@@ -70,8 +75,15 @@ def main() -> int:
         # in any HF model folder; both sides then load that same folder.
         tokenizer = load_tokenizer(args.tokenizer)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        cfg = build_config(Config, {"out": str(tmp / "out"), "tokenizer": str(tmp / "tokenizer"), "seq_len": 512,
-                                    "sources": sources(args.quick, tmp)})
+        cfg = build_config(
+            Config,
+            {
+                "out": str(tmp / "out"),
+                "tokenizer": str(tmp / "tokenizer"),
+                "seq_len": 512,
+                "sources": sources(args.quick, tmp),
+            },
+        )
         texts = filtered_texts(cfg, tmp)
         youri_s, ref_s, youri_cpu, ref_cpu, tokens = [], [], [], [], 0
         for _ in range(repeats):
@@ -93,16 +105,30 @@ def main() -> int:
     print(f"{'youri data (whole pipeline)':<34}{min(youri_s):>16.3f}{youri_tps:>14,.0f}")
     print(f"{'tokenizer(batch) (reference)':<34}{min(ref_s):>16.3f}{ref_tps:>14,.0f}")
     cpu_ratio = min(ref_cpu) / min(youri_cpu)
-    print(f"ratio youri / reference: {youri_tps / ref_tps:.3f} (target >= 0.9); by CPU seconds of this process "
-          f"(all threads; robust to a busy machine): {cpu_ratio:.3f}")
+    print(
+        f"ratio youri / reference: {youri_tps / ref_tps:.3f} (target >= 0.9); by CPU seconds of this process "
+        f"(all threads; robust to a busy machine): {cpu_ratio:.3f}"
+    )
     print(f"{len(texts):,} documents, {sum(map(len, texts)):,} characters, {tokens:,} tokens, {repeats} repeat(s)")
-    print(json.dumps({"benchmark": "data_throughput", "quick": args.quick, "documents": len(texts), "tokens": tokens,
-                      "youri_tokens_per_s": round(youri_tps, 1), "reference_tokens_per_s": round(ref_tps, 1),
-                      "youri_seconds": [round(s, 3) for s in youri_s],
-                      "reference_seconds": [round(s, 3) for s in ref_s],
-                      "youri_cpu_seconds": [round(s, 3) for s in youri_cpu],
-                      "reference_cpu_seconds": [round(s, 3) for s in ref_cpu], "cpu_ratio": round(cpu_ratio, 4),
-                      "ratio": round(youri_tps / ref_tps, 4), "target": 0.9}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "data_throughput",
+                "quick": args.quick,
+                "documents": len(texts),
+                "tokens": tokens,
+                "youri_tokens_per_s": round(youri_tps, 1),
+                "reference_tokens_per_s": round(ref_tps, 1),
+                "youri_seconds": [round(s, 3) for s in youri_s],
+                "reference_seconds": [round(s, 3) for s in ref_s],
+                "youri_cpu_seconds": [round(s, 3) for s in youri_cpu],
+                "reference_cpu_seconds": [round(s, 3) for s in ref_cpu],
+                "cpu_ratio": round(cpu_ratio, 4),
+                "ratio": round(youri_tps / ref_tps, 4),
+                "target": 0.9,
+            }
+        )
+    )
     return 0
 
 

@@ -62,8 +62,11 @@ def main() -> None:
     parser.add_argument("--workdir", default="", help="keep the models here (default: a temporary folder)")
     parser.add_argument("--seeds", type=int, default=0, help="repeats with seeds 0..N-1 (default: 5, quick: 1)")
     args = parser.parse_args()
-    size = dict(hidden=128, inter=384, layers=2, vocab=1024, steps=80, seq=64, calib=16, heldout=16) if args.quick \
+    size = (
+        dict(hidden=128, inter=384, layers=2, vocab=1024, steps=80, seq=64, calib=16, heldout=16)
+        if args.quick
         else dict(hidden=256, inter=768, layers=2, vocab=2048, steps=200, seq=128, calib=128, heldout=128)
+    )
     seeds = args.seeds or (1 if args.quick else 5)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
@@ -80,13 +83,25 @@ def combine(runs: list[dict]) -> dict:
     mean = lambda key: None if any(r[key] is None for r in runs) else round(sum(r[key] for r in runs) / len(runs), 6)
     out = {key: value for key, value in runs[0].items() if key != "seed"}
     out["model"] += f", mean of {len(runs)} seeds"
-    for key in ("kl_gptq", "kl_rtn", "kl_reference", "ppl_fp32", "ppl_gptq", "ppl_rtn", "ppl_reference",
-                "youri_quantize_s", "reference_quantize_s", "train_s"):
+    for key in (
+        "kl_gptq",
+        "kl_rtn",
+        "kl_reference",
+        "ppl_fp32",
+        "ppl_gptq",
+        "ppl_rtn",
+        "ppl_reference",
+        "youri_quantize_s",
+        "reference_quantize_s",
+        "train_s",
+    ):
         out[key] = mean(key)
     out["increase_vs_rtn"] = round(out["kl_gptq"] / out["kl_rtn"], 4)
     out["increase_vs_reference"] = round(out["kl_gptq"] / out["kl_reference"], 4) if out["kl_reference"] else None
-    out["seeds"] = [{k: r[k] for k in ("seed", "kl_gptq", "kl_rtn", "kl_reference", "increase_vs_rtn",
-                                       "increase_vs_reference")} for r in runs]
+    out["seeds"] = [
+        {k: r[k] for k in ("seed", "kl_gptq", "kl_rtn", "kl_reference", "increase_vs_rtn", "increase_vs_reference")}
+        for r in runs
+    ]
     return out
 
 
@@ -96,9 +111,10 @@ def run(work: Path, size: dict, seed: int = 0) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    from youri.gptq import llama_linear_shapes, size_ratio
     from youri.model import load_model, load_tokenizer
-    from youri.quantize import Config, compare_models, run as quantize
+    from youri.quant.gptq import LLAMA_2_7B, llama_sizes
+    from youri.quant.quantize import Config, compare_models
+    from youri.quant.quantize import run as quantize
 
     tokenizer = load_tokenizer(SHARED / "llama2-tokenizer")
     train_rows, heldout_rows = corpus_rows(tokenizer, size)
@@ -110,8 +126,16 @@ def run(work: Path, size: dict, seed: int = 0) -> dict:
     heldout_rows = heldout_rows[: size["heldout"]]  # every method is scored on exactly these rows
     data = write_data_folder(work / "data", calib, heldout_rows, size["vocab"], tokenizer.eos_token_id)
 
-    cfg = Config(model=str(parent), out=str(work / "youri-gptq"), calibration=str(data), heldout_ja=str(data),
-                 num_samples=size["calib"], seq_len=size["seq"], eval_samples=size["heldout"], device="cpu")
+    cfg = Config(
+        model=str(parent),
+        out=str(work / "youri-gptq"),
+        calibration=str(data),
+        heldout_ja=str(data),
+        num_samples=size["calib"],
+        seq_len=size["seq"],
+        eval_samples=size["heldout"],
+        device="cpu",
+    )
     youri_out = quantize(cfg, overwrite=True)
     metrics = json.loads((youri_out / "metrics.json").read_text())
     ja = metrics["quality"]["ja"]
@@ -120,24 +144,29 @@ def run(work: Path, size: dict, seed: int = 0) -> dict:
     kl_reference = ppl_reference = None
     if reference is not None:
         fp = load_model(parent, dtype=torch.float32)
-        ref_scores = compare_models(fp, {"gptqmodel": load_model(reference["folder"], dtype=torch.float32)},
-                                    heldout_rows)
+        ref_scores = compare_models(
+            fp, {"gptqmodel": load_model(reference["folder"], dtype=torch.float32)}, heldout_rows
+        )
         kl_reference, ppl_reference = ref_scores["kl_gptqmodel"], ref_scores["ppl_gptqmodel"]
-    shapes = llama_linear_shapes(4096, 11008, 32)
     return {
         "seed": seed,
         "model": f"hidden {size['hidden']}, intermediate {size['inter']}, layers {size['layers']}, "
-                 f"{size['steps']} steps on Aozora+Wikipedia ja",
-        "train_s": round(train_s, 1), "heldout_tokens": ja["tokens"],
-        "kl_gptq": ja["kl_gptq"], "kl_rtn": ja["kl_rtn"], "kl_reference": kl_reference,
+        f"{size['steps']} steps on Aozora+Wikipedia ja",
+        "train_s": round(train_s, 1),
+        "heldout_tokens": ja["tokens"],
+        "kl_gptq": ja["kl_gptq"],
+        "kl_rtn": ja["kl_rtn"],
+        "kl_reference": kl_reference,
         "increase_vs_rtn": round(ja["kl_gptq"] / ja["kl_rtn"], 4),
         "increase_vs_reference": round(ja["kl_gptq"] / kl_reference, 4) if kl_reference else None,
-        "ppl_fp32": ja["ppl_reference"], "ppl_gptq": ja["ppl_gptq"], "ppl_rtn": ja["ppl_rtn"],
+        "ppl_fp32": ja["ppl_reference"],
+        "ppl_gptq": ja["ppl_gptq"],
+        "ppl_rtn": ja["ppl_rtn"],
         "ppl_reference": ppl_reference,
         "youri_quantize_s": metrics["wall_time_s"],
         "reference_quantize_s": reference["reference_wall_s"] if reference else None,
         "reference": "GPTQModel 7.6.0" if reference else f"not run: {why}",
-        "size_ratio": round(size_ratio(shapes, 2 * 32000 * 4096 + 65 * 4096, bits=4, group_size=128), 4),
+        "size_ratio": round(llama_sizes(LLAMA_2_7B, bits=4, group_size=128)["ratio"], 4),
         "tiny_folder_size_ratio": metrics["size"]["ratio"],
     }
 
@@ -163,9 +192,11 @@ def corpus_rows(tokenizer, size: dict):
         return out
 
     budget = size["steps"] * 8 * size["seq"]  # about one pass over the training tokens
-    train = rows(texts(SHARED / "wikipedia-annotated-corpus-ja" / "train.jsonl", budget // 2)
-                 + texts(SHARED / "aozora-bunko-ja" / "aozora_clean.jsonl", budget // 2))
-    heldout = rows(texts(SHARED / "wikipedia-annotated-corpus-ja" / "test.jsonl", 10 ** 9))
+    train = rows(
+        texts(SHARED / "wikipedia-annotated-corpus-ja" / "train.jsonl", budget // 2)
+        + texts(SHARED / "aozora-bunko-ja" / "aozora_clean.jsonl", budget // 2)
+    )
+    heldout = rows(texts(SHARED / "wikipedia-annotated-corpus-ja" / "test.jsonl", 10**9))
     # Renumber: <unk>, <s>, </s> keep ids 0-2, then the most frequent training ids; the rest -> <unk>.
     counts = torch.bincount(train.flatten(), minlength=len(tokenizer))
     counts[:3] = counts.max() + 1
@@ -177,13 +208,22 @@ def corpus_rows(tokenizer, size: dict):
 
 def train_tiny_llama(folder: Path, tokenizer, rows, size: dict, seed: int = 0) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=size["vocab"], hidden_size=size["hidden"], intermediate_size=size["inter"],
-                         num_hidden_layers=size["layers"], num_attention_heads=size["hidden"] // 64,
-                         max_position_embeddings=1024, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config)
+    from youri.testing import random_llama
+
+    model = random_llama(
+        size["vocab"],
+        seed=seed,
+        hidden_size=size["hidden"],
+        intermediate_size=size["inter"],
+        num_hidden_layers=size["layers"],
+        num_attention_heads=size["hidden"] // 64,
+        num_key_value_heads=size["hidden"] // 64,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=size["steps"], pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
@@ -204,11 +244,17 @@ def train_tiny_llama(folder: Path, tokenizer, rows, size: dict, seed: int = 0) -
 
 def write_data_folder(folder: Path, calib, heldout, vocab_size: int, eos_id: int) -> Path:
     """A youri data folder: train = the calibration rows, val/ja = the held-out rows."""
-    from youri.shards import FORMAT, token_dtype, write_shard
+    from youri.data.shards import FORMAT, token_dtype, write_shard
 
     dtype = token_dtype(vocab_size)
-    index = {"format": FORMAT, "seq_len": int(calib.shape[1]), "dtype": dtype.str, "eos_id": eos_id,
-             "vocab_size": vocab_size, "splits": {}}
+    index = {
+        "format": FORMAT,
+        "seq_len": int(calib.shape[1]),
+        "dtype": dtype.str,
+        "eos_id": eos_id,
+        "vocab_size": vocab_size,
+        "splits": {},
+    }
     for split, rows in (("train", calib), ("val/ja", heldout)):
         entry = write_shard(folder / split / "00000.bin", rows.numpy(), dtype)
         index["splits"][split] = [{"file": f"{split}/00000.bin", **entry}]
@@ -222,9 +268,11 @@ def reference_python() -> tuple[str | None, str]:
         probe = subprocess.run([python, "-c", "import gptqmodel, optimum"], capture_output=True)
         if probe.returncode == 0:
             return python, ""
-    return None, ("GPTQModel not installed (it pins numpy==2.2.6: install it in a venv, `python -m venv "
-                  "--system-site-packages /tmp/gptqref && /tmp/gptqref/bin/pip install gptqmodel==7.6.0 "
-                  "optimum==2.3.0 torch==2.13.0 transformers==5.24.0`)")
+    return None, (
+        "GPTQModel not installed (it pins numpy==2.2.6: install it in a venv, `python -m venv "
+        "--system-site-packages /tmp/gptqref && /tmp/gptqref/bin/pip install gptqmodel==7.6.0 "
+        "optimum==2.3.0 torch==2.13.0 transformers==5.24.0`)"
+    )
 
 
 def run_reference(parent: Path, calib, out: Path):
@@ -236,8 +284,13 @@ def run_reference(parent: Path, calib, out: Path):
     rows_file = out.with_suffix(".rows.pt")
     torch.save(calib.clone(), rows_file)
     env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([python, "-c", REFERENCE_WORKER, str(parent), str(rows_file), str(out)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(
+        [python, "-c", REFERENCE_WORKER, str(parent), str(rows_file), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if done.returncode != 0:
         return None, f"GPTQModel failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'}"
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "folder": out}, ""
@@ -250,12 +303,16 @@ def table(r: dict) -> None:
     print(f"{'youri GPTQ':<22}{r['kl_gptq']:>15.5f}{r['ppl_gptq']:>12.3f}{r['youri_quantize_s']:>12.1f}")
     print(f"{'youri RTN':<22}{r['kl_rtn']:>15.5f}{r['ppl_rtn']:>12.3f}{'':>12}")
     if r["kl_reference"] is not None:
-        print(f"{'GPTQModel 7.6.0':<22}{r['kl_reference']:>15.5f}{r['ppl_reference']:>12.3f}"
-              f"{r['reference_quantize_s']:>12.1f}")
+        print(
+            f"{'GPTQModel 7.6.0':<22}{r['kl_reference']:>15.5f}{r['ppl_reference']:>12.3f}"
+            f"{r['reference_quantize_s']:>12.1f}"
+        )
     else:
         print(f"{'GPTQModel':<22}{r['reference']}")
-    print(f"KL ratio youri GPTQ / RTN: {r['increase_vs_rtn']} (target <= 0.5); "
-          f"/ GPTQModel: {r['increase_vs_reference']} (target <= 1.0)")
+    print(
+        f"KL ratio youri GPTQ / RTN: {r['increase_vs_rtn']} (target <= 0.5); "
+        f"/ GPTQModel: {r['increase_vs_reference']} (target <= 1.0)"
+    )
     print(f"size ratio, Llama-2-7B shape, 4 bit g128 vs fp16: {r['size_ratio']} (target <= 0.30)\n")
 
 

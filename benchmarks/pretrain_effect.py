@@ -42,7 +42,8 @@ def sections(corpus: str, work: Path, quick: bool) -> dict:
         data["sources"] = [
             {"path": str(SHARED / "aozora-bunko-ja" / "aozora_clean.jsonl"), "lang": "ja", "weight": 4.5},
             {"path": str(SHARED / "wikipedia-annotated-corpus-ja" / "train.jsonl"), "lang": "ja", "weight": 4.5},
-            {"path": str(SHARED / "tinyshakespeare-en" / "input.txt"), "lang": "en", "weight": 1}]
+            {"path": str(SHARED / "tinyshakespeare-en" / "input.txt"), "lang": "en", "weight": 1},
+        ]
         data["token_budget"] = 200_000
         data["val_docs"] = 32
     if quick:
@@ -58,14 +59,18 @@ def unseen_ppl(model_dir: Path) -> dict:
     (English) and the Wikipedia dev leads (Japanese), 8 rows of 512 tokens each."""
     import torch
 
-    from youri.losses import token_loss_sum
     from youri.model import load_model, load_tokenizer
+    from youri.train.losses import token_loss_sum
 
     if not SHARED.is_dir():
         return {}
-    texts = {"en_unseen": (SHARED / "tinyshakespeare-en" / "input.txt").read_text()[:60000],
-             "ja_unseen": "".join(json.loads(line)["text"] for line in
-                                  (SHARED / "wikipedia-annotated-corpus-ja" / "dev.jsonl").open(encoding="utf-8"))}
+    texts = {
+        "en_unseen": (SHARED / "tinyshakespeare-en" / "input.txt").read_text()[:60000],
+        "ja_unseen": "".join(
+            json.loads(line)["text"]
+            for line in (SHARED / "wikipedia-annotated-corpus-ja" / "dev.jsonl").open(encoding="utf-8")
+        ),
+    }
     tok, model = load_tokenizer(model_dir), load_model(model_dir, dtype=torch.float32).eval()
     out = {}
     for name, text in texts.items():
@@ -78,8 +83,10 @@ def unseen_ppl(model_dir: Path) -> dict:
 
 
 def run_chain(corpus: str, work: Path, quick: bool) -> dict:
-    from youri import data, init, pretrain
     from youri.config import build_config
+    from youri.data import corpus as data
+    from youri.train import init_base as init
+    from youri.train import pretrain
 
     cfg = sections(corpus, work, quick)
     t0 = time.perf_counter()
@@ -89,11 +96,18 @@ def run_chain(corpus: str, work: Path, quick: bool) -> dict:
     before, after = metrics["initial_ppl"], metrics["final_ppl"]
     unseen = {f"{k}_before": v for k, v in unseen_ppl(work / "init").items()}
     unseen.update({f"{k}_after": v for k, v in unseen_ppl(work / "pretrain").items()})
-    return {**unseen, "ja_ppl_before": before["val/ja"], "ja_ppl_after": after["val/ja"],
-            "ja_factor": before["val/ja"] / after["val/ja"], "en_ppl_before": before["val/en"],
-            "en_ppl_after": after["val/en"], "en_change": after["val/en"] / before["val/en"] - 1,
-            "pretrain_steps": metrics["steps"], "pretrain_tokens": metrics["tokens"],
-            "seconds": time.perf_counter() - t0}
+    return {
+        **unseen,
+        "ja_ppl_before": before["val/ja"],
+        "ja_ppl_after": after["val/ja"],
+        "ja_factor": before["val/ja"] / after["val/ja"],
+        "en_ppl_before": before["val/en"],
+        "en_ppl_after": after["val/en"],
+        "en_change": after["val/en"] / before["val/en"] - 1,
+        "pretrain_steps": metrics["steps"],
+        "pretrain_tokens": metrics["tokens"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -102,8 +116,13 @@ def main() -> None:
     parser.add_argument("--corpus", choices=["sample", "shared", "both"], default="both")
     parser.add_argument("--workdir", help="keep the stage folders here (default: a temporary folder)")
     args = parser.parse_args()
-    corpora = ["sample"] if args.quick or args.corpus == "sample" else ["shared"] if args.corpus == "shared" \
+    corpora = (
+        ["sample"]
+        if args.quick or args.corpus == "sample"
+        else ["shared"]
+        if args.corpus == "shared"
         else ["sample", "shared"]
+    )
     if "shared" in corpora and not SHARED.is_dir():
         print(f"skipping 'shared': {SHARED} not found", file=sys.stderr)
         corpora.remove("shared")
@@ -112,19 +131,28 @@ def main() -> None:
         base = Path(args.workdir) if args.workdir else Path(tmp)
         for corpus in corpora:
             results[corpus] = run_chain(corpus, base / corpus, args.quick)
-    print(f"\n{'corpus':<8}{'ja ppl before':>15}{'ja ppl after':>14}{'ja factor':>11}"
-          f"{'en ppl before':>15}{'en ppl after':>14}{'en change':>11}{'steps':>7}{'s':>7}")
+    print(
+        f"\n{'corpus':<8}{'ja ppl before':>15}{'ja ppl after':>14}{'ja factor':>11}"
+        f"{'en ppl before':>15}{'en ppl after':>14}{'en change':>11}{'steps':>7}{'s':>7}"
+    )
     for corpus, r in results.items():
-        print(f"{corpus:<8}{r['ja_ppl_before']:>15.1f}{r['ja_ppl_after']:>14.2f}{r['ja_factor']:>10.1f}x"
-              f"{r['en_ppl_before']:>15.2f}{r['en_ppl_after']:>14.2f}{100 * r['en_change']:>10.1f}%"
-              f"{r['pretrain_steps']:>7}{r['seconds']:>7.0f}")
+        print(
+            f"{corpus:<8}{r['ja_ppl_before']:>15.1f}{r['ja_ppl_after']:>14.2f}{r['ja_factor']:>10.1f}x"
+            f"{r['en_ppl_before']:>15.2f}{r['en_ppl_after']:>14.2f}{100 * r['en_change']:>10.1f}%"
+            f"{r['pretrain_steps']:>7}{r['seconds']:>7.0f}"
+        )
     for corpus, r in results.items():
         if "en_unseen_before" in r:
-            print(f"{corpus:<8}unseen text (../shared; Tiny Shakespeare, Wikipedia dev): en ppl "
-                  f"{r['en_unseen_before']:.1f} -> {r['en_unseen_after']:.1f}, ja ppl {r['ja_unseen_before']:.1f} -> "
-                  f"{r['ja_unseen_after']:.1f}")
-    print(json.dumps({c: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-                      for c, r in results.items()}))
+            print(
+                f"{corpus:<8}unseen text (../shared; Tiny Shakespeare, Wikipedia dev): en ppl "
+                f"{r['en_unseen_before']:.1f} -> {r['en_unseen_after']:.1f}, ja ppl {r['ja_unseen_before']:.1f} -> "
+                f"{r['ja_unseen_after']:.1f}"
+            )
+    print(
+        json.dumps(
+            {c: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for c, r in results.items()}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,25 +30,29 @@ import time
 from pathlib import Path
 
 import torch
-
 from pretrain_mfu import SHAPES  # the same named Llama shapes as the MFU benchmark (this folder is on sys.path)
 
 
 def build_parent(folder: Path, shape: str, layers: int, tokenizer_path: str) -> int:
     """A random-weight Llama folder (fp16 safetensors + tokenizer); returns its parameter count."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from youri.model import load_tokenizer, save_model
+    from youri.testing import random_llama
 
     hidden, inter, default_layers, heads, kv = SHAPES[shape]
     tokenizer = load_tokenizer(tokenizer_path)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter,
-                         num_hidden_layers=layers or default_layers, num_attention_heads=heads,
-                         num_key_value_heads=kv, max_position_embeddings=4096, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(config).to(torch.float16)
+        model = random_llama(
+            len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=inter,
+            num_hidden_layers=layers or default_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ).to(torch.float16)
     save_model(model.cpu(), tokenizer, folder)
     return sum(p.numel() for p in model.parameters())
 
@@ -67,7 +71,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     args = parser.parse_args()
 
-    from youri.quantize import Config, run
+    from youri.quant.quantize import Config, run
 
     full_layers = SHAPES[args.shape][2]
     layers = args.layers or full_layers
@@ -76,10 +80,17 @@ def main() -> None:
         t0 = time.perf_counter()
         params = build_parent(parent, args.shape, layers, args.tokenizer)
         build_s = time.perf_counter() - t0
-        cfg = Config(model=str(parent), out=str(Path(tmp) / "gptq"), calibration=args.calibration,
-                     num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size,
-                     heldout_ja=args.heldout_ja, heldout_en=args.heldout_en,
-                     eval_samples=args.eval_samples if args.heldout_ja or args.heldout_en else 0)
+        cfg = Config(
+            model=str(parent),
+            out=str(Path(tmp) / "gptq"),
+            calibration=args.calibration,
+            num_samples=args.num_samples,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            heldout_ja=args.heldout_ja,
+            heldout_en=args.heldout_en,
+            eval_samples=args.eval_samples if args.heldout_ja or args.heldout_en else 0,
+        )
         t0 = time.perf_counter()
         run(cfg)
         stage_s = time.perf_counter() - t0
@@ -88,17 +99,29 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     wall = metrics["wall_time_s"]
     per_layer = wall / layers
-    quality = {lang: {k: v for k, v in q.items() if k.startswith(("kl_", "ppl_"))}
-               for lang, q in metrics.get("quality", {}).items() if isinstance(q, dict) and "tokens" in q}
-    result = {"shape": args.shape, "layers": layers, "parameters": params, "device": device,
-              "calibration": f"{metrics['calibration']['sequences']} x {metrics['calibration']['seq_len']}",
-              "wall_time_s": wall, "per_layer_s": round(per_layer, 3),
-              "estimated_full_model_s": round(per_layer * full_layers, 1),
-              "peak_gpu_memory_gb" if metrics["peak_memory_kind"].startswith("cuda") else "peak_rss_gb":
-                  metrics["peak_memory_gb"],
-              "process_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
-              "size_ratio": metrics["size"]["ratio"], "build_parent_s": round(build_s, 1),
-              "stage_total_s": round(stage_s, 1), "quality_random_weights": quality}
+    quality = {
+        lang: {k: v for k, v in q.items() if k.startswith(("kl_", "ppl_"))}
+        for lang, q in metrics.get("quality", {}).items()
+        if isinstance(q, dict) and "tokens" in q
+    }
+    result = {
+        "shape": args.shape,
+        "layers": layers,
+        "parameters": params,
+        "device": device,
+        "calibration": f"{metrics['calibration']['sequences']} x {metrics['calibration']['seq_len']}",
+        "wall_time_s": wall,
+        "per_layer_s": round(per_layer, 3),
+        "estimated_full_model_s": round(per_layer * full_layers, 1),
+        "peak_gpu_memory_gb" if metrics["peak_memory_kind"].startswith("cuda") else "peak_rss_gb": metrics[
+            "peak_memory_gb"
+        ],
+        "process_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "size_ratio": metrics["size"]["ratio"],
+        "build_parent_s": round(build_s, 1),
+        "stage_total_s": round(stage_s, 1),
+        "quality_random_weights": quality,
+    }
     print(f"\n{'youri quantize on ' + device:<40}")
     for key, value in result.items():
         if key != "quality_random_weights":

@@ -29,23 +29,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def tiny_model(out: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from youri.testing import save_random_llama
 
-    from youri.model import load_tokenizer
-    from youri.prompts import install_chat_template
-
-    torch.manual_seed(0)
-    hidden, layers = 256, 4  # hidden 64 would be lm_head-bound: batching then saves little on a CPU
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    model = LlamaForCausalLM(cfg).float()
-    model.generation_config.eos_token_id = 2
-    tokenizer = load_tokenizer(SHARED / "llama2-tokenizer")
-    install_chat_template(tokenizer, "chat")
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out), save_jinja_files=False)
-    return out
+    hidden = 256  # hidden 64 would be lm_head-bound: batching then saves little on a CPU
+    return save_random_llama(
+        out,
+        SHARED / "llama2-tokenizer",
+        chat_template="chat",
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=4,
+    )
 
 
 def burst(url: str, name: str, clients: int, max_tokens: int) -> dict:
@@ -53,11 +47,18 @@ def burst(url: str, name: str, clients: int, max_tokens: int) -> dict:
     latencies, tokens = [0.0] * clients, [0] * clients
 
     def ask(i: int) -> None:
-        body = {"model": name, "temperature": 0, "max_tokens": max_tokens,
-                "messages": [{"role": "system", "content": "あなたは親切なアシスタントです。"},
-                             {"role": "user", "content": f"質問 {i}: 日本の首都について" + "教えて" * (i % 5)}]}
-        request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        body = {
+            "model": name,
+            "temperature": 0,
+            "max_tokens": max_tokens,
+            "messages": [
+                {"role": "system", "content": "あなたは親切なアシスタントです。"},
+                {"role": "user", "content": f"質問 {i}: 日本の首都について" + "教えて" * (i % 5)},
+            ],
+        }
+        request = urllib.request.Request(
+            url + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         start = time.perf_counter()
         with urllib.request.urlopen(request, timeout=600) as response:
             tokens[i] = json.loads(response.read())["usage"]["completion_tokens"]
@@ -71,13 +72,19 @@ def burst(url: str, name: str, clients: int, max_tokens: int) -> dict:
         thread.join()
     wall = time.perf_counter() - start
     ordered = sorted(latencies)
-    return {"tokens": sum(tokens), "wall_s": wall, "tokens_per_s": sum(tokens) / wall,
-            "latency_mean_s": statistics.mean(latencies), "latency_p50_s": ordered[len(ordered) // 2],
-            "latency_max_s": ordered[-1], "complete": all(t > 0 for t in tokens)}
+    return {
+        "tokens": sum(tokens),
+        "wall_s": wall,
+        "tokens_per_s": sum(tokens) / wall,
+        "latency_mean_s": statistics.mean(latencies),
+        "latency_p50_s": ordered[len(ordered) // 2],
+        "latency_max_s": ordered[-1],
+        "complete": all(t > 0 for t in tokens),
+    }
 
 
 def measure(model: str, device: str, batch: int, args) -> dict:
-    from youri.serve import Config, running
+    from youri.serve.server import Config, running
 
     cfg = Config(model=model, port=0, max_batch_size=batch, device=device, served_model_name="bench")
     with running(cfg) as url:
@@ -94,8 +101,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max_tokens", type=int)
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads for both modes (1: tiny matmuls on a shared CPU spin-wait otherwise)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for both modes (1: tiny matmuls on a shared CPU spin-wait otherwise)",
+    )
     args = parser.parse_args()
     if args.device == "cpu":
         import torch
@@ -108,23 +119,36 @@ def main() -> None:
         batched = measure(model, args.device, args.clients, args)
         sequential = measure(model, args.device, 1, args)
     ratio = batched["tokens_per_s"] / sequential["tokens_per_s"]
-    print(f"{args.clients} concurrent clients, {args.max_tokens} greedy tokens each, model "
-          f"{args.model or 'tiny random Llama'} on {args.device}" + (f", {args.threads} torch thread(s)"
-                                                                      if args.device == "cpu" else ""))
+    print(
+        f"{args.clients} concurrent clients, {args.max_tokens} greedy tokens each, model "
+        f"{args.model or 'tiny random Llama'} on {args.device}"
+        + (f", {args.threads} torch thread(s)" if args.device == "cpu" else "")
+    )
     print(f"{'mode':<28}{'tokens/s':>10}{'wall s':>9}{'lat mean':>10}{'lat p50':>9}{'lat max':>9}")
     for label, r in (("youri serve (batched)", batched), ("one at a time (batch 1)", sequential)):
-        print(f"{label:<28}{r['tokens_per_s']:>10.1f}{r['wall_s']:>9.2f}{r['latency_mean_s']:>10.2f}"
-              f"{r['latency_p50_s']:>9.2f}{r['latency_max_s']:>9.2f}")
+        print(
+            f"{label:<28}{r['tokens_per_s']:>10.1f}{r['wall_s']:>9.2f}{r['latency_mean_s']:>10.2f}"
+            f"{r['latency_p50_s']:>9.2f}{r['latency_max_s']:>9.2f}"
+        )
     print(f"throughput ratio batched/sequential: {ratio:.2f}x")
-    print(json.dumps({"clients": args.clients, "max_tokens": args.max_tokens, "device": args.device,
-                      "threads": args.threads if args.device == "cpu" else None,
-                      "batched_tokens_per_s": round(batched["tokens_per_s"], 2),
-                      "sequential_tokens_per_s": round(sequential["tokens_per_s"], 2), "ratio": round(ratio, 2),
-                      "batched_latency_mean_s": round(batched["latency_mean_s"], 3),
-                      "sequential_latency_mean_s": round(sequential["latency_mean_s"], 3),
-                      "batched_latency_max_s": round(batched["latency_max_s"], 3),
-                      "sequential_latency_max_s": round(sequential["latency_max_s"], 3),
-                      "all_complete": batched["complete"] and sequential["complete"]}))
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "max_tokens": args.max_tokens,
+                "device": args.device,
+                "threads": args.threads if args.device == "cpu" else None,
+                "batched_tokens_per_s": round(batched["tokens_per_s"], 2),
+                "sequential_tokens_per_s": round(sequential["tokens_per_s"], 2),
+                "ratio": round(ratio, 2),
+                "batched_latency_mean_s": round(batched["latency_mean_s"], 3),
+                "sequential_latency_mean_s": round(sequential["latency_mean_s"], 3),
+                "batched_latency_max_s": round(batched["latency_max_s"], 3),
+                "sequential_latency_max_s": round(sequential["latency_max_s"], 3),
+                "all_complete": batched["complete"] and sequential["complete"],
+            }
+        )
+    )
     sys.stdout.flush()
 
 

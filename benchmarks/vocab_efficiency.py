@@ -5,7 +5,7 @@
 
 Pieces are trained on the shared Wikipedia train split + the Aozora texts; Japanese characters per
 token are measured on Wikipedia dev + test (held out), with SentencePiece, no BOS. The headline tokenizer
-(``--new_pieces``, bpe) is written by ``youri.vocab.run`` and checked through its HF fast form:
+(``--new_pieces``, bpe) is written by ``youri.data.vocab.run`` and checked through its HF fast form:
 English ids identical on Tiny Shakespeare. The curve takes, for each N, the first N pieces that
 ``select_new_pieces`` picks from one trainer run per method (for BPE this equals training with a smaller
 vocabulary; for unigram it is the N best pieces of the largest model).
@@ -35,7 +35,7 @@ BASE = SHARED / "llama2-tokenizer" / "tokenizer.model"
 
 
 def curve(method: str, sizes: list[int], base, train_texts, held_out) -> list[dict]:
-    from youri import vocab
+    from youri.data import vocab
 
     lines = list(vocab.training_lines(train_texts))
     chars = len(set().union(*map(set, lines)))
@@ -47,36 +47,47 @@ def curve(method: str, sizes: list[int], base, train_texts, held_out) -> list[di
     for n in sizes:
         new = vocab.select_new_pieces((p.piece for p in base.pieces), ranked, n)
         cpt = vocab.chars_per_token(vocab.processor(vocab.extend_proto(base, new)), held_out)
-        rows.append({"method": method, "new_pieces": len(new), "ja_chars_per_token": round(cpt, 4),
-                     "train_seconds": round(seconds, 1)})
+        rows.append(
+            {
+                "method": method,
+                "new_pieces": len(new),
+                "ja_chars_per_token": round(cpt, 4),
+                "train_seconds": round(seconds, 1),
+            }
+        )
     return rows
 
 
 def trainee(tokenizer_dir: Path, texts: list[str], seq_len: int) -> dict:
     """A fresh tiny Llama for this tokenizer, its optimizer and ``texts`` packed into rows."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from youri.model import load_tokenizer
+    from youri.testing import random_llama
 
     tokenizer = load_tokenizer(tokenizer_dir)
     ids = [t for doc in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in (*doc, tokenizer.eos_token_id)]
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4)
-    model = LlamaForCausalLM(config)
+    model = random_llama(
+        len(tokenizer), hidden_size=128, intermediate_size=384, num_key_value_heads=4, max_position_embeddings=2048
+    )
+    config = model.config
     # Training FLOPs per token: 6 x the matmul parameters (all but the input embedding; the LM head of a
     # tiny model dominates) + causal attention scores, the usual estimate; noise-free, unlike the timing.
     matmul = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     flops = 6 * matmul + 6 * config.num_hidden_layers * config.hidden_size * seq_len
-    return {"model": model, "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-3), "times": [],
-            "flops_per_token": flops,
-            "rows": torch.tensor(ids[: len(ids) // seq_len * seq_len]).view(-1, seq_len),
-            "vocab": len(tokenizer), "chars_per_token": sum(map(len, texts)) / len(ids)}
+    return {
+        "model": model,
+        "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-3),
+        "times": [],
+        "flops_per_token": flops,
+        "rows": torch.tensor(ids[: len(ids) // seq_len * seq_len]).view(-1, seq_len),
+        "vocab": len(tokenizer),
+        "chars_per_token": sum(map(len, texts)) / len(ids),
+    }
 
 
 def train_step(run: dict, step: int, batch: int) -> None:
-    rows = run["rows"][(step * batch) % (len(run["rows"]) - batch):][:batch]
+    rows = run["rows"][(step * batch) % (len(run["rows"]) - batch) :][:batch]
     started = time.perf_counter()
     loss = run["model"](input_ids=rows, labels=rows).loss
     loss.backward()
@@ -95,10 +106,16 @@ def throughput(tokenizer_dirs: list[Path], texts: list[str], steps: int, seq_len
     results = []
     for run in runs:
         tokens_per_s = batch * seq_len / min(run["times"][1:])
-        results.append({"vocab": run["vocab"], "tokens_per_s": round(tokens_per_s),
-                        "chars_per_token": round(run["chars_per_token"], 4),
-                        "chars_per_s": round(tokens_per_s * run["chars_per_token"]), "final_loss": round(run["loss"], 3),
-                        "flops_per_char": round(run["flops_per_token"] / run["chars_per_token"])})
+        results.append(
+            {
+                "vocab": run["vocab"],
+                "tokens_per_s": round(tokens_per_s),
+                "chars_per_token": round(run["chars_per_token"], 4),
+                "chars_per_s": round(tokens_per_s * run["chars_per_token"]),
+                "final_loss": round(run["loss"], 3),
+                "flops_per_char": round(run["flops_per_token"] / run["chars_per_token"]),
+            }
+        )
     return results
 
 
@@ -113,7 +130,7 @@ def main() -> int:
         return 2
     from transformers import AutoTokenizer
 
-    from youri import vocab
+    from youri.data import vocab
 
     base = vocab.load_proto(BASE)
     train_texts = list(vocab.iter_corpus_texts(map(str, TRAIN)))
@@ -125,13 +142,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "vocab"
         started = time.time()
-        vocab.run(vocab.Config(base=str(BASE), corpus=list(map(str, TRAIN)), new_pieces=args.new_pieces,
-                               out=str(out), check_docs=0))
+        vocab.run(
+            vocab.Config(
+                base=str(BASE), corpus=list(map(str, TRAIN)), new_pieces=args.new_pieces, out=str(out), check_docs=0
+            )
+        )
         run_seconds = time.time() - started
         extended = vocab.processor(vocab.load_proto(out / "tokenizer.model"))
         english = ENGLISH.read_text(encoding="utf-8")
-        en_identical = (AutoTokenizer.from_pretrained(str(out), local_files_only=True)(english)["input_ids"]
-                        == AutoTokenizer.from_pretrained(str(BASE.parent), local_files_only=True)(english)["input_ids"])
+        en_identical = (
+            AutoTokenizer.from_pretrained(str(out), local_files_only=True)(english)["input_ids"]
+            == AutoTokenizer.from_pretrained(str(BASE.parent), local_files_only=True)(english)["input_ids"]
+        )
         base_cpt = vocab.chars_per_token(vocab.processor(base), held_out)
         ext_cpt = vocab.chars_per_token(extended, held_out)
         if args.quick:
@@ -144,28 +166,48 @@ def main() -> int:
     print(f"\n{'method':<9}{'new pieces':>11}{'ja chars/token':>16}{'vs base':>9}")
     print(f"{'base':<9}{0:>11}{base_cpt:>16.3f}{1:>9.2f}")
     for row in rows:
-        print(f"{row['method']:<9}{row['new_pieces']:>11}{row['ja_chars_per_token']:>16.3f}"
-              f"{row['ja_chars_per_token'] / base_cpt:>9.2f}")
+        print(
+            f"{row['method']:<9}{row['new_pieces']:>11}{row['ja_chars_per_token']:>16.3f}"
+            f"{row['ja_chars_per_token'] / base_cpt:>9.2f}"
+        )
     print(f"\nyouri vocab run (N={args.new_pieces}, bpe): {run_seconds:.1f} s; English ids identical: {en_identical}")
-    print(f"\ntiny Llama (hidden 128, 2 layers), seq_len {shape['seq_len']}, batch {shape['batch']}, "
-          f"best of {steps} AdamW steps")
+    print(
+        f"\ntiny Llama (hidden 128, 2 layers), seq_len {shape['seq_len']}, batch {shape['batch']}, "
+        f"best of {steps} AdamW steps"
+    )
     print(f"{'tiny Llama training':<22}{'vocab':>7}{'tokens/s':>10}{'chars/token':>13}{'chars/s':>10}")
     for name, speed in (("original tokenizer", speed_base), ("extended tokenizer", speed_ext)):
-        print(f"{name:<22}{speed['vocab']:>7}{speed['tokens_per_s']:>10,}{speed['chars_per_token']:>13.3f}"
-              f"{speed['chars_per_s']:>10,}")
+        print(
+            f"{name:<22}{speed['vocab']:>7}{speed['tokens_per_s']:>10,}{speed['chars_per_token']:>13.3f}"
+            f"{speed['chars_per_s']:>10,}"
+        )
     speedup = speed_ext["chars_per_s"] / speed_base["chars_per_s"]
     flops_ratio = speed_base["flops_per_char"] / speed_ext["flops_per_char"]
-    print(f"ratio extended / original: chars/token {ext_cpt / base_cpt:.2f}x, training chars/s {speedup:.2f}x "
-          f"measured, {flops_ratio:.2f}x expected from training FLOPs per character")
-    print(json.dumps({"benchmark": "vocab_efficiency", "quick": args.quick,
-                      "ja_chars_per_token_base": round(base_cpt, 4), "ja_chars_per_token_extended": round(ext_cpt, 4),
-                      "chars_per_token_ratio": round(ext_cpt / base_cpt, 3), "new_pieces": args.new_pieces,
-                      "en_ids_identical": en_identical, "vocab_run_seconds": round(run_seconds, 1),
-                      "train_chars_per_s_base": speed_base["chars_per_s"],
-                      "train_chars_per_s_extended": speed_ext["chars_per_s"],
-                      "train_chars_per_s_ratio": round(speedup, 3),
-                      "train_chars_per_flop_ratio": round(flops_ratio, 3),
-                      "train_shape": shape, "throughput": {"base": speed_base, "extended": speed_ext}, "curve": rows}))
+    print(
+        f"ratio extended / original: chars/token {ext_cpt / base_cpt:.2f}x, training chars/s {speedup:.2f}x "
+        f"measured, {flops_ratio:.2f}x expected from training FLOPs per character"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "vocab_efficiency",
+                "quick": args.quick,
+                "ja_chars_per_token_base": round(base_cpt, 4),
+                "ja_chars_per_token_extended": round(ext_cpt, 4),
+                "chars_per_token_ratio": round(ext_cpt / base_cpt, 3),
+                "new_pieces": args.new_pieces,
+                "en_ids_identical": en_identical,
+                "vocab_run_seconds": round(run_seconds, 1),
+                "train_chars_per_s_base": speed_base["chars_per_s"],
+                "train_chars_per_s_extended": speed_ext["chars_per_s"],
+                "train_chars_per_s_ratio": round(speedup, 3),
+                "train_chars_per_flop_ratio": round(flops_ratio, 3),
+                "train_shape": shape,
+                "throughput": {"base": speed_base, "extended": speed_ext},
+                "curve": rows,
+            }
+        )
+    )
     return 0
 
 

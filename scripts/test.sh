@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite, first fetching the optional tools two tests use (each test skips with a reason
+# Lint and format check (ruff), then the test suite, first fetching the optional tools two tests use (each test skips with a reason
 # when its tool is missing): headless Chromium for the web chat page, and a separate venv with
 # GPTQModel for the plain-transformers GPTQ round trip (GPTQModel 7.6.0 pins numpy 2.2.6).
 set -euo pipefail
@@ -15,4 +15,6 @@ if ! "$REF/bin/python" -c "import gptqmodel, optimum" 2>/dev/null; then
     || echo "test.sh: GPTQModel reference venv unavailable; the GPTQ round-trip test will skip"
 fi
 if "$REF/bin/python" -c "import gptqmodel, optimum" 2>/dev/null; then export YOURI_GPTQ_REFERENCE_PYTHON="$REF/bin/python"; fi
+ruff check src tests benchmarks        # lint (rules in pyproject.toml)
+ruff format --check src tests benchmarks  # formatting, lines <= 120
 exec python -m pytest tests "$@"

@@ -52,15 +52,18 @@ def test_flag_value_for_list_field_is_yaml():
     assert cfg.sources[0].path == "b.txt"
 
 
-@pytest.mark.parametrize("bad, needle", [
-    ({"stpes": 3}, "unknown key 'stpes'; did you mean 'steps'"),
-    ({"inner": {"dept": 3}}, "toy.inner: unknown key 'dept'; did you mean 'depth'"),
-    ({"sources": [{"path": "a", "lnag": "ja"}]}, "toy.sources[0]: unknown key 'lnag'"),
-    ({"sources": [{"path": "a", "lang": "fr"}]}, "'fr' is not one of"),
-    ({"steps": "ten"}, "toy.steps: expected int"),
-    ({"steps": 2.5}, "expected an integer"),
-    ({"sources": [{"lang": "ja"}]}, "missing 1 required positional argument: 'path'"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"stpes": 3}, "unknown key 'stpes'; did you mean 'steps'"),
+        ({"inner": {"dept": 3}}, "toy.inner: unknown key 'dept'; did you mean 'depth'"),
+        ({"sources": [{"path": "a", "lnag": "ja"}]}, "toy.sources[0]: unknown key 'lnag'"),
+        ({"sources": [{"path": "a", "lang": "fr"}]}, "'fr' is not one of"),
+        ({"steps": "ten"}, "toy.steps: expected int"),
+        ({"steps": 2.5}, "expected an integer"),
+        ({"sources": [{"lang": "ja"}]}, "missing 1 required positional argument: 'path'"),
+    ],
+)
 def test_bad_keys_and_values_are_named(bad, needle):
     with pytest.raises(ConfigError) as err:
         build_config(Toy, bad, where="toy")

@@ -9,20 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import youri.data as data
-from youri.config import build_config
-from youri.data_filters import (Filters, boilerplate_phrases, drop_reason, features, find_duplicates, nfkc,
-                                normalize)
-from youri.data_steps import Source, iter_records, source_files
-from youri.io import DataError, SkipCounter, resolve_path
-from youri.shards import TokenShards, read_index
-from youri.stage import is_complete
-
 from conftest import SHARED_DATA, shared_path
 
+import youri.data.corpus as data
+from youri.config import build_config
+from youri.data.filters import Filters, boilerplate_phrases, drop_reason, features, find_duplicates, nfkc, normalize
+from youri.data.shards import TokenShards, read_index
+from youri.data.steps import Source, iter_records, source_files
+from youri.io import DataError, SkipCounter, resolve_path
+from youri.stage import is_complete
 
 # ----------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def fast_tokenizer(tmp_path_factory) -> Path:
@@ -45,20 +43,24 @@ def _tiny_bpe(folder: Path) -> None:
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     english = resolve_path("builtin:corpus_en.txt").read_text(encoding="utf-8")
     tokenizer.train_from_iterator(english.split("\n\n"), trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", bos_token="<s>",
-                            unk_token="<unk>").save_pretrained(str(folder))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="</s>", bos_token="<s>", unk_token="<unk>"
+    ).save_pretrained(str(folder))
 
 
 def _config(out: Path, tokenizer, sources: list[dict], **over) -> data.Config:
     return build_config(data.Config, {"out": str(out), "tokenizer": str(tokenizer), "sources": sources, **over})
 
 
-SAMPLES = [{"path": "builtin:corpus_ja.jsonl", "lang": "ja", "weight": 9},
-           {"path": "builtin:corpus_en.txt", "lang": "en", "weight": 1}]
+SAMPLES = [
+    {"path": "builtin:corpus_ja.jsonl", "lang": "ja", "weight": 9},
+    {"path": "builtin:corpus_en.txt", "lang": "en", "weight": 1},
+]
 
 
 def _payload(folder: Path) -> dict[str, bytes]:
@@ -69,6 +71,7 @@ def _payload(folder: Path) -> dict[str, bytes]:
 
 # ----------------------------------------------------------------------------- normalisation
 
+
 def test_normalize_japanese_aware_nfkc_and_whitespace():
     text = "\ufeff　ＡＢＣ１２３！　ｽﾏｰﾄﾌｫﾝ「吾輩」、猫。……‥\u200b\r\n\r\n\r\n\r\n  次の\t\t段落  です  "
     assert normalize(text) == "ABC123! スマートフォン「吾輩」、猫。……‥\n\n次の 段落 です"
@@ -77,8 +80,7 @@ def test_normalize_japanese_aware_nfkc_and_whitespace():
 
 def test_nfkc_equals_unicodedata_except_protected():
     tricky = "ｶﾞｷﾞ か\u3099 ＡＢＣ１２３ ㈱ ①… ‥ 각 \u1100\u1161\u11a8 e\u0301\u0323 ＫＫ…？ ﾊﾟﾝ　全角 ﬁ ㍻"
-    sample = json.loads(Path(data.__file__).with_name("sample").joinpath("corpus_ja.jsonl").read_text(
-        encoding="utf-8").splitlines()[200])["text"]
+    sample = json.loads(resolve_path("builtin:corpus_ja.jsonl").read_text(encoding="utf-8").splitlines()[200])["text"]
     for text in (tricky, sample, tricky.replace("…", "").replace("‥", "")):
         pieces = text.split("…")
         expected = "…".join("‥".join(unicodedata.normalize("NFKC", q) for q in p.split("‥")) for p in pieces)
@@ -88,11 +90,18 @@ def test_nfkc_equals_unicodedata_except_protected():
 
 # ----------------------------------------------------------------------------- filters and dedup
 
+
 def _reason(text: str, lang: str = "ja", **cfg) -> str | None:
     found = features([text], 5, 112)
     filters = Filters(**cfg)
-    return drop_reason(text, lang, float(found.ja_ratio[0]), float(found.dup_ngram_frac[0]), filters,
-                       boilerplate_phrases(filters.boilerplate))
+    return drop_reason(
+        text,
+        lang,
+        float(found.ja_ratio[0]),
+        float(found.dup_ngram_frac[0]),
+        filters,
+        boilerplate_phrases(filters.boilerplate),
+    )
 
 
 def test_each_filter_has_its_reason():
@@ -126,8 +135,14 @@ def test_features_ratio_repetition_and_minhash_similarity():
 
 def test_find_duplicates_exact_near_first_wins():
     base = "京都市は794年に平安京が置かれて以来、千年以上にわたって都として栄えた町です。寺院や神社が数多く残ります。"
-    texts = [base, "全く別の話題として、味噌汁は日本の家庭料理の基本であり、毎朝の食卓に並びます。", base,
-             base.replace("数多く", "たくさん"), "短い", "短い"]
+    texts = [
+        base,
+        "全く別の話題として、味噌汁は日本の家庭料理の基本であり、毎朝の食卓に並びます。",
+        base,
+        base.replace("数多く", "たくさん"),
+        "短い",
+        "短い",
+    ]
     digests = np.stack([np.frombuffer(hashlib.blake2b(t.encode(), digest_size=16).digest(), np.uint64) for t in texts])
     sigs = features(texts, 5, 112).signatures
     assert find_duplicates(digests, sigs) == [None, None, "exact_dup", "near_dup", None, "exact_dup"]
@@ -136,6 +151,7 @@ def test_find_duplicates_exact_near_first_wins():
 
 
 # ----------------------------------------------------------------------------- readers
+
 
 def test_readers_text_splits_parquet_and_datasets_folder(tmp_path):
     import pyarrow as pa
@@ -158,15 +174,23 @@ def test_readers_text_splits_parquet_and_datasets_folder(tmp_path):
     assert source_files(Source(path=str(tmp_path / "ds")))[1] == "hf_disk"
     assert [r[2] for r in iter_records(Source(path=str(tmp_path / "ds")), None)] == ["d1", "d2"]
     # Ordinal sharding: two tasks split one file between them, together they read it once.
-    halves = [[r[1] for r in iter_records(Source(path=str(text), doc_split="line"), None, lambda o, k=k: o % 2 == k)]
-              for k in (0, 1)]
+    halves = [
+        [r[1] for r in iter_records(Source(path=str(text), doc_split="line"), None, lambda o, k=k: o % 2 == k)]
+        for k in (0, 1)
+    ]
     assert halves == [[0, 4], [1]]  # record index = line index; ordinals 0, 2 vs 1
 
 
 def test_bad_jsonl_line_names_file_and_line_and_leaves_nothing_complete(tmp_path, fast_tokenizer):
     corpus = tmp_path / "c.jsonl"
-    topics = ["富士山は日本で一番高い山です。", "味噌汁は毎朝の食卓に並びます。", "京都には古い寺が多く残っています。",
-              "北海道の冬はとても寒く、雪が深く積もります。", "図書館で静かに本を読むのが好きです。", "電車は時間通りに駅へ着きました。"]
+    topics = [
+        "富士山は日本で一番高い山です。",
+        "味噌汁は毎朝の食卓に並びます。",
+        "京都には古い寺が多く残っています。",
+        "北海道の冬はとても寒く、雪が深く積もります。",
+        "図書館で静かに本を読むのが好きです。",
+        "電車は時間通りに駅へ着きました。",
+    ]
     good = [json.dumps({"text": t * 2}, ensure_ascii=False) for t in topics]
     corpus.write_text("\n".join(good[:3] + ['{"text": "壊れた行'] + good[3:]) + "\n", encoding="utf-8")
     cfg = _config(tmp_path / "out", fast_tokenizer, [{"path": str(corpus)}], val_docs=0, seq_len=16)
@@ -190,14 +214,23 @@ def test_missing_text_field_names_the_field(tmp_path, fast_tokenizer):
 
 # ----------------------------------------------------------------------------- whole pipeline
 
+
 @pytest.fixture(scope="module")
 def shared_runs(tmp_path_factory, llama2_tokenizer_dir):
     """The acceptance setting: Wikipedia + Aozora (ja) : Tiny Shakespeare (en) = 9 : 1, Llama 2, seq_len 512."""
     sources = [
-        {"path": str(shared_path("wikipedia-annotated-corpus-ja", "train.jsonl")), "lang": "ja", "weight": 2,
-         "name": "wikipedia"},
-        {"path": str(shared_path("aozora-bunko-ja", "aozora_clean.jsonl")), "lang": "ja", "weight": 7,
-         "name": "aozora"},
+        {
+            "path": str(shared_path("wikipedia-annotated-corpus-ja", "train.jsonl")),
+            "lang": "ja",
+            "weight": 2,
+            "name": "wikipedia",
+        },
+        {
+            "path": str(shared_path("aozora-bunko-ja", "aozora_clean.jsonl")),
+            "lang": "ja",
+            "weight": 7,
+            "name": "aozora",
+        },
         {"path": str(shared_path("tinyshakespeare-en", "input.txt")), "lang": "en", "weight": 1, "name": "shakespeare"},
     ]
     root = tmp_path_factory.mktemp("shared-runs")
@@ -268,8 +301,14 @@ def test_task_count_and_workers_do_not_change_output(tmp_path, fast_tokenizer):
 def test_sample_rejects_are_dropped_by_reason(tmp_path, fast_tokenizer):
     out = data.run(_config(tmp_path / "out", fast_tokenizer, SAMPLES, seq_len=512, val_docs=2))
     ja, en = json.loads((out / "stats.json").read_text(encoding="utf-8"))["sources"]
-    assert ja["dropped"] == {"boilerplate": 1, "dup_ngrams": 1, "exact_dup": 3, "low_ja_ratio": 2, "near_dup": 3,
-                             "too_short": 3}
+    assert ja["dropped"] == {
+        "boilerplate": 1,
+        "dup_ngrams": 1,
+        "exact_dup": 3,
+        "low_ja_ratio": 2,
+        "near_dup": 3,
+        "too_short": 3,
+    }
     assert (ja["docs_in"], ja["kept"], en["docs_in"], en["dropped"]) == (299, 286, 354, {})
     # Two documents do not fill a 512-token sequence: more are held out, so each val split has one
     index = read_index(out)
@@ -322,11 +361,32 @@ def test_cli_recipe_flags_and_misspelt_key(tmp_path, fast_tokenizer, capsys):
     from youri.cli import main
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("data:\n  sources:\n    - {path: 'builtin:corpus_ja.jsonl', lang: ja, weight: 9}\n"
-                      "    - {path: 'builtin:corpus_en.txt', lang: en, weight: 1}\n  seq_len: 512\n", encoding="utf-8")
+    recipe.write_text(
+        "data:\n  sources:\n    - {path: 'builtin:corpus_ja.jsonl', lang: ja, weight: 9}\n"
+        "    - {path: 'builtin:corpus_en.txt', lang: en, weight: 1}\n  seq_len: 512\n",
+        encoding="utf-8",
+    )
     out = tmp_path / "out"
-    assert main(["data", "--recipe", str(recipe), "--tokenizer", str(fast_tokenizer), "--out", str(out),
-                 "--seq_len", "128", "--filters.min_chars", "10", "--dedup.near", "false"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "--recipe",
+                str(recipe),
+                "--tokenizer",
+                str(fast_tokenizer),
+                "--out",
+                str(out),
+                "--seq_len",
+                "128",
+                "--filters.min_chars",
+                "10",
+                "--dedup.near",
+                "false",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "youri.json").read_text(encoding="utf-8"))
     assert manifest["stage"] == "data" and manifest["config"]["seq_len"] == 128
     assert manifest["config"]["filters"]["min_chars"] == 10 and read_index(out)["seq_len"] == 128
@@ -349,19 +409,28 @@ def test_cluster_executor_returning_early_resumes_on_the_next_call(tmp_path, fas
     class FakeSlurm(executors.LocalPipelineExecutor):  # "submits" by running only the tasks it has time for
         def __init__(self, pipeline, *, tasks, logging_dir, workers, partition, time):
             calls.append({"partition": partition, "time": time, "tasks": tasks})
-            super().__init__(pipeline, tasks=tasks, workers=1, logging_dir=logging_dir,
-                             local_tasks=1 if len(calls) == 1 else -1)
+            super().__init__(
+                pipeline, tasks=tasks, workers=1, logging_dir=logging_dir, local_tasks=1 if len(calls) == 1 else -1
+            )
 
     monkeypatch.setattr(executors, "SlurmPipelineExecutor", FakeSlurm)
-    cfg = _config(tmp_path / "out", fast_tokenizer, SAMPLES, seq_len=64, tasks=2, executor="slurm",
-                  executor_options={"partition": "cpu", "time": "01:00:00"})
+    cfg = _config(
+        tmp_path / "out",
+        fast_tokenizer,
+        SAMPLES,
+        seq_len=64,
+        tasks=2,
+        executor="slurm",
+        executor_options={"partition": "cpu", "time": "01:00:00"},
+    )
     data.run(cfg)
     assert "1 of 2 datatrove tasks are still running on the slurm executor" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
     data.run(cfg)
     assert is_complete(tmp_path / "out") and calls[-1] == {"partition": "cpu", "time": "01:00:00", "tasks": 2}
-    assert _payload(tmp_path / "out") == _payload(data.run(_config(tmp_path / "local", fast_tokenizer, SAMPLES,
-                                                                   seq_len=64)))
+    assert _payload(tmp_path / "out") == _payload(
+        data.run(_config(tmp_path / "local", fast_tokenizer, SAMPLES, seq_len=64))
+    )
     cfg.executor_options = {"partition": "cpu"}
     with pytest.raises(ValueError, match="executor_options for SlurmPipelineExecutor.*time"):
         cfg.out = str(tmp_path / "x")

@@ -6,19 +6,24 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import shared_path
-from youri import cli, jp_metrics
+
+from youri import cli
 from youri.config import ConfigError, build_config
-from youri.evaluate import Config, run
+from youri.eval import metrics as jp_metrics
+from youri.eval.evaluate import Config, run
+from youri.eval.tasks import select
+from youri.eval.tasks.base import RenderOptions, render
 from youri.io import DataError
-from youri.jp_tasks import select
-from youri.jp_tasks.base import RenderOptions, render
+from youri.testing import save_random_llama
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jp_eval"
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "specs" / "jp-eval-vectors"
 SHARED_DATA = {
-    "jcommonsenseqa": {"eval": "jglue-jcommonsenseqa/valid-v1.3.json", "fewshot": "jglue-jcommonsenseqa/train-v1.3.json"},
+    "jcommonsenseqa": {
+        "eval": "jglue-jcommonsenseqa/valid-v1.3.json",
+        "fewshot": "jglue-jcommonsenseqa/train-v1.3.json",
+    },
     "jnli": {"eval": "jglue-jnli/valid-v1.3.json", "fewshot": "jglue-jnli/test-v1.3.json"},
     "jnli-1.1": {"eval": "jglue-jnli/valid-v1.1.json", "fewshot": "jglue-jnli/test-v1.3.json"},
     "jsquad": {"eval": "jglue-jsquad/valid-v1.3.json", "fewshot": "jglue-jsquad/test-v1.3.json"},
@@ -46,6 +51,7 @@ def llama2_tok(llama2_tokenizer_dir):
 
 # ----------------------------------------------------------------------------- byte-exact prompts
 
+
 def test_write_requests_reproduces_every_vector(tmp_path, llama2_tokenizer_dir):
     data_dir = shared_path()
     files = sorted(VECTORS.glob("*.jsonl"))
@@ -53,8 +59,22 @@ def test_write_requests_reproduces_every_vector(tmp_path, llama2_tokenizer_dir):
     vectors = {f.name: [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()] for f in files}
     keys = [v[0]["task"] for v in vectors.values()]
     out = tmp_path / "requests.jsonl"
-    code = cli.main(["eval", str(llama2_tokenizer_dir), "--tasks", json.dumps(keys), "--data_dir", str(data_dir),
-                     "--data", json.dumps(SHARED_DATA), "--limit", "3", "--write_requests", str(out)])
+    code = cli.main(
+        [
+            "eval",
+            str(llama2_tokenizer_dir),
+            "--tasks",
+            json.dumps(keys),
+            "--data_dir",
+            str(data_dir),
+            "--data",
+            json.dumps(SHARED_DATA),
+            "--limit",
+            "3",
+            "--write_requests",
+            str(out),
+        ]
+    )
     assert code == 0
     got = {}
     for line in out.read_text(encoding="utf-8").splitlines():
@@ -64,8 +84,16 @@ def test_write_requests_reproduces_every_vector(tmp_path, llama2_tokenizer_dir):
     for name, records in vectors.items():
         for want in records:
             have = got[(want["task"], want["doc_index"])]
-            for field in ("version", "doc_id", "source_row", "prompt", "continuations", "contexts", "gold",
-                          "stop_sequences"):
+            for field in (
+                "version",
+                "doc_id",
+                "source_row",
+                "prompt",
+                "continuations",
+                "contexts",
+                "gold",
+                "stop_sequences",
+            ):
                 if field in want:
                     assert have[field] == want[field], f"{name} doc {want['doc_index']}: {field} differs"
             if "max_new_tokens_llama2_tokenizer" in want:  # hf-causal's gold-length cap, Llama-2 tokens
@@ -88,11 +116,14 @@ def test_jnli_11_and_13_differ_in_labels_and_sampling():
 
 # ----------------------------------------------------------------------------- fixtures of the n/a tasks
 
+
 def test_marc_jaqket_xlsum_render_in_their_real_schemas():
     marc = render(select("marc_ja-1.1-0.5").task, "1.1", "0.5", *_docs("marc_ja"), 3, None, RenderOptions())
     assert len(marc) == 6 and marc[0]["continuations"] == ["ポジティブ", "ネガティブ"]
-    assert marc[0]["prompt"].startswith("ユーザー: 与えられた製品レビューを、ポジティブまたはネガティブの感情クラスのいずれかに"
-                                        "分類してください。\nシステム: 分かりました。\nユーザー: ")
+    assert marc[0]["prompt"].startswith(
+        "ユーザー: 与えられた製品レビューを、ポジティブまたはネガティブの感情クラスのいずれかに"
+        "分類してください。\nシステム: 分かりました。\nユーザー: "
+    )
     assert marc[0]["prompt"].count("ユーザー: ") == 5 and marc[0]["prompt"].endswith("\nシステム: ")
     marc02 = render(select("marc_ja").task, "1.1", "0.2", *_docs("marc_ja"), 3, 1, RenderOptions())
     assert marc02[0]["continuations"] == ["positive", "negative"]
@@ -111,8 +142,11 @@ def test_marc_jaqket_xlsum_render_in_their_real_schemas():
 
 
 def test_xlsum_overlong_context_is_shortened_with_the_model_tokenizer(llama2_tok):
-    opts = RenderOptions(token_len=lambda s: len(llama2_tok.encode(s, add_special_tokens=False)), max_length=80,
-                         decode_prefix=lambda s, n: llama2_tok.decode(llama2_tok.encode(s, add_special_tokens=False)[:n]))
+    opts = RenderOptions(
+        token_len=lambda s: len(llama2_tok.encode(s, add_special_tokens=False)),
+        max_length=80,
+        decode_prefix=lambda s, n: llama2_tok.decode(llama2_tok.encode(s, add_special_tokens=False)[:n]),
+    )
     full = render(select("xlsum_ja").task, "1.0", "0.0", *_docs("xlsum_ja"), 1, 1, RenderOptions())[0]["prompt"]
     short = render(select("xlsum_ja").task, "1.0", "0.0", *_docs("xlsum_ja"), 1, 1, opts)[0]
     assert len(short["prompt"]) < len(full) and short["prompt"].count("要約:") == 2
@@ -132,6 +166,7 @@ def _docs(name: str):
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 def test_exact_match_and_mecab_f1_with_neologdn():
     assert jp_metrics.exact_match("１２月１８日", ["12月18日"]) == 1.0  # width folding
@@ -171,13 +206,18 @@ def test_mgsm_number_extraction():
 
 # ----------------------------------------------------------------------------- lm-eval plumbing
 
+
 def _fixture_configs(tmp_path):
-    from youri.evaluate import render_selected, write_jsonl
-    from youri.jp_tasks import lm_eval_bridge as bridge
+    from youri.eval import lm_eval_bridge as bridge
+    from youri.eval.evaluate import render_selected
+    from youri.io import write_jsonl
 
     configs, rendered = [], {}
-    for spec, name in (("marc_ja-1.1-0.3", "marc_ja"), ("jaqket_v2-0.2-0.3", "jaqket_v2"),
-                       ("xlsum_ja-1.0-0.3", "xlsum_ja")):
+    for spec, name in (
+        ("marc_ja-1.1-0.3", "marc_ja"),
+        ("jaqket_v2-0.2-0.3", "jaqket_v2"),
+        ("xlsum_ja-1.0-0.3", "xlsum_ja"),
+    ):
         sel = select(spec)
         records = render_selected(sel, FIXTURE_DATA[name], 0, RenderOptions())
         path = tmp_path / f"{sel.key}.jsonl"
@@ -219,7 +259,7 @@ class _ScriptedLM:
 
 @pytest.mark.parametrize("oracle", [True, False])
 def test_oracle_scores_100_and_constant_scores_the_label_prior(tmp_path, oracle):
-    from youri.jp_tasks import lm_eval_bridge as bridge
+    from youri.eval import lm_eval_bridge as bridge
 
     jp_metrics.set_rouge_tokenizer(jp_metrics.MecabTokenizer())
     configs, rendered = _fixture_configs(tmp_path)
@@ -240,7 +280,7 @@ def test_oracle_scores_100_and_constant_scores_the_label_prior(tmp_path, oracle)
 
 
 def test_jp_stable_pair_encoding_is_separate(llama2_tok):
-    from youri.jp_tasks.lm_eval_bridge import SeparatePairEncoding
+    from youri.eval.lm_eval_bridge import SeparatePairEncoding
 
     class Probe(SeparatePairEncoding):
         def tok_encode(self, text, add_special_tokens=None):
@@ -253,26 +293,36 @@ def test_jp_stable_pair_encoding_is_separate(llama2_tok):
 
 # ----------------------------------------------------------------------------- tiny model, one command
 
+
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory, llama2_tokenizer_dir):
-    import torch
-    import transformers
-
-    from youri.model import load_tokenizer, save_model
-
-    tok = load_tokenizer(llama2_tokenizer_dir)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
-                                   bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    return save_model(transformers.LlamaForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny") / "model")
+    # 4096 positions: the harness's Llama 2 context, so long few-shot prompts are not truncated.
+    return save_random_llama(
+        tmp_path_factory.mktemp("tiny") / "model", llama2_tokenizer_dir, max_position_embeddings=4096
+    )
 
 
 def test_five_available_tasks_on_a_tiny_model(tmp_path, tiny_llama):
     data_dir = shared_path()
     out = tmp_path / "eval"
-    code = cli.main(["eval", str(tiny_llama), "--data_dir", str(data_dir), "--data", json.dumps(SHARED_DATA),
-                     "--limit", "2", "--max_gen_toks", "4", "--device", "cpu", "--out", str(out)])
+    code = cli.main(
+        [
+            "eval",
+            str(tiny_llama),
+            "--data_dir",
+            str(data_dir),
+            "--data",
+            json.dumps(SHARED_DATA),
+            "--limit",
+            "2",
+            "--max_gen_toks",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert [k.split("-")[0] for k in metrics["tasks"]] == FIVE
@@ -289,14 +339,21 @@ def test_five_available_tasks_on_a_tiny_model(tmp_path, tiny_llama):
 
 # ----------------------------------------------------------------------------- bad input, before any model
 
-@pytest.mark.parametrize("kw, error, needle", [
-    ({"tasks": ["jcqa"]}, ConfigError, "unknown task 'jcqa'"),
-    ({"tasks": ["jnli-1.3-0.9"]}, ConfigError, "unknown prompt version '0.9'"),
-    ({"tasks": ["jnli-2.0"]}, ConfigError, "unknown task version '2.0'"),
-    ({"data": {"jcqa": {"eval": "x.json"}}}, ConfigError, "eval.data: unknown task 'jcqa'"),
-    ({"tasks": ["marc_ja"], "data": {"marc_ja": {"eval": "/nonexistent/valid.jsonl", "fewshot": "x"}}},
-     DataError, "/nonexistent/valid.jsonl"),
-])
+
+@pytest.mark.parametrize(
+    "kw, error, needle",
+    [
+        ({"tasks": ["jcqa"]}, ConfigError, "unknown task 'jcqa'"),
+        ({"tasks": ["jnli-1.3-0.9"]}, ConfigError, "unknown prompt version '0.9'"),
+        ({"tasks": ["jnli-2.0"]}, ConfigError, "unknown task version '2.0'"),
+        ({"data": {"jcqa": {"eval": "x.json"}}}, ConfigError, "eval.data: unknown task 'jcqa'"),
+        (
+            {"tasks": ["marc_ja"], "data": {"marc_ja": {"eval": "/nonexistent/valid.jsonl", "fewshot": "x"}}},
+            DataError,
+            "/nonexistent/valid.jsonl",
+        ),
+    ],
+)
 def test_bad_input_is_named_before_loading_a_model(tmp_path, kw, error, needle):
     with pytest.raises(error, match=needle.replace("(", r"\(").replace(".", r"\.")):
         run(_cfg(model=str(tmp_path / "no-model-here"), **kw))
@@ -317,7 +374,7 @@ def test_malformed_record_names_file_line_and_field(tmp_path, llama2_tokenizer_d
 
 
 def test_model_kind_picks_the_default_prompt_version(tmp_path):
-    from youri.evaluate import model_kind, plan_tasks
+    from youri.eval.evaluate import model_kind, plan_tasks
 
     folder = tmp_path / "sft"
     folder.mkdir()
@@ -333,8 +390,8 @@ def test_model_kind_picks_the_default_prompt_version(tmp_path):
 
 def test_japanese_leaderboard_suite_reads_the_same_local_files(tmp_path):
     """lm-eval's own YAML tasks on youri's converted files (MARC-ja, JAQKET v2, XL-Sum fixtures)."""
-    from youri.jp_tasks import lm_eval_bridge as bridge
-    from youri.jp_tasks.leaderboard import task_config
+    from youri.eval import lm_eval_bridge as bridge
+    from youri.eval.leaderboard import task_config
 
     configs = [task_config(select(name), FIXTURE_DATA[name], tmp_path) for name in FIXTURE_DATA]
     assert all(c["dataset_path"] == "json" for c in configs)
@@ -361,7 +418,7 @@ def test_loglikelihood_requests_follow_jp_stable_semantics(tiny_llama):
     import torch
     from lm_eval.api.instance import Instance
 
-    from youri.jp_tasks.lm_eval_bridge import hf_lm
+    from youri.eval.lm_eval_bridge import hf_lm
     from youri.model import load_model, load_tokenizer
 
     tok, model = load_tokenizer(tiny_llama), load_model(tiny_llama, device="cpu").eval()
@@ -382,12 +439,48 @@ def test_same_command_on_the_gptq_twin(tmp_path, tiny_llama):
     calibration = tmp_path / "calib.txt"
     calibration.write_text("吾輩は猫である。名前はまだ無い。The quick brown fox jumps over the lazy dog. " * 100)
     twin = tmp_path / "gptq"
-    assert cli.main(["quantize", str(tiny_llama), "--calibration", str(calibration), "--num_samples", "2",
-                     "--seq_len", "32", "--eval_samples", "0", "--out", str(twin)]) == 0
+    assert (
+        cli.main(
+            [
+                "quantize",
+                str(tiny_llama),
+                "--calibration",
+                str(calibration),
+                "--num_samples",
+                "2",
+                "--seq_len",
+                "32",
+                "--eval_samples",
+                "0",
+                "--out",
+                str(twin),
+            ]
+        )
+        == 0
+    )
     data = {k: SHARED_DATA[k] for k in ("jcommonsenseqa", "xwinograd_ja")}
     out = tmp_path / "eval"
-    assert cli.main(["eval", str(twin), "--tasks", "[jcommonsenseqa, xwinograd_ja]", "--data_dir", str(shared_path()),
-                     "--data", json.dumps(data), "--limit", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                str(twin),
+                "--tasks",
+                "[jcommonsenseqa, xwinograd_ja]",
+                "--data_dir",
+                str(shared_path()),
+                "--data",
+                json.dumps(data),
+                "--limit",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert list(metrics["tasks"]) == ["jcommonsenseqa-1.1-0.1", "xwinograd_ja"] and metrics["average"] is not None
     assert json.loads((twin / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"

@@ -17,14 +17,29 @@ import pytest
 import torch
 
 from youri.config import ConfigError
-from youri.gptq import (QuantConfigError, QuantLinear, _pack_rows, _unpack_rows, dequantize, gptq_quantize,
-                        llama_linear_shapes, pack, rtn_quantize, size_ratio, unpack)
+from youri.data.shards import FORMAT, token_dtype, write_shard
 from youri.io import DataError
-from youri.shards import FORMAT, token_dtype, write_shard
+from youri.model import save_model
+from youri.quant.gptq import (
+    LLAMA_2_7B,
+    QuantConfigError,
+    QuantLinear,
+    _pack_rows,
+    _unpack_rows,
+    dequantize,
+    gptq_quantize,
+    llama_sizes,
+    pack,
+    rtn_quantize,
+    unpack,
+)
+from youri.testing import char_tokenizer, random_llama
 
-JA_TEXT = ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で"
-           "ニャーニャー泣いていた事だけは記憶している。人称とは、文法の用語で、ある発話の話し手および聞き手"
-           "という役割とそれ以外を区別するために使われる。") * 8
+JA_TEXT = (
+    "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で"
+    "ニャーニャー泣いていた事だけは記憶している。人称とは、文法の用語で、ある発話の話し手および聞き手"
+    "という役割とそれ以外を区別するために使われる。"
+) * 8
 
 
 def _autogptq_pack(intweight: np.ndarray, bits: int) -> np.ndarray:
@@ -63,7 +78,7 @@ def _autogptq_pack(intweight: np.ndarray, bits: int) -> np.ndarray:
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_pack_unpack_round_trip_and_autogptq_layout(bits):
     torch.manual_seed(bits)
-    codes = torch.randint(0, 2 ** bits, (256, 64))
+    codes = torch.randint(0, 2**bits, (256, 64))
     packed = _pack_rows(codes, bits)
     assert packed.dtype == torch.int32 and packed.shape == (256 * bits // 32, 64)
     assert np.array_equal(packed.numpy(), _autogptq_pack(codes.numpy(), bits))
@@ -130,10 +145,10 @@ def test_bad_bits_and_shapes_are_rejected():
 
 
 def test_size_ratio_llama2_7b():
-    shapes = llama_linear_shapes(4096, 11008, 32)
-    other = 2 * 32000 * 4096 + 4096 * 65
-    ratio = size_ratio(shapes, other, bits=4, group_size=128)
-    assert 0.27 < ratio < 0.30  # Youri's published twin: 3.9 GB / 13.5 GB = 0.29
+    sizes = llama_sizes(LLAMA_2_7B, bits=4, group_size=128)
+    assert sizes["fp16_bytes"] == 2 * 6_738_415_616  # Llama-2-7b's parameter count
+    assert 0.27 < sizes["ratio"] < 0.30  # Youri's published twin: 3.9 GB / 13.5 GB = 0.29
+    assert llama_sizes(LLAMA_2_7B, bits=4, group_size=32)["ratio"] > sizes["ratio"]  # more scales per weight
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -141,34 +156,22 @@ def test_size_ratio_llama2_7b():
 
 def _tokenizer(folder: Path):
     """A character-level fast tokenizer built in process (no shared data, no network)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from youri.prompts import INSTRUCTION_HEADER, INSTRUCTION_INTRO, SPEAKERS
 
-    chars = sorted(set(JA_TEXT + "abcdefghijklmnopqrstuvwxyz .,:\n" + INSTRUCTION_INTRO + INSTRUCTION_HEADER
-                       + "".join(SPEAKERS)))
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(str(folder))
-    return fast
+    alphabet = JA_TEXT + "abcdefghijklmnopqrstuvwxyz .,:\n" + INSTRUCTION_INTRO + INSTRUCTION_HEADER + "".join(SPEAKERS)
+    return char_tokenizer(alphabet, folder)
 
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory) -> Path:
     """A tiny random Llama with youri.json pointing at a youri data folder (its 'training data')."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("gptq")
     model_dir, data_dir = root / "parent", root / "data"
     tok = _tokenizer(model_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=False, eos_token_id=2, bos_token_id=1)
-    LlamaForCausalLM(config).save_pretrained(str(model_dir))
+    # 256 embedding rows (more than the tokenizer's characters): random calibration ids stay below 256.
+    # Quantized linears take multiples of 128 (GPTQ groups).
+    shape = {"hidden_size": 128, "intermediate_size": 384, "max_position_embeddings": 256}
+    save_model(random_llama(256, tie_word_embeddings=False, **shape), None, model_dir)
     ids = np.array(tok(JA_TEXT, add_special_tokens=False)["input_ids"])
     rows = ids[: len(ids) // 64 * 64].reshape(-1, 64)
     index = {"format": FORMAT, "seq_len": 64, "dtype": "<u2", "eos_id": 2, "vocab_size": 256, "splits": {}}
@@ -176,18 +179,22 @@ def parent(tmp_path_factory) -> Path:
         entry = write_shard(data_dir / split / "00000.bin", rows, token_dtype(256))
         index["splits"][split] = [{"file": f"{split}/00000.bin", **entry}]
     (data_dir / "index.json").write_text(json.dumps(index))
-    (model_dir / "youri.json").write_text(json.dumps({"stage": "pretrain", "config": {"data": str(data_dir)},
-                                                      "fingerprint": "parent"}))
+    (model_dir / "youri.json").write_text(
+        json.dumps({"stage": "pretrain", "config": {"data": str(data_dir)}, "fingerprint": "parent"})
+    )
     (model_dir / "metrics.json").write_text("{}")
     return model_dir
 
 
 @pytest.fixture(scope="module")
 def twin(parent) -> Path:
-    from youri.quantize import Config, run
+    from youri.quant.quantize import Config, run
 
-    return run(Config(model=str(parent), out=str(parent.parent / "twin"), num_samples=8, seq_len=64,
-                      eval_samples=2, device="cpu"))
+    return run(
+        Config(
+            model=str(parent), out=str(parent.parent / "twin"), num_samples=8, seq_len=64, eval_samples=2, device="cpu"
+        )
+    )
 
 
 @pytest.mark.parametrize("true_sequential", [True, False])
@@ -195,15 +202,19 @@ def test_hessians_equal_plain_x_xt_of_each_linear_input(parent, true_sequential)
     """Shared Hessians (q/k/v, gate/up) and early-stopped batches give exactly 2/n Σ x xᵀ per linear,
     also when all seven linears are collected in one pass (inputs of different linears never alias)."""
     from youri.model import load_model
-    from youri.quantize import SEQUENTIAL_GROUPS, _collect_hessians, _first_layer_inputs
+    from youri.quant.quantize import SEQUENTIAL_GROUPS, _collect_hessians, _first_layer_inputs
 
     model = load_model(parent, dtype=torch.float32)
     inputs, kwargs = _first_layer_inputs(model, torch.randint(3, 256, (6, 32)), torch.device("cpu"), 4)
     layer = model.model.layers[0]
     names = sum(SEQUENTIAL_GROUPS, ())
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    handles = [layer.get_submodule(n).register_forward_hook(
-        lambda m, a, o, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1]))) for n in names]
+    handles = [
+        layer.get_submodule(n).register_forward_hook(
+            lambda m, a, o, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1]))
+        )
+        for n in names
+    ]
     with torch.no_grad():
         for x in inputs:
             layer(x, **kwargs)
@@ -223,9 +234,17 @@ def test_quantize_folder_is_gptq_v1(twin, parent):
 
     config = json.loads((twin / "config.json").read_text())
     assert config["quantization_config"] == {
-        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
-        "damp_percent": 0.01, "true_sequential": True, "static_groups": False, "checkpoint_format": "gptq",
-        "pack_dtype": "int32"}
+        "quant_method": "gptq",
+        "bits": 4,
+        "group_size": 128,
+        "desc_act": False,
+        "sym": True,
+        "damp_percent": 0.01,
+        "true_sequential": True,
+        "static_groups": False,
+        "checkpoint_format": "gptq",
+        "pack_dtype": "int32",
+    }
     state = load_file(str(twin / "model.safetensors"))
     assert state["model.layers.1.mlp.down_proj.qweight"].shape == (384 * 4 // 32, 128)
     assert state["model.layers.1.mlp.down_proj.qzeros"].shape == (3, 128 * 4 // 32)
@@ -265,10 +284,11 @@ def test_load_model_gives_dequantized_reference_logits(twin, parent):
 
 
 def _config(parent: Path, tmp_path: Path, **kw):
-    from youri.quantize import Config
+    from youri.quant.quantize import Config
 
-    return Config(**{"model": str(parent), "out": str(tmp_path / "out"), "num_samples": 4, "seq_len": 32,
-                     "eval_samples": 0, **kw})
+    return Config(
+        **{"model": str(parent), "out": str(tmp_path / "out"), "num_samples": 4, "seq_len": 32, "eval_samples": 0, **kw}
+    )
 
 
 def _copy_with_config(parent: Path, dest: Path, **changes) -> Path:
@@ -281,15 +301,18 @@ def _copy_with_config(parent: Path, dest: Path, **changes) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("case,error,match", [
-    ("quantized", ConfigError, "already quantized"),
-    ("gpt2", ConfigError, "model_type 'gpt2' is not supported"),
-    ("bits", ConfigError, "bits=5 is not supported"),
-    ("group", ConfigError, "not divisible by group_size 96"),
-    ("empty", DataError, "calibration set is empty"),
-])
+@pytest.mark.parametrize(
+    "case,error,match",
+    [
+        ("quantized", ConfigError, "already quantized"),
+        ("gpt2", ConfigError, "model_type 'gpt2' is not supported"),
+        ("bits", ConfigError, "bits=5 is not supported"),
+        ("group", ConfigError, "not divisible by group_size 96"),
+        ("empty", DataError, "calibration set is empty"),
+    ],
+)
 def test_bad_input_fails_before_any_work(parent, twin, tmp_path, case, error, match):
-    from youri.quantize import run
+    from youri.quant.quantize import run
 
     kw = {}
     model = parent
@@ -315,11 +338,37 @@ def test_cli_positional_model_and_sft_style_calibration(parent, tmp_path):
     from youri.cli import main
 
     calib = tmp_path / "sft.jsonl"
-    calib.write_text("\n".join(json.dumps({"instruction": JA_TEXT[i:i + 40], "output": JA_TEXT[i + 40:i + 90]},
-                                          ensure_ascii=False) for i in range(0, 400, 50)))
-    assert main(["quantize", str(parent), "--out", str(tmp_path / "q"), "--calibration", str(calib),
-                 "--num_samples", "4", "--seq_len", "32", "--eval_samples", "0", "--bits", "3",
-                 "--desc_act", "true", "--sym", "false"]) == 0
+    calib.write_text(
+        "\n".join(
+            json.dumps({"instruction": JA_TEXT[i : i + 40], "output": JA_TEXT[i + 40 : i + 90]}, ensure_ascii=False)
+            for i in range(0, 400, 50)
+        )
+    )
+    assert (
+        main(
+            [
+                "quantize",
+                str(parent),
+                "--out",
+                str(tmp_path / "q"),
+                "--calibration",
+                str(calib),
+                "--num_samples",
+                "4",
+                "--seq_len",
+                "32",
+                "--eval_samples",
+                "0",
+                "--bits",
+                "3",
+                "--desc_act",
+                "true",
+                "--sym",
+                "false",
+            ]
+        )
+        == 0
+    )
     config = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert (config["bits"], config["desc_act"], config["sym"]) == (3, True, False)
 
@@ -327,20 +376,39 @@ def test_cli_positional_model_and_sft_style_calibration(parent, tmp_path):
 def test_sft_parent_calibrates_on_its_datasets_in_its_prompt_format(parent, tmp_path):
     import shutil
 
+    from youri.data.sft_data import DatasetConfig, read_dataset
     from youri.model import load_tokenizer
     from youri.prompts import encode_training
-    from youri.quantize import _chunk, _rows_fingerprint, run
-    from youri.sft_data import DatasetConfig, read_dataset
+    from youri.quant.quantize import _chunk, _rows_fingerprint, run
 
     data = tmp_path / "dolly.jsonl"
-    data.write_text("\n".join(json.dumps({"instruction": JA_TEXT[i:i + 30], "input": JA_TEXT[i + 30:i + 50],
-                                          "output": JA_TEXT[i + 50:i + 120]}, ensure_ascii=False)
-                              for i in range(0, 600, 40)), encoding="utf-8")
+    data.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "instruction": JA_TEXT[i : i + 30],
+                    "input": JA_TEXT[i + 30 : i + 50],
+                    "output": JA_TEXT[i + 50 : i + 120],
+                },
+                ensure_ascii=False,
+            )
+            for i in range(0, 600, 40)
+        ),
+        encoding="utf-8",
+    )
     sft = tmp_path / "sft"
     shutil.copytree(parent, sft)
     spec = {"path": str(data), "shape": "instruction", "weight": 1.0, "personas": "", "max_examples": 0}
-    (sft / "youri.json").write_text(json.dumps({"stage": "sft", "parent": str(parent), "fingerprint": "sft",
-                                                "config": {"kind": "chat", "model": str(parent), "datasets": [spec]}}))
+    (sft / "youri.json").write_text(
+        json.dumps(
+            {
+                "stage": "sft",
+                "parent": str(parent),
+                "fingerprint": "sft",
+                "config": {"kind": "chat", "model": str(parent), "datasets": [spec]},
+            }
+        )
+    )
     metrics = json.loads((run(_config(sft, tmp_path, eval_samples=1)) / "metrics.json").read_text())
     assert metrics["calibration"]["format"] == "chat" and metrics["calibration"]["sources"] == [str(data)]
     tok = load_tokenizer(sft)
@@ -375,19 +443,22 @@ def test_plain_transformers_reload_matches_youri(twin, parent, tmp_path):
     and a 3-bit asymmetric act-order one."""
     python = os.environ.get("YOURI_GPTQ_REFERENCE_PYTHON", "")
     if not python:
-        pytest.skip("no GPTQ backend for transformers: GPTQModel 7.6.0 pins numpy==2.2.6, so it lives in its "
-                    "own venv; set YOURI_GPTQ_REFERENCE_PYTHON=/tmp/gptqref/bin/python after `python -m venv "
-                    "--system-site-packages /tmp/gptqref && /tmp/gptqref/bin/pip install gptqmodel==7.6.0 "
-                    "optimum==2.3.0 torch==2.13.0 transformers==5.24.0`")
+        pytest.skip(
+            "no GPTQ backend for transformers: GPTQModel 7.6.0 pins numpy==2.2.6, so it lives in its "
+            "own venv; set YOURI_GPTQ_REFERENCE_PYTHON=/tmp/gptqref/bin/python after `python -m venv "
+            "--system-site-packages /tmp/gptqref && /tmp/gptqref/bin/pip install gptqmodel==7.6.0 "
+            "optimum==2.3.0 torch==2.13.0 transformers==5.24.0`"
+        )
     from youri.model import load_model
-    from youri.quantize import run
+    from youri.quant.quantize import run
 
     odd = run(_config(parent, tmp_path, bits=3, sym=False, desc_act=True, group_size=64))
     folders = [twin, odd]
     out = tmp_path / "reference.pt"
     env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "HF_HUB_OFFLINE": "1"}
-    subprocess.run([python, "-c", REFERENCE_SCRIPT, str(out), *map(str, folders)], check=True, env=env,
-                   cwd=tmp_path, timeout=300)
+    subprocess.run(
+        [python, "-c", REFERENCE_SCRIPT, str(out), *map(str, folders)], check=True, env=env, cwd=tmp_path, timeout=300
+    )
     theirs = torch.load(out, weights_only=True)
     for i, folder in enumerate(folders):
         ours = load_model(folder, dtype=torch.float32)

@@ -10,13 +10,28 @@ import pytest
 @pytest.fixture(scope="module")
 def init_out(tmp_path_factory):
     from youri.config import build_config
-    from youri.init import Config, run
+    from youri.train.init_base import Config, run
 
     out = tmp_path_factory.mktemp("init") / "base"
-    cfg = build_config(Config, {"text": "builtin:corpus_en.txt", "out": str(out), "vocab_size": 512, "seq_len": 64,
-                                "num_layers": 2, "intermediate_size": 256,
-                                "train": {"max_steps": 8, "warmup_steps": 2, "micro_batch_size": 8, "eval_every": 0,
-                                          "eval_batches": 2, "progress": False}})
+    cfg = build_config(
+        Config,
+        {
+            "text": "builtin:corpus_en.txt",
+            "out": str(out),
+            "vocab_size": 512,
+            "seq_len": 64,
+            "num_layers": 2,
+            "intermediate_size": 256,
+            "train": {
+                "max_steps": 8,
+                "warmup_steps": 2,
+                "micro_batch_size": 8,
+                "eval_every": 0,
+                "eval_batches": 2,
+                "progress": False,
+            },
+        },
+    )
     metrics = run(cfg)
     return out, metrics
 
@@ -30,8 +45,13 @@ def test_tokenizer_round_trip_matches_sentencepiece(init_out):
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
     assert len(tok) == sp.get_piece_size() == 512
-    for text in ["The river begins as a thin stream.", "  leading  and trailing  ", "Digits 2024-11-29\ttab",
-                 "富士山は日本最高峰の山です。", "mixed 日本語 and English 🙂"]:
+    for text in [
+        "The river begins as a thin stream.",
+        "  leading  and trailing  ",
+        "Digits 2024-11-29\ttab",
+        "富士山は日本最高峰の山です。",
+        "mixed 日本語 and English 🙂",
+    ]:
         ids = tok(text)["input_ids"]
         assert ids == [1] + sp.encode(text), text
         assert tok.decode(ids, skip_special_tokens=True) == text

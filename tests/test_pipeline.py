@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SHARED_DATA
 
 from youri.config import ConfigError, build_config
-from youri.pipeline import Config, plan, run
+from youri.run.pipeline import Config, plan, run
 from youri.stage import is_complete, read_manifest
-
-from conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"warmup_steps": 1, "eval_every": 2, "eval_batches": 1, "micro_batch_size": 2, "save_every": 0}
@@ -21,15 +20,21 @@ TRAIN = {"warmup_steps": 1, "eval_every": 2, "eval_batches": 1, "micro_batch_siz
 def tiny_recipe(tmp_path: Path) -> Path:
     """The demo recipe with every stage cut to seconds (same sections, same wiring)."""
     recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text(encoding="utf-8"))
-    recipe["init"].update(vocab_size=512, seq_len=512, hidden_size=128, intermediate_size=256, num_layers=1,
-                          num_heads=2, train={**TRAIN, "max_steps": 3})
+    recipe["init"].update(
+        vocab_size=512,
+        seq_len=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_layers=1,
+        num_heads=2,
+        train={**TRAIN, "max_steps": 3},
+    )
     recipe["data"].update(seq_len=128, val_docs=4)
     recipe["pretrain"]["train"] = {**TRAIN, "max_steps": 3}
     for section in ("sft_instruction", "sft_chat"):
         recipe[section].update(seq_len=512, heldout=2, train={**TRAIN, "max_steps": 2})
     recipe["quantize"].update(num_samples=2, seq_len=64, eval_samples=2)
-    recipe["eval"].update(tasks=["jcommonsenseqa", "xwinograd_ja"], limit=2, max_gen_toks=4,
-                          data_dir=str(SHARED_DATA))
+    recipe["eval"].update(tasks=["jcommonsenseqa", "xwinograd_ja"], limit=2, max_gen_toks=4, data_dir=str(SHARED_DATA))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
     return path

@@ -16,20 +16,32 @@ import numpy as np
 import pytest
 import torch
 
-from youri import checkpoint
 from youri.config import build_config
+from youri.data.shards import FORMAT, INDEX, token_dtype, write_shard
 from youri.io import DataError, atomic_write_json
-from youri.losses import token_loss_sum
-from youri.shards import FORMAT, INDEX, token_dtype, write_shard
+from youri.testing import save_random_llama
+from youri.train import checkpoint
+from youri.train.losses import token_loss_sum
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = {"max_steps": 6, "warmup_steps": 2, "micro_batch_size": 4, "grad_accum": 2, "eval_every": 3,
-         "eval_batches": 1, "save_every": 2, "deterministic": True, "progress": False}
+TRAIN = {
+    "max_steps": 6,
+    "warmup_steps": 2,
+    "micro_batch_size": 4,
+    "grad_accum": 2,
+    "eval_every": 3,
+    "eval_batches": 1,
+    "save_every": 2,
+    "deterministic": True,
+    "progress": False,
+}
 
 
 def english_docs(n: int = 300, seed: int = 0) -> list[str]:
-    words = ("the king queen speaks of love and war in fair verona where we lay our scene from ancient "
-             "grudge break to new mutiny").split()
+    words = (
+        "the king queen speaks of love and war in fair verona where we lay our scene from ancient "
+        "grudge break to new mutiny"
+    ).split()
     rng = random.Random(seed)
     return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + "." for _ in range(n)]
 
@@ -42,43 +54,52 @@ def write_token_data(folder: Path, vocab: int, seq_len: int = 32, rows: dict | N
     for split, n in (rows or {"train": 64, "val/ja": 8, "val/en": 8}).items():
         data = rng.integers(3, vocab, size=(n, seq_len))
         splits[split] = [{"file": f"{split}/00000.bin", **write_shard(folder / split / "00000.bin", data, dtype)}]
-    atomic_write_json(folder / INDEX, {"format": FORMAT, "seq_len": seq_len, "dtype": dtype.str, "eos_id": eos_id,
-                                       "vocab_size": vocab, "splits": splits})
+    atomic_write_json(
+        folder / INDEX,
+        {
+            "format": FORMAT,
+            "seq_len": seq_len,
+            "dtype": dtype.str,
+            "eos_id": eos_id,
+            "vocab_size": vocab,
+            "splits": splits,
+        },
+    )
     return folder
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny Llama + its tokenizer (trained here, hermetic) and random-token shards."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from youri.init import train_tokenizer
-    from youri.model import save_model
+    from youri.train.init_base import train_tokenizer
 
     root = tmp_path_factory.mktemp("pretrain")
     tok = train_tokenizer(english_docs(), 300, root / "model")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False))
-    save_model(model, tok, root / "model")
+    save_random_llama(root / "model", tok, tie_word_embeddings=False)
     return {"root": root, "model": root / "model", "data": write_token_data(root / "data", len(tok))}
 
 
 def pretrain_cfg(tiny, out, **train):
-    from youri.pretrain import Config
+    from youri.train.pretrain import Config
 
-    return build_config(Config, {"model": str(tiny["model"]), "data": str(tiny["data"]), "out": str(out),
-                                 "train": {**TRAIN, **train}})
+    return build_config(
+        Config, {"model": str(tiny["model"]), "data": str(tiny["data"]), "out": str(out), "train": {**TRAIN, **train}}
+    )
 
 
 def cli(tiny, out, *extra, env=None, launcher=(sys.executable, "-m", "youri")):
     args = [*launcher, "pretrain", "--model", str(tiny["model"]), "--data", str(tiny["data"]), "--out", str(out)]
     for key, value in TRAIN.items():
         args += [f"--train.{key}", str(value).lower()]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
-    return subprocess.Popen([*args, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [*args, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def losses(out: Path) -> list[float]:
@@ -99,26 +120,33 @@ def test_token_loss_sum_matches_hf_and_shifts():
 
 def test_accumulation_invariance(tiny, tmp_path):
     """batch 1 x accumulation 8 == batch 8 x accumulation 1 (the loss is normalised by the global token count)."""
-    from youri.distributed import Dist
+    from youri.data.shards import TokenShards
     from youri.model import load_model
-    from youri.pretrain import ShardBatches
-    from youri.shards import TokenShards
-    from youri.trainer import TrainConfig, train
+    from youri.train.batches import ShardBatches
+    from youri.train.distributed import Dist
+    from youri.train.trainer import TrainConfig, train
 
     curves = []
     for micro, accum in [(1, 8), (8, 1)]:
-        cfg = build_config(TrainConfig, {**TRAIN, "micro_batch_size": micro, "grad_accum": accum, "max_steps": 4,
-                                         "save_every": 0})
+        cfg = build_config(
+            TrainConfig, {**TRAIN, "micro_batch_size": micro, "grad_accum": accum, "max_steps": 4, "save_every": 0}
+        )
         rows = TokenShards.open(tiny["data"], "train")
-        result = train(load_model(tiny["model"], dtype=torch.float32), cfg=cfg, batches=ShardBatches(rows, micro, accum),
-                       evals={}, run_dir=tmp_path / f"r{micro}", dist=Dist())
+        result = train(
+            load_model(tiny["model"], dtype=torch.float32),
+            cfg=cfg,
+            batches=ShardBatches(rows, micro, accum),
+            evals={},
+            run_dir=tmp_path / f"r{micro}",
+            dist=Dist(),
+        )
         curves.append([loss for _, loss in result["train_loss"]])
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-6)
     assert curves[0][0] != curves[0][-1]
 
 
 def test_exact_resume_after_sigkill_and_kill_during_save(tiny, tmp_path):
-    from youri.pretrain import run
+    from youri.train.pretrain import run
 
     reference = run(pretrain_cfg(tiny, tmp_path / "ref"))
     ref_losses = [loss for _, loss in reference["loss_curve"]]
@@ -153,7 +181,7 @@ def test_exact_resume_after_sigkill_and_kill_during_save(tiny, tmp_path):
 
 def test_torchrun_two_processes_fsdp_matches_one_process(tiny, tmp_path):
     """2 ranks x micro 4 x accum 1 (gloo, FSDP2-sharded) == 1 process x micro 4 x accum 2."""
-    from youri.pretrain import run
+    from youri.train.pretrain import run
 
     single = run(pretrain_cfg(tiny, tmp_path / "single", save_every=0))
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "youri")
@@ -162,7 +190,7 @@ def test_torchrun_two_processes_fsdp_matches_one_process(tiny, tmp_path):
     assert proc.returncode == 0, log
     assert "2 process(es)" in log
     metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
-    np.testing.assert_allclose(losses(tmp_path / "fsdp"), [l for _, l in single["loss_curve"]], rtol=1e-5)
+    np.testing.assert_allclose(losses(tmp_path / "fsdp"), [loss for _, loss in single["loss_curve"]], rtol=1e-5)
     for split, ppl in single["final_ppl"].items():
         assert metrics["final_ppl"][split] == pytest.approx(ppl, rel=1e-5)
     # The gathered FSDP export equals the single-process weights.
@@ -178,8 +206,8 @@ def test_output_loads_with_plain_transformers(tiny, tmp_path):
     """The folder needs no youri: AutoModel/AutoTokenizer load it, and its logits reproduce the final ppl."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from youri.pretrain import run
-    from youri.shards import TokenShards
+    from youri.data.shards import TokenShards
+    from youri.train.pretrain import run
 
     metrics = run(pretrain_cfg(tiny, tmp_path / "out", save_every=0))
     out = tmp_path / "out"
@@ -195,7 +223,7 @@ def test_output_loads_with_plain_transformers(tiny, tmp_path):
 
 
 def test_tokenizer_mismatch_is_a_clear_error(tiny, tmp_path):
-    from youri.pretrain import run
+    from youri.train.pretrain import run
 
     data = write_token_data(tmp_path / "other", vocab=32000, eos_id=2)
     cfg = pretrain_cfg(tiny, tmp_path / "out")
@@ -212,7 +240,7 @@ def test_dry_run_7b_recipe(capsys):
     assert "6.74 B parameters" in text
     assert "nothing loaded" in text and "wall clock" in text
     from youri.config import load_recipe
-    from youri.pretrain import Config, dry_run
+    from youri.train.pretrain import Config, dry_run
 
     plan = dry_run(build_config(Config, load_recipe(ROOT / "recipes" / "youri-7b.yaml")["pretrain"]))
     assert 3.5e6 <= plan["global_batch_tokens"] <= 4.5e6 and plan["seq_len"] == 4096
@@ -222,7 +250,7 @@ def test_dry_run_7b_recipe(capsys):
 
 PAGE_FAULTS_PROBE = """
 import resource, sys, torch
-from youri.trainer import retain_freed_memory
+from youri.train.trainer import retain_freed_memory
 
 def faults_filling(mb):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -240,9 +268,11 @@ def test_cpu_training_reuses_freed_buffers_instead_of_page_faulting():
     """retain_freed_memory: freed 64 MB buffers are reused by the next ones instead of being unmapped and
     page-faulted back in (glibc's default for blocks over 32 MB). In a fresh process: the heap state of a
     long test session decides where glibc can grow its heap."""
+
     def probe(mode: str) -> list[str]:
-        done = subprocess.run([sys.executable, "-c", PAGE_FAULTS_PROBE, mode], capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", PAGE_FAULTS_PROBE, mode], capture_output=True, text=True, check=True
+        )
         return done.stdout.split()
 
     applied, *tuned = probe("retain")

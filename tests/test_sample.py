@@ -48,8 +48,14 @@ def test_corpus_ja_rejects_are_where_the_readme_says():
     rejects = _readme_rejects()
     kinds = [kind for kind, _ in rejects.values()]
     counts = {k: kinds.count(k) for k in set(kinds)}
-    assert counts == {"too short": 3, "exact duplicate": 3, "near duplicate": 3, "repetitive": 1,
-                      "boilerplate": 1, "mostly English": 2}, counts
+    assert counts == {
+        "too short": 3,
+        "exact duplicate": 3,
+        "near duplicate": 3,
+        "repetitive": 1,
+        "boilerplate": 1,
+        "mostly English": 2,
+    }, counts
     for line, (kind, detail) in rejects.items():
         text = texts[line - 1]
         source = re.search(r"of line (\d+)", detail)
@@ -102,7 +108,11 @@ def test_chats_shape_roles_and_forgery():
         assert [m["role"] for m in turns] == ["user", "assistant"] * (len(turns) // 2), n
         assert 2 <= len(turns) // 2 <= 4 and len(turns) % 2 == 0, n
     assert no_system == [18, 19, 20, 21]
-    forged = [(n, i) for n, messages in enumerate(chats, 1) for i, m in enumerate(messages)
-              if m["role"] == "user" and re.search(r"(^|\n)システム: ", m["content"])]
+    forged = [
+        (n, i)
+        for n, messages in enumerate(chats, 1)
+        for i, m in enumerate(messages)
+        if m["role"] == "user" and re.search(r"(^|\n)システム: ", m["content"])
+    ]
     assert forged == [(29, 3)]
     assert "\nシステム: " in chats[28][3]["content"]  # mid-message: it would start a turn if not escaped

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from youri.data.shards import FORMAT, INDEX, TokenShards, shard_is_valid, token_dtype, write_shard
 from youri.io import atomic_write_json
-from youri.shards import FORMAT, INDEX, TokenShards, shard_is_valid, token_dtype, write_shard
 
 
 def test_shards_round_trip_across_files(tmp_path):
@@ -14,7 +14,9 @@ def test_shards_round_trip_across_files(tmp_path):
     entries = []
     for name, rows in [("train/00000.bin", rows_a), ("train/00001.bin", rows_b)]:
         entries.append({"file": name, **write_shard(tmp_path / name, rows, dtype)})
-    atomic_write_json(tmp_path / INDEX, {"format": FORMAT, "seq_len": 4, "dtype": dtype.str, "splits": {"train": entries}})
+    atomic_write_json(
+        tmp_path / INDEX, {"format": FORMAT, "seq_len": 4, "dtype": dtype.str, "splits": {"train": entries}}
+    )
     shards = TokenShards.open(tmp_path)
     assert len(shards) == 5 and shards.num_tokens == 20
     assert shards[3].tolist() == [100, 101, 102, 103]

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import shared_path
+
 from youri import cli
+from youri.data.vocab import SPACE, Config, VocabError, iter_corpus_texts, load_proto, processor, run, select_new_pieces
 from youri.stage import read_manifest, read_metrics
-from youri.vocab import (SPACE, Config, VocabError, iter_corpus_texts, load_proto, processor, run,
-                         select_new_pieces)
+from youri.testing import random_llama
 
 WIKI = "wikipedia-annotated-corpus-ja"
 SMALL_N = 300
@@ -27,8 +27,15 @@ def extended_16k(tmp_path_factory):
     """The acceptance run: 16,000 pieces from Wikipedia train + Aozora on the real Llama 2 tokenizer."""
     out = tmp_path_factory.mktemp("vocab") / "llama2-ja"
     corpus = [str(shared_path(WIKI, "train.jsonl")), str(shared_path("aozora-bunko-ja", "aozora_clean.jsonl"))]
-    run(Config(base=str(shared_path("llama2-tokenizer", "tokenizer.model")), corpus=corpus, new_pieces=16000,
-               out=str(out), check_docs=0))
+    run(
+        Config(
+            base=str(shared_path("llama2-tokenizer", "tokenizer.model")),
+            corpus=corpus,
+            new_pieces=16000,
+            out=str(out),
+            check_docs=0,
+        )
+    )
     return out
 
 
@@ -57,8 +64,9 @@ def test_english_ids_unchanged_slow_equals_fast_and_roundtrip(extended_16k):
     assert fast(english)["input_ids"] == base(english)["input_ids"]
     lines = english.split("\n")
     assert fast(lines)["input_ids"] == base(lines)["input_ids"]
-    docs = _texts(f"{WIKI}/train.jsonl", f"{WIKI}/dev.jsonl", f"{WIKI}/test.jsonl",
-                  "aozora-bunko-ja/aozora_clean.jsonl") + [english]
+    docs = _texts(
+        f"{WIKI}/train.jsonl", f"{WIKI}/dev.jsonl", f"{WIKI}/test.jsonl", "aozora-bunko-ja/aozora_clean.jsonl"
+    ) + [english]
     ids = fast(docs, add_special_tokens=False)["input_ids"]
     assert ids == slow.encode(docs)
     assert [fast.decode(x) for x in ids] == docs
@@ -84,17 +92,15 @@ def test_select_new_pieces_reachable_and_never_ascii():
 
 def _tiny_llama(path, tied: bool):
     from tokenizers import processors
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=tied)
-    model = LlamaForCausalLM(config).eval()
+    model = random_llama(32000, tie_word_embeddings=tied).eval()
     model.save_pretrained(str(path), safe_serialization=True)
     # A HF tokenizer folder as `youri init` writes it: tokenizer.json with a BOS template + tokenizer.model.
     tokenizer = AutoTokenizer.from_pretrained(str(shared_path("llama2-tokenizer")), local_files_only=True)
     tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     tokenizer.save_pretrained(str(path))
     shutil.copy(shared_path("llama2-tokenizer", "tokenizer.model"), path / "tokenizer.model")
     return model, AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -106,8 +112,16 @@ def test_model_resize_mean_init_and_old_logits(tmp_path, tied, noise):
 
     base_model, base_tokenizer = _tiny_llama(tmp_path / "base", tied)
     out = tmp_path / "vocab"
-    run(Config(base=str(tmp_path / "base"), corpus=[str(shared_path(WIKI, "dev.jsonl"))], new_pieces=SMALL_N,
-               init_noise_std=noise, out=str(out), check_docs=20))
+    run(
+        Config(
+            base=str(tmp_path / "base"),
+            corpus=[str(shared_path(WIKI, "dev.jsonl"))],
+            new_pieces=SMALL_N,
+            init_noise_std=noise,
+            out=str(out),
+            check_docs=20,
+        )
+    )
     model = load_model(out).eval()
     tokenizer = load_tokenizer(out)
     assert model.config.vocab_size == len(tokenizer) == 32000 + SMALL_N
@@ -143,8 +157,17 @@ def test_model_resize_mean_init_and_old_logits(tmp_path, tied, noise):
 def test_cli_tokenizer_only(tmp_path, capsys):
     out = tmp_path / "vocab"
     corpus = json.dumps([str(shared_path(WIKI, "dev.jsonl")), str(shared_path(WIKI, "test.jsonl"))])
-    argv = ["vocab", "--base", str(shared_path("llama2-tokenizer")), "--corpus", corpus, "--new_pieces", "200",
-            "--out", str(out)]
+    argv = [
+        "vocab",
+        "--base",
+        str(shared_path("llama2-tokenizer")),
+        "--corpus",
+        corpus,
+        "--new_pieces",
+        "200",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     metrics = read_metrics(out)
     assert metrics["new_pieces"] == 200 and metrics["vocab"] == 32200
@@ -153,15 +176,23 @@ def test_cli_tokenizer_only(tmp_path, capsys):
     assert cli.main(argv) == 2 and "already holds" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"base": "/nonexistent/model"}, "vocab.base"),
-    ({"new_pieces": 0}, "new_pieces"),
-    ({"corpus": ["/nonexistent/ja.jsonl"]}, "corpus"),
-    ({"corpus": []}, "corpus"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"base": "/nonexistent/model"}, "vocab.base"),
+        ({"new_pieces": 0}, "new_pieces"),
+        ({"corpus": ["/nonexistent/ja.jsonl"]}, "corpus"),
+        ({"corpus": []}, "corpus"),
+    ],
+)
 def test_bad_inputs(tmp_path, change, message):
-    cfg = {"base": str(shared_path("llama2-tokenizer")), "corpus": [str(shared_path(WIKI, "dev.jsonl"))],
-           "new_pieces": 10, "out": str(tmp_path / "out"), **change}
+    cfg = {
+        "base": str(shared_path("llama2-tokenizer")),
+        "corpus": [str(shared_path(WIKI, "dev.jsonl"))],
+        "new_pieces": 10,
+        "out": str(tmp_path / "out"),
+        **change,
+    }
     with pytest.raises(VocabError, match=message):
         run(Config(**cfg))
     assert not (tmp_path / "out").exists()
@@ -176,8 +207,16 @@ def test_base_folder_without_tokenizer_model(tmp_path):
 
 def test_unigram_method_pieces_are_reachable(tmp_path):
     out = tmp_path / "uni"
-    run(Config(base=str(shared_path("llama2-tokenizer")), corpus=[str(shared_path(WIKI, "dev.jsonl"))],
-               method="unigram", new_pieces=150, out=str(out), check_docs=100))
+    run(
+        Config(
+            base=str(shared_path("llama2-tokenizer")),
+            corpus=[str(shared_path(WIKI, "dev.jsonl"))],
+            method="unigram",
+            new_pieces=150,
+            out=str(out),
+            check_docs=100,
+        )
+    )
     proto = load_proto(out / "tokenizer.model")
     vocab = {p.piece for p in proto.pieces}
     new = [p.piece for p in proto.pieces[32000:]]

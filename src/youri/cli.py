@@ -11,13 +11,16 @@ and ``run(cfg, *, overwrite: bool = False)``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from dataclasses import dataclass
 
+import yaml
+
 import youri
 from youri import __version__
-from youri.config import ConfigError, add_config_flags, build_config, flag_overrides, load_recipe
+from youri.config import ConfigError, add_config_flags, build_config, config_to_dict, flag_overrides, load_recipe
 from youri.io import DataError
 
 
@@ -31,19 +34,47 @@ class Command:
 
 
 COMMANDS: list[Command] = [
-    Command("data", "youri.data", "corpus pipeline: normalise, filter, dedup, mix and pack text into token shards"),
-    Command("init", "youri.init", "tiny English base model (SentencePiece BPE tokenizer + Llama) from English text"),
-    Command("pretrain", "youri.pretrain", "continued pretraining on youri data token shards (FSDP2, exact resume)"),
-    Command("sft", "youri.sft", "instruction or multi-turn chat SFT (one prompt renderer, packing, optional LoRA)",
-            section="sft_instruction"),
-    Command("vocab", "youri.vocab", "extend a Llama tokenizer with Japanese pieces and resize the model"),
-    Command("quantize", "youri.quantize", "GPTQ 4-bit twin (GPTQ v1 checkpoint) of a model folder, with its cost"),
-    Command("eval", "youri.evaluate", "JP-8 evaluation: the Stability jp-stable protocol, byte-exact and offline (lm-eval)"),
-    Command("chat", "youri.chat", "talk to a chat model in the terminal (persona, streaming, /save /load; stdin one-shot)"),
-    Command("serve", "youri.serve", "OpenAI-compatible server with dynamic batching and a web chat page"),
-    Command("pipeline", "youri.pipeline", "the whole family from one recipe: data → pretrain → sft → quantize → eval → report",
-            recipe_positional=True),
-    Command("report", "youri.report", "the family's report card (JP-8, perplexity, size, speed; Markdown, HTML, plots)"),
+    Command(
+        "data", "youri.data.corpus", "corpus pipeline: normalise, filter, dedup, mix and pack text into token shards"
+    ),
+    Command(
+        "init",
+        "youri.train.init_base",
+        "tiny English base model (SentencePiece BPE tokenizer + Llama) from English text",
+    ),
+    Command(
+        "pretrain", "youri.train.pretrain", "continued pretraining on youri data token shards (FSDP2, exact resume)"
+    ),
+    Command(
+        "sft",
+        "youri.train.sft",
+        "instruction or multi-turn chat SFT (one prompt renderer, packing, optional LoRA)",
+        section="sft_instruction",
+    ),
+    Command("vocab", "youri.data.vocab", "extend a Llama tokenizer with Japanese pieces and resize the model"),
+    Command(
+        "quantize", "youri.quant.quantize", "GPTQ 4-bit twin (GPTQ v1 checkpoint) of a model folder, with its cost"
+    ),
+    Command(
+        "eval",
+        "youri.eval.evaluate",
+        "JP-8 evaluation: the Stability jp-stable protocol, byte-exact and offline (lm-eval)",
+    ),
+    Command(
+        "chat",
+        "youri.serve.chat",
+        "talk to a chat model in the terminal (persona, streaming, /save /load; stdin one-shot)",
+    ),
+    Command("serve", "youri.serve.server", "OpenAI-compatible server with dynamic batching and a web chat page"),
+    Command(
+        "pipeline",
+        "youri.run.pipeline",
+        "the whole family from one recipe: data → pretrain → sft → quantize → eval → report",
+        recipe_positional=True,
+    ),
+    Command(
+        "report", "youri.run.report", "the family's report card (JP-8, perplexity, size, speed; Markdown, HTML, plots)"
+    ),
 ]
 
 
@@ -72,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.recipe}: no section '{section}' (pass --section NAME)")
         cfg = build_config(module.Config, recipe, overrides, where=section)
         if args.print_config:
-            from youri.config import config_to_dict
-            import yaml
-
             print(yaml.safe_dump({section: config_to_dict(cfg)}, allow_unicode=True, sort_keys=False))
             return 0
         module.run(cfg, overwrite=args.overwrite)
@@ -85,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _unknown_flag_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
-    import difflib
 
     flags = [opt for action in parser._actions for opt in action.option_strings]
     first = next((u.split("=")[0] for u in unknown if u.startswith("--")), unknown[0])
@@ -94,21 +121,26 @@ def _unknown_flag_message(parser: argparse.ArgumentParser, unknown: list[str]) -
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="youri", description=youri.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="commands:\n" + "\n".join(f"  {c.name:<10} {c.help}" for c in COMMANDS)
-                                     + "\n\nRun 'youri COMMAND --help' for a command's flags.")
+    parser = argparse.ArgumentParser(
+        prog="youri",
+        description=youri.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n"
+        + "\n".join(f"  {c.name:<10} {c.help}" for c in COMMANDS)
+        + "\n\nRun 'youri COMMAND --help' for a command's flags.",
+    )
     parser.add_argument("--version", action="version", version=f"youri {__version__}")
     return parser
 
 
 def _command_parser(command: Command, module) -> argparse.ArgumentParser:
     doc = (module.__doc__ or command.help).strip()
-    parser = argparse.ArgumentParser(prog=f"youri {command.name}", description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"youri {command.name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipe", help="YAML recipe; the command reads its section (see --section)")
     parser.add_argument("--section", help=f"recipe section to read (default: {command.section or command.name})")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     add_config_flags(parser, module.Config)
     return parser

@@ -1,16 +1,16 @@
 """Typed stage configs: YAML recipe sections + command-line overrides -> one dataclass.
 
-Every stage owns one dataclass (``DataConfig``, ``PretrainConfig``, ...). A recipe is a YAML file with
-one section per stage::
+Every stage module owns one dataclass named ``Config`` (``youri.data.corpus.Config``,
+``youri.train.pretrain.Config``, ...). A recipe is a YAML file with one section per stage::
 
     data:
       seq_len: 512
       sources:
         - {path: builtin:corpus_ja.jsonl, lang: ja, weight: 9}
     pretrain:
-      lr: 3.0e-4
+      train: {lr: 3.0e-4}
 
-``build_config(PretrainConfig, recipe["pretrain"], {"lr": 1e-4})`` validates every key against the
+``build_config(pretrain.Config, recipe["pretrain"], {"train.lr": 1e-4})`` validates every key against the
 dataclass fields (recursively, lists of dataclasses included), coerces scalars from strings and
 raises ``ConfigError`` naming the offending key -- with the closest valid spelling -- when a key is
 unknown. The CLI derives one ``--flag`` per field from the same dataclass (``add_config_flags``).
@@ -19,8 +19,11 @@ unknown. The CLI derives one ``--flag`` per field from the same dataclass (``add
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
+import inspect
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -83,11 +86,13 @@ def add_config_flags(parser, cls: type, prefix: str = "") -> None:
         helptext = helptext.replace("%", "%%")  # argparse %-formats help strings ("~30% more")
         if field.metadata.get("positional"):
             # A positional field (``youri chat MODEL``) may still come from the recipe, hence nargs="?".
-            parser.add_argument(f"cfg:{name}", nargs="?", default=argparse.SUPPRESS, metavar=name.upper(),
-                                help=helptext)
+            parser.add_argument(
+                f"cfg:{name}", nargs="?", default=argparse.SUPPRESS, metavar=name.upper(), help=helptext
+            )
         else:
-            parser.add_argument(f"--{name}", dest=f"cfg:{name}", default=argparse.SUPPRESS, metavar=_metavar(tp),
-                                help=helptext)
+            parser.add_argument(
+                f"--{name}", dest=f"cfg:{name}", default=argparse.SUPPRESS, metavar=_metavar(tp), help=helptext
+            )
 
 
 def flag_overrides(namespace) -> dict[str, Any]:
@@ -96,6 +101,7 @@ def flag_overrides(namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- internals
+
 
 def _parse_yaml_text(text: str, where: str) -> Any:
     try:
@@ -230,9 +236,6 @@ def _field_doc(cls: type, name: str) -> str:
 
 
 def _parse_field_docs(cls: type) -> dict[str, str]:
-    import ast
-    import inspect
-    import textwrap
 
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
@@ -241,9 +244,13 @@ def _parse_field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
-                and isinstance(nxt.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(getattr(nxt, "value", None), ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 

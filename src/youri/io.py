@@ -26,7 +26,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
     text = str(path)
     if text.startswith(BUILTIN_PREFIX):
         sample = Path(str(resources.files("youri") / "sample"))
-        target = sample / text[len(BUILTIN_PREFIX):]
+        target = sample / text[len(BUILTIN_PREFIX) :]
         if not target.exists():
             available = sorted(p.name for p in sample.iterdir()) if sample.is_dir() else []
             raise FileNotFoundError(f"{text}: no such built-in sample; available: {', '.join(available)}")
@@ -51,6 +51,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """JSON Lines (UTF-8, one object per line), written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

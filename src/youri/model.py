@@ -13,7 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from youri.io import resolve_path
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from youri.config import ConfigError
+from youri.io import read_json, resolve_path
+from youri.quant.gptq import gptq_settings, load_gptq_model
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -23,7 +28,6 @@ def load_tokenizer(path: str | os.PathLike):
     misleading tiktoken error), and ``LlamaTokenizer(vocab_file=...)`` silently yields a broken
     3-token tokenizer -- so we always go through ``AutoTokenizer`` on the folder.
     """
-    from transformers import AutoTokenizer
 
     path = resolve_path(path)
     if path.is_file():
@@ -39,41 +43,42 @@ def load_tokenizer(path: str | os.PathLike):
 
 def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None):
     """``AutoModelForCausalLM`` from a local folder, weights from safetensors only (never pickles)."""
-    from transformers import AutoModelForCausalLM
 
     path = resolve_path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
-    from youri.gptq import gptq_settings, load_gptq_model
-    from youri.io import read_json
 
     config = read_json(path / "config.json")
-    if dtype is None and str(device or "cpu").startswith("cpu") and config.get("dtype", config.get("torch_dtype")) == "float16":
+    if (
+        dtype is None
+        and str(device or "cpu").startswith("cpu")
+        and config.get("dtype", config.get("torch_dtype")) == "float16"
+    ):
         # fp16 matmuls on CPU are emulated and many times slower than fp32 (a GPTQ twin's eval went from
         # minutes to seconds); keep the checkpoint's fp16 on GPUs, compute in fp32 on CPUs.
-        import torch
 
         dtype = torch.float32
     quant = gptq_settings(config)
     if quant is not None:  # a GPTQ twin: youri's own loader keeps the weights packed (QuantLinear)
         model = load_gptq_model(path, quant, dtype=dtype)
         return model.to(device) if device else model
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                                 dtype=dtype if dtype is not None else "auto")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), local_files_only=True, use_safetensors=True, dtype=dtype if dtype is not None else "auto"
+    )
     return model.to(device) if device else model
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike, *, max_shard_size: str = "5GB",
-               state_dict: dict | None = None) -> Path:
+def save_model(
+    model, tokenizer, out_dir: str | os.PathLike, *, max_shard_size: str = "5GB", state_dict: dict | None = None
+) -> Path:
     """Write HF weights (safetensors), config, generation config and tokenizer into ``out_dir``.
 
     ``state_dict`` replaces the model's own tensors (e.g. the gathered full state dict of an
-    FSDP-sharded model, see ``youri.checkpoint.export_model``).
+    FSDP-sharded model, see ``youri.train.checkpoint.export_model``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True, max_shard_size=max_shard_size,
-                          state_dict=state_dict)
+    model.save_pretrained(str(out_dir), safe_serialization=True, max_shard_size=max_shard_size, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
     return out_dir
@@ -81,10 +86,6 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, *, max_shard_size: 
 
 def resolve_export_dtype(name: str, model_dir: str | os.PathLike):
     """The dtype a training stage saves its weights in: ``auto`` keeps the parent checkpoint's dtype."""
-    import torch
-
-    from youri.config import ConfigError
-    from youri.io import read_json
 
     if name == "auto":
         saved = read_json(Path(model_dir) / "config.json")

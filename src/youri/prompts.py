@@ -61,7 +61,9 @@ SETTING, USER, SYSTEM = "設定", "ユーザー", "システム"
 SPEAKERS = (SETTING, USER, SYSTEM)
 ROLE_TO_SPEAKER = {"system": SETTING, "user": USER, "assistant": SYSTEM}
 
-INSTRUCTION_INTRO = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。"
+INSTRUCTION_INTRO = (
+    "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。"
+)
 INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER = "### 指示", "### 入力", "### 応答"
 
 # Line starts that would forge a turn or a section; their ":" becomes "：".
@@ -105,6 +107,7 @@ class Encoded:
 
 # ----------------------------------------------------------------------------- text
 
+
 def escape_text(text: str) -> str:
     """Neutralise lines that start like a turn/section (see "Role-forging guard")."""
     text = "\n" + text
@@ -132,11 +135,8 @@ def chat_prompt(turns: Sequence[Turn]) -> str:
     return "\n".join([turn_line(t) for t in turns] + [SYSTEM + ": "])
 
 
-def prompt_text(example: Example) -> str:
-    return instruction_prompt(example) if isinstance(example, Instruction) else chat_prompt(example)
-
-
 # ----------------------------------------------------------------------------- conversions
+
 
 def messages_to_turns(messages: Iterable[dict], where: str = "messages") -> list[Turn]:
     """OpenAI ``[{"role", "content"}]`` -> turns (system/user/assistant -> 設定/ユーザー/システム)."""
@@ -172,11 +172,14 @@ def turns_to_instruction(turns: Sequence[Turn]) -> Instruction:
         return Instruction(turns[0].text, "", output)
     if speakers == [SETTING, USER]:
         return Instruction(turns[0].text, turns[1].text, output)
-    raise PromptError(f"an instruction model takes [設定] ユーザー [システム] (system = instruction, "
-                      f"user = input), got {' '.join(t.speaker for t in turns) or 'no turns'}")
+    raise PromptError(
+        f"an instruction model takes [設定] ユーザー [システム] (system = instruction, "
+        f"user = input), got {' '.join(t.speaker for t in turns) or 'no turns'}"
+    )
 
 
 # ----------------------------------------------------------------------------- tokens
+
 
 def _pieces(example: Example, *, for_training: bool) -> list[tuple[str, bool]]:
     """Cut an example into ``(text, is_reply)`` pieces at every reply start and end.
@@ -235,15 +238,17 @@ def _encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
         for i, ids, offsets in zip(todo, enc["input_ids"], enc["offset_mapping"]):
             cut = len(anchor)
             keep = [k for k, (start, _) in enumerate(offsets) if start >= cut]
-            clean = all(end <= cut for _, end in offsets[:keep[0] if keep else len(offsets)])
+            clean = all(end <= cut for _, end in offsets[: keep[0] if keep else len(offsets)])
             if clean and keep == list(range(keep[0] if keep else 0, len(ids))):
                 out[i] = [ids[k] for k in keep]
             else:
                 failed.append(i)
         todo = failed
     if todo:
-        raise PromptError(f"cannot tokenise {texts[todo[0]][:20]!r} as a continuation: the tokenizer merges "
-                          f"it with every anchor in {CONTINUATION_ANCHORS}")
+        raise PromptError(
+            f"cannot tokenise {texts[todo[0]][:20]!r} as a continuation: the tokenizer merges "
+            f"it with every anchor in {CONTINUATION_ANCHORS}"
+        )
     return out  # type: ignore[return-value]
 
 
@@ -305,6 +310,7 @@ def show_mask(encoded: Encoded, tokenizer, *, max_tokens: int | None = None) -> 
 
 # ----------------------------------------------------------------------------- chat template
 
+
 def _jinja_escape(expr: str) -> str:
     chain = "('\\n' + " + expr + ")"
     for name in FORGEABLE:
@@ -316,14 +322,15 @@ def chat_template(kind: Kind) -> str:
     """A Jinja chat template rendering exactly ``chat_prompt`` / ``instruction_prompt``."""
     esc = _jinja_escape("message['content']")
     if kind == "chat":
-        speakers = " ".join(f"{{%- elif message['role'] == '{r}' -%}}{{%- set speaker = '{s}' -%}}"
-                            for r, s in ROLE_TO_SPEAKER.items())
+        speakers = " ".join(
+            f"{{%- elif message['role'] == '{r}' -%}}{{%- set speaker = '{s}' -%}}" for r, s in ROLE_TO_SPEAKER.items()
+        )
         return (
             "{%- for message in messages -%}"
             "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
             "{{ raise_exception('role must be system, user or assistant, got ' + message['role']) }}"
-            + speakers +
-            "{%- endif -%}"
+            + speakers
+            + "{%- endif -%}"
             "{%- if not loop.first -%}{{ '\\n' }}{%- endif -%}"
             "{{ speaker + ': ' + " + esc + " }}"
             "{%- endfor -%}"

@@ -84,8 +84,16 @@ def config_fingerprint(stage: str, config: dict[str, Any], inputs: dict[str, str
 class StageWriter:
     """Builds a stage folder under ``OUT.partial`` and publishes it atomically on ``finish``."""
 
-    def __init__(self, out: str | os.PathLike, *, stage: str, config: Any, inputs: Iterable[str | os.PathLike] = (),
-                 parent: str | os.PathLike | None = None, overwrite: bool = False):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        *,
+        stage: str,
+        config: Any,
+        inputs: Iterable[str | os.PathLike] = (),
+        parent: str | os.PathLike | None = None,
+        overwrite: bool = False,
+    ):
         self.out = Path(out)
         self.stage = stage
         self.config = config_to_dict(config) if not isinstance(config, dict) else config
@@ -97,8 +105,10 @@ class StageWriter:
         self.path = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
         self.finished = False
         if is_complete(self.out) and not overwrite:
-            raise StageExistsError(f"{self.out} already holds a complete '{read_manifest(self.out).get('stage')}' "
-                                   "stage; choose another --out or pass --overwrite")
+            raise StageExistsError(
+                f"{self.out} already holds a complete '{read_manifest(self.out).get('stage')}' "
+                "stage; choose another --out or pass --overwrite"
+            )
 
     def __enter__(self) -> "StageWriter":
         stamp = self.path / ".fingerprint"

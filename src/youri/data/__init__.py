@@ -1,0 +1,9 @@
+"""Data: raw text to token shards (``youri data``), SFT record readers, vocabulary extension (``youri vocab``).
+
+- ``corpus``   — the ``youri data`` stage: read, normalise, filter, dedup, mix and pack into shards.
+- ``steps``    — its datatrove steps (readers, normaliser/filter, tokeniser + MinHash).
+- ``filters``  — normalisation, quality filters and near-duplicate detection (pure functions).
+- ``shards``   — the packed token format between ``youri data`` and the training stages.
+- ``sft_data`` — SFT record readers (instruction, OpenAI messages, persona dialogues) into prompt turns.
+- ``vocab``    — the ``youri vocab`` stage: append Japanese SentencePiece pieces, resize the model.
+"""

@@ -1,0 +1,8 @@
+"""Evaluation: JP-8 as the Stability-AI jp-stable harness defines it, run through EleutherAI lm-eval.
+
+- ``tasks``          — one module per JP-8 task (data reader, prompt versions) and the task registry.
+- ``metrics``        — the harness's metrics (exact match, MeCab F1, ROUGE-2, MGSM answer extraction).
+- ``lm_eval_bridge`` — youri's prompts as lm-eval tasks, and the lm-eval model wrappers.
+- ``leaderboard``    — lm-eval's own ``japanese_leaderboard`` tasks on the same local files.
+- ``evaluate``       — the ``youri eval`` stage.
+"""

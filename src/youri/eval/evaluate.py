@@ -1,0 +1,374 @@
+"""JP-8 evaluation (``youri eval``): the Stability-AI jp-stable protocol, byte-exact and offline.
+
+Renders the eight-task suite's prompts exactly as the jp-stable harness does (seeded few-shot draws,
+per-version templates; ``youri.eval.tasks``), scores them with EleutherAI lm-eval (``hf`` or ``vllm``
+backend, batching, request cache) and writes an eval folder whose ``metrics.json`` holds every task's
+score with its standard error, chance level and first prompt, the average over the tasks run, and
+the full config. Every task reads local files named in the recipe (``data_dir`` + ``data``); a task
+without data is reported ``n/a (no data)`` and left out of the average.
+
+Tiny CPU run (the recipe's ``eval`` section holds the data paths)::
+
+    youri eval runs/tiny-base --recipe recipes/demo.yaml --limit 8 --out runs/tiny-eval
+
+Full JP-8 on a GPU with chat prompts and lm-eval's vLLM backend (or `--backend hf --dtype bfloat16`)::
+
+    youri eval runs/youri-chat --recipe recipes/demo.yaml --model_kind chat --backend vllm --batch_size auto
+
+Inspect every prompt without loading a model (one JSON object per document)::
+
+    youri eval runs/tiny-base --recipe recipes/demo.yaml --write_requests requests.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from youri.config import ConfigError, config_to_dict
+from youri.eval import leaderboard
+from youri.eval import lm_eval_bridge as bridge
+from youri.eval import metrics as jp_metrics
+from youri.eval.lm_eval_bridge import task_metrics
+from youri.eval.tasks import TASKS, Selected, select
+from youri.eval.tasks.base import RenderOptions, render
+from youri.io import DataError, resolve_path, write_jsonl
+from youri.model import load_model, load_tokenizer
+from youri.stage import StageWriter, read_manifest
+
+NO_DATA = "n/a (no data)"
+
+
+@dataclass
+class Config:
+    model: str = field(default="", metadata={"positional": True})
+    """Model folder: a youri stage folder, an HF Llama checkpoint or its GPTQ twin (with --write_requests a
+    tokenizer folder is enough)."""
+    out: str = ""
+    """Eval stage folder to write (default: MODEL-eval beside the model)."""
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """Tasks to run: bare names (jnli) or harness keys (jnli-1.1-0.3, mgsm-1.0-0.3-d4bdbfa, xwinograd_ja)."""
+    suite: Literal["jp-stable", "japanese_leaderboard"] = "jp-stable"
+    """jp-stable: youri's byte-exact protocol; japanese_leaderboard: lm-eval's own group on the same files."""
+    model_kind: Literal["auto", "base", "instruction", "chat"] = "auto"
+    """Picks the default prompt version: base -> the harness's base prompts, instruction -> 0.3 (Alpaca-ja),
+    chat -> 0.5 (ユーザー:/システム:). auto reads the model folder's youri.json."""
+    prompt_version: str = ""
+    """Prompt version for tasks given by bare name (e.g. 0.3, or a harness alias such as rinna-bilingual)."""
+    shots: dict[str, int] = field(default_factory=dict)
+    """Per-task shot overrides, e.g. {mgsm: 0}; default: the ja8 standard 3,3,3,2,1,1,0,5."""
+    data_dir: str = ""
+    """Base folder for relative paths in `data`."""
+    data: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per task (name, or name-VERSION such as jnli-1.1): {eval: scored split file, fewshot: pool file}."""
+    limit: int = 0
+    """Score only the first N documents of each task in evaluation order (0: all)."""
+    write_requests: str = ""
+    """Write every rendered request (JSON Lines, the jp-eval-vectors schema) to this file and stop; no model."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """lm-eval model backend. vllm needs `pip install vllm` and a GPU, and cannot take a GPTQ twin of youri's."""
+    batch_size: str = "1"
+    """lm-eval batch size: a number or 'auto'."""
+    device: str = ""
+    """cpu, cuda, cuda:1 ... (default: cuda when available)."""
+    dtype: str = "auto"
+    """Weights dtype for loading: auto, bfloat16, float16, float32."""
+    max_length: int = 0
+    """Context window in tokens (0: the model config's max_position_embeddings)."""
+    max_gen_toks: int = 256
+    """New tokens per generation request (the harness default)."""
+    rouge2_tokenizer: Literal["model", "mecab"] = "model"
+    """XL-Sum ROUGE-2 tokens: the evaluated model's tokenizer (what the harness really computes) or MeCab."""
+    cache: str = ""
+    """lm-eval request cache (SQLite path prefix): a rerun answers cached requests without the model."""
+
+
+def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
+    """Render, check and (unless ``write_requests``) score the chosen tasks; returns metrics.json."""
+    plan = plan_tasks(cfg)  # every user error surfaces here, before any model is loaded
+    tokenizer, max_length = _tokenizer_and_length(cfg)
+    opts = render_options(tokenizer, max_length, cfg.max_gen_toks)
+    rendered = {sel.key: render_selected(sel, paths, cfg.limit, opts) for sel, paths in plan if paths}
+    if cfg.write_requests:
+        write_jsonl(cfg.write_requests, [r for records in rendered.values() for r in records])
+        print(f"wrote {sum(map(len, rendered.values()))} requests of {len(rendered)} tasks to {cfg.write_requests}")
+        return None
+    if cfg.suite == "japanese_leaderboard":
+        return _score_leaderboard(cfg, plan, tokenizer, max_length, overwrite=overwrite)
+    return _score(cfg, plan, rendered, tokenizer, max_length, opts, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- planning and data
+
+
+def plan_tasks(cfg: Config) -> list[tuple[Selected, dict[str, str] | None]]:
+    """The selected tasks with their resolved data paths (``None``: no data given -> n/a)."""
+    if not cfg.tasks:
+        raise ConfigError("eval.tasks: no task selected")
+    kind = model_kind(cfg)
+    plan, seen = [], set()
+    for spec in cfg.tasks:
+        sel = select(spec, model_kind=kind, prompt_version=cfg.prompt_version, shots=cfg.shots.get(spec.split("-")[0]))
+        if sel.key in seen:
+            raise ConfigError(f"eval.tasks: '{spec}' selects {sel.key} twice")
+        seen.add(sel.key)
+        plan.append((sel, data_paths(cfg, sel)))
+    unknown = set(cfg.shots) - set(TASKS)
+    if unknown:
+        raise ConfigError(f"eval.shots: unknown task '{sorted(unknown)[0]}'; choose from {', '.join(TASKS)}")
+    valid = set(TASKS) | {f"{t.name}-{v}" for t in TASKS.values() for v in t.variants}
+    unknown = set(cfg.data) - valid
+    if unknown:
+        raise ConfigError(
+            f"eval.data: unknown task '{sorted(unknown)[0]}'; use a task name or name-VERSION "
+            f"({', '.join(sorted(valid))})"
+        )
+    return plan
+
+
+def data_paths(cfg: Config, sel: Selected) -> dict[str, str] | None:
+    name = sel.task.name
+    entry = cfg.data.get(f"{name}-{sel.variant}", cfg.data.get(name))
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"eval.data.{name}: expected a mapping {{eval: FILE, fewshot: FILE}}, got {entry!r}")
+    needed = ("eval", "fewshot") if sel.shots > 0 and "fewshot" in sel.task.data_keys else ("eval",)
+    extra = set(entry) - set(sel.task.data_keys)
+    if extra:
+        raise ConfigError(
+            f"eval.data.{name}: unknown key '{sorted(extra)[0]}'; {name} takes {', '.join(sel.task.data_keys)}"
+        )
+    paths = {}
+    for key in needed:
+        if not entry.get(key):
+            raise ConfigError(f"eval.data.{name}.{key}: missing ({sel.key} with {sel.shots} shots needs it)")
+        path = resolve_path(entry[key])
+        if not path.is_absolute() and cfg.data_dir:
+            path = resolve_path(cfg.data_dir) / path
+        if not path.is_file():
+            raise DataError(f"eval.data.{name}.{key}: data file not found: {path}")
+        paths[key] = str(path)
+    return paths
+
+
+def render_selected(sel: Selected, paths: dict[str, str], limit: int, opts: RenderOptions) -> list[dict]:
+    docs = sel.task.load_eval(paths["eval"])
+    pool = sel.task.load_fewshot(paths["fewshot"]) if "fewshot" in paths and sel.task.load_fewshot else None
+    opts.stats = {}
+    records = render(sel.task, sel.variant, sel.prompt_name, docs, pool, sel.shots, limit or None, opts)
+    if opts.stats:
+        records[0]["render_stats"] = dict(opts.stats)
+    return records
+
+
+def model_kind(cfg: Config) -> str:
+    """``cfg.model_kind``, or for ``auto`` what the model folder's youri.json (or its parent's) says."""
+    if cfg.model_kind != "auto":
+        return cfg.model_kind
+
+    path = resolve_path(cfg.model) if cfg.model else None
+    for _ in range(8):  # a GPTQ twin or a merged folder points at its parent
+        manifest = read_manifest(path) if path and path.is_dir() else None
+        if manifest is None:
+            return "base"
+        if manifest.get("stage") == "sft":  # youri sft records kind: instruction | chat
+            return "chat" if manifest.get("config", {}).get("kind") == "chat" else "instruction"
+        path = Path(manifest["parent"]) if manifest.get("parent") else None
+    return "base"
+
+
+def _tokenizer_and_length(cfg: Config):
+    if not cfg.model:
+        if cfg.write_requests:  # no tokenizer: the tokenizer-dependent over-length rules are skipped
+            return None, cfg.max_length or 4096
+        raise ConfigError("eval: MODEL is required (a model folder)")
+
+    tokenizer = load_tokenizer(cfg.model)
+    max_length = cfg.max_length
+    config_file = resolve_path(cfg.model) / "config.json"
+    if not max_length and config_file.is_file():
+        model_cfg = json.loads(config_file.read_text(encoding="utf-8"))
+        model_cfg = model_cfg.get("text_config", model_cfg)
+        max_length = next(
+            (model_cfg[k] for k in ("n_positions", "max_position_embeddings", "n_ctx") if k in model_cfg), 0
+        )
+    # A bare tokenizer folder (write_requests) has no context size: Llama 2's 4096, as the vectors used.
+    return tokenizer, max_length or 4096
+
+
+def render_options(tokenizer, max_length: int, max_gen_toks: int) -> RenderOptions:
+    if tokenizer is None:
+        return RenderOptions(max_length=max_length, max_gen_toks=max_gen_toks)
+
+    def token_len(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    def decode_prefix(text: str, n: int) -> str:
+        return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:n], skip_special_tokens=True)
+
+    return RenderOptions(
+        token_len=token_len,
+        max_length=max_length,
+        max_gen_toks=max_gen_toks,
+        eos_token=tokenizer.eos_token or "</s>",
+        decode_prefix=decode_prefix,
+    )
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _score(
+    cfg: Config,
+    plan,
+    rendered: dict[str, list[dict]],
+    tokenizer,
+    max_length: int,
+    opts: RenderOptions,
+    *,
+    overwrite: bool,
+) -> dict[str, Any]:
+    data_files = sorted({p for _, paths in plan if paths for p in paths.values()})
+    with StageWriter(
+        out_folder(cfg),
+        stage="eval",
+        config=cfg,
+        inputs=[cfg.model, *data_files],
+        parent=cfg.model,
+        overwrite=overwrite,
+    ) as stage:
+        configs = []
+        for sel, paths in plan:
+            if not paths:
+                continue
+            requests = stage.path / "requests" / f"{sel.key}.jsonl"
+            write_jsonl(requests, rendered[sel.key])
+            stops = rendered[sel.key][0].get("stop_sequences", [])
+            configs.append(bridge.task_config(sel, requests, stops, max_gen_toks=cfg.max_gen_toks))
+        start = time.time()
+        results = {}
+        if configs:
+            jp_metrics.set_rouge_tokenizer(
+                jp_metrics.MecabTokenizer() if cfg.rouge2_tokenizer == "mecab" else tokenizer
+            )
+            lm = build_lm(cfg, tokenizer, max_length)
+            results = bridge.evaluate(lm, configs, cache=cfg.cache)
+        metrics = summarise(cfg, plan, rendered, results, time.time() - start)
+        print_table(metrics)
+        stage.finish(metrics)
+    return metrics
+
+
+def _score_leaderboard(cfg: Config, plan, tokenizer, max_length: int, *, overwrite: bool) -> dict[str, Any]:
+    """lm-eval's own japanese_leaderboard tasks on the same local files (``youri.eval.leaderboard``)."""
+    data_files = sorted({p for _, paths in plan if paths for p in paths.values()})
+    with StageWriter(
+        out_folder(cfg), stage="eval", config=cfg, inputs=data_files, parent=cfg.model, overwrite=overwrite
+    ) as stage:
+        runnable = [(sel, paths) for sel, paths in plan if paths]
+        configs = [leaderboard.task_config(sel, paths, stage.path / "leaderboard_data") for sel, paths in runnable]
+        start = time.time()
+        output = (
+            bridge.evaluate(
+                build_lm(cfg, tokenizer, max_length), configs, cache=cfg.cache, limit=cfg.limit or None, full=True
+            )
+            if configs
+            else {"results": {}, "samples": {}}
+        )
+        tasks = leaderboard.task_scores(output, [sel for sel, _ in runnable])
+        not_run = {leaderboard.LEADERBOARD[sel.task.name]: NO_DATA for sel, paths in plan if not paths}
+        scores = [t["score"] for t in tasks.values()]
+        metrics = {
+            "suite": "japanese_leaderboard",
+            "model": cfg.model,
+            "tasks": tasks,
+            "not_run": not_run,
+            "average": round(sum(scores) / len(scores), 2) if scores else None,
+            "average_over": list(tasks),
+            "average_note": f"mean of {len(tasks)} of {len(plan)} lm-eval japanese_leaderboard tasks run"
+            + (f"; not run: {', '.join(not_run)}" if not_run else ""),
+            "wall_time_s": round(time.time() - start, 1),
+            "config": config_to_dict(cfg),
+        }
+        print_table(metrics)
+        stage.finish(metrics)
+    return metrics
+
+
+def out_folder(cfg: Config) -> Path:
+    return Path(cfg.out) if cfg.out else resolve_path(cfg.model).with_name(resolve_path(cfg.model).name + "-eval")
+
+
+def build_lm(cfg: Config, tokenizer, max_length: int):
+    """The lm-eval LM. ``hf``: the model is loaded by youri.model.load_model (GPTQ twins included)."""
+    bridge.offline_env()
+    batch = int(cfg.batch_size) if cfg.batch_size.isdigit() else cfg.batch_size
+    if cfg.backend == "vllm":
+        return bridge.vllm_lm(cfg.model, tokenizer, batch_size=batch, max_length=max_length, dtype=cfg.dtype)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    model = load_model(cfg.model, dtype=dtype, device=device)
+    model.eval()
+    return bridge.hf_lm(model, tokenizer, batch_size=batch, max_length=max_length)
+
+
+def summarise(cfg: Config, plan, rendered: dict[str, list[dict]], results: dict, seconds: float) -> dict[str, Any]:
+    """metrics.json: per task score/stderr/chance/first prompt, the average over the tasks run, the config."""
+    tasks, not_run = {}, {}
+    for sel, paths in plan:
+        if not paths:
+            not_run[sel.key] = NO_DATA
+            continue
+        raw = task_metrics(results, sel.key)
+        metric = sel.task.metric
+        first = rendered[sel.key][0]
+        tasks[sel.key] = {
+            "metric": metric,
+            "score": 100 * raw.get(metric, float("nan")),
+            "stderr": 100 * raw.get(f"{metric}_stderr", float("nan")),
+            "chance": round(sel.task.chance, 2),
+            "n": len(rendered[sel.key]),
+            "shots": sel.shots,
+            "prompt_version": sel.prompt.version,
+            "metrics": {k: 100 * v for k, v in raw.items()},
+            "first_prompt": first["prompt"],
+            "first_continuations": first.get("continuations"),
+            "render_stats": first.get("render_stats", {}),
+        }
+    scores = [t["score"] for t in tasks.values()]
+    average = round(sum(scores) / len(scores), 2) if scores else None
+    return {
+        "suite": cfg.suite,
+        "model": cfg.model,
+        "model_kind": model_kind(cfg),
+        "tasks": tasks,
+        "not_run": not_run,
+        "average": average,
+        "average_over": list(tasks),
+        "average_note": (
+            f"mean of {len(tasks)} of {len(plan)} tasks run ({', '.join(tasks)})"
+            + (f"; not run: {', '.join(not_run)}" if not_run else "")
+        ),
+        "wall_time_s": round(seconds, 1),
+        "config": config_to_dict(cfg),
+    }
+
+
+def print_table(metrics: dict[str, Any], file=sys.stdout) -> None:
+    rows = [("task", "metric", "score", "± stderr", "chance", "n")]
+    for key, t in metrics["tasks"].items():
+        rows.append((key, t["metric"], f"{t['score']:.2f}", f"{t['stderr']:.2f}", f"{t['chance']:.2f}", str(t["n"])))
+    for key, why in metrics["not_run"].items():
+        rows.append((key, "-", why, "", "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)), file=file)
+    avg = metrics["average"]
+    print(f"average: {avg if avg is not None else 'n/a'}  ({metrics['average_note']})", file=file)

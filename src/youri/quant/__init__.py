@@ -1,0 +1,5 @@
+"""Quantization: the GPTQ 4-bit twins.
+
+- ``gptq``     — GPTQ math, the GPTQ v1 tensor format and the packed runtime that loads it.
+- ``quantize`` — the ``youri quantize`` stage: calibrate on the model's own data, quantize layer by layer.
+"""

@@ -1,0 +1,211 @@
+"""``youri pipeline RECIPE``: the whole family from one recipe, each stage in its own folder.
+
+    init | base ─┬─> (vocab) ─> data ─> pretrain ─┬─> sft_instruction
+                 │                                 └─> sft_chat
+                 └─ every model (base, instruction, chat) ─> quantize_* ─> eval_* (fp and GPTQ) ─> report
+
+Tiny, on this CPU (the README's main command; a few minutes on 2 cores)::
+
+    youri pipeline recipes/demo.yaml
+
+On a cluster the same recipe drives the same stages (see docs/launch.md); each training stage can
+also be launched on its own with torchrun using the folder layout below.
+
+Each stage reads its recipe section (``init``, ``vocab``, ``data``, ``pretrain``, ``sft_instruction``,
+``sft_chat``, ``quantize``, ``eval``); the pipeline only wires folders (``model``, ``data``,
+``tokenizer``, ``out``) into ``RUN_DIR/<stage>``. A stage is skipped when its folder is complete and
+was made with the same resolved config from inputs whose fingerprints are unchanged; otherwise it
+runs again (resuming its own ``.partial`` progress where it has any), and so does everything
+downstream, because their recorded input fingerprints no longer match.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from youri.config import ConfigError, build_config, config_to_dict, load_recipe
+from youri.run.card import write_model_card
+from youri.run.layout import VARIANTS, eval_folder, model_folder
+from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
+
+REPORT_MODULE = "youri.run.report"
+
+
+@dataclass
+class Config:
+    recipe: str = field(default="", metadata={"positional": True})
+    """The YAML recipe: one section per stage plus this 'pipeline' section."""
+    run_dir: str = "runs/demo"
+    """Folder that receives one sub-folder per stage."""
+    base: str = ""
+    """HF Llama-family model folder to adapt (e.g. Llama-2-7b); empty = train the tiny English base ('init')."""
+    vocab_extend: bool = False
+    """Extend the vocabulary with Japanese pieces ('vocab' stage) before data and pretraining."""
+    quantize: bool = True
+    """Make a GPTQ twin of every model."""
+    evaluate: bool = True
+    """Evaluate every model (full precision and GPTQ) on the JP-8 tasks that have data."""
+    until: str = ""
+    """Stop after this stage (or stage group: data, pretrain, sft, quantize, eval)."""
+    only: str = ""
+    """Run only this stage (or stage group); its inputs must already exist."""
+    report: bool = True
+    """Write and print the report card at the end."""
+    plan_only: bool = False
+    """Validate every stage's config and print the plan without running anything."""
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    module: str
+    section: str
+    wiring: dict[str, str]
+    """config field -> name of the upstream node whose folder it receives."""
+
+    @property
+    def group(self) -> str:
+        return self.name.split("_")[0]
+
+
+def plan(cfg: Config) -> list[Node]:
+    """The stage graph for this recipe, in execution order."""
+    nodes: list[Node] = []
+    base = "init"
+    if not cfg.base:
+        nodes.append(Node("init", "youri.train.init_base", "init", {}))
+    if cfg.vocab_extend:
+        nodes.append(Node("vocab", "youri.data.vocab", "vocab", {"base": base}))
+        base = "vocab"
+    nodes.append(Node("data", "youri.data.corpus", "data", {"tokenizer": base}))
+    nodes.append(Node("pretrain", "youri.train.pretrain", "pretrain", {"model": base, "data": "data"}))
+    for kind in ("instruction", "chat"):
+        nodes.append(Node(f"sft_{kind}", "youri.train.sft", f"sft_{kind}", {"model": "pretrain"}))
+    if cfg.quantize:
+        for variant, source in VARIANTS.items():
+            nodes.append(Node(model_folder(variant, "gptq"), "youri.quant.quantize", "quantize", {"model": source}))
+    if cfg.evaluate:
+        for variant, source in VARIANTS.items():
+            nodes.append(Node(eval_folder(variant), "youri.eval.evaluate", "eval", {"model": source}))
+            if cfg.quantize:
+                nodes.append(
+                    Node(
+                        eval_folder(variant, "gptq"),
+                        "youri.eval.evaluate",
+                        "eval",
+                        {"model": model_folder(variant, "gptq")},
+                    )
+                )
+    return nodes
+
+
+def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
+    if not cfg.recipe:
+        raise ConfigError("pipeline: give the recipe, e.g. 'youri pipeline recipes/demo.yaml'")
+    recipe = load_recipe(cfg.recipe)
+    run_dir = Path(cfg.run_dir)
+    nodes = plan(cfg)
+    selected = _select(nodes, cfg)
+    folders = {node.name: run_dir / node.name for node in nodes}
+    if cfg.base:
+        folders["init"] = Path(cfg.base)
+    configs = {node.name: _node_config(node, recipe, folders) for node in nodes}  # all validated up front
+    if cfg.plan_only:
+        for node in nodes:
+            mark = "run " if node.name in selected else "skip"
+            wiring = ", ".join(f"{k}={folders[v]}" for k, v in node.wiring.items())
+            print(f"[pipeline] {mark} {node.name:<22} {node.module:<16} {wiring}")
+        return {node.name: "planned" for node in nodes if node.name in selected}
+    missing = _missing_eval_data(configs)
+    if missing:  # the demo must run without ../shared: evaluation is then reported n/a, not an error
+        print(f"[pipeline] eval: skipped, no evaluation data ({missing}); the report shows n/a")
+        selected -= {node.name for node in nodes if node.group == "eval"}
+    summary: dict[str, Any] = {}
+    for node in nodes:
+        if node.name not in selected:
+            continue
+        stage_cfg = configs[node.name]
+        reason = _why_run(folders[node.name], stage_cfg)
+        if reason is None and not overwrite:
+            print(f"[pipeline] {node.name}: up to date, skipped ({folders[node.name]})")
+            summary[node.name] = "skipped"
+            continue
+        print(f"[pipeline] {node.name}: running ({reason or 'forced'}) -> {folders[node.name]}")
+        started = time.perf_counter()
+        importlib.import_module(node.module).run(stage_cfg, overwrite=True)
+        summary[node.name] = f"ran in {time.perf_counter() - started:.1f}s"
+        _write_card(folders[node.name], None)
+    _refresh_cards_with_scores(nodes, folders)
+    if cfg.report and not cfg.only:  # the report stage, run by name like every other stage
+        report = importlib.import_module(REPORT_MODULE)
+        report.run(build_config(report.Config, {}, {"run_dir": str(run_dir)}, where="report"))
+    print(json.dumps({"run_dir": str(run_dir), "stages": summary}, ensure_ascii=False))
+    return summary
+
+
+def _missing_eval_data(configs: dict[str, Any]) -> str:
+    for name, stage_cfg in configs.items():
+        if name.startswith("eval") and stage_cfg.data_dir and not Path(stage_cfg.data_dir).is_dir():
+            return f"eval.data_dir {stage_cfg.data_dir} not found"
+    return ""
+
+
+def _select(nodes: list[Node], cfg: Config) -> set[str]:
+    names = [n.name for n in nodes]
+    if cfg.only:
+        chosen = {n.name for n in nodes if cfg.only in (n.name, n.group)}
+        if not chosen:
+            raise ConfigError(f"only: unknown stage '{cfg.only}'; stages: {', '.join(names)}")
+        return chosen
+    if cfg.until:
+        matches = [i for i, n in enumerate(nodes) if cfg.until in (n.name, n.group)]
+        if not matches:
+            raise ConfigError(f"until: unknown stage '{cfg.until}'; stages: {', '.join(names)}")
+        return set(names[: matches[-1] + 1])
+    return set(names)
+
+
+def _node_config(node: Node, recipe: dict[str, Any], folders: dict[str, Path]) -> Any:
+    module = importlib.import_module(node.module)
+    section = dict(recipe.get(node.section) or {})
+    wired = {key: str(folders[upstream]) for key, upstream in node.wiring.items()}
+    wired["out"] = str(folders[node.name])
+    return build_config(module.Config, section, wired, where=node.section)
+
+
+def _why_run(folder: Path, stage_cfg: Any) -> str | None:
+    """None when the folder is complete, made with this config, from unchanged inputs; else the reason."""
+    if not is_complete(folder):
+        return "no complete output"
+    manifest = read_manifest(folder) or {}
+    if _canonical(manifest.get("config", {})) != _canonical(config_to_dict(stage_cfg)):
+        return "config changed"
+    for path, recorded in (manifest.get("inputs") or {}).items():
+        try:
+            if fingerprint(path) != recorded:
+                return f"input changed: {path}"
+        except FileNotFoundError:
+            return f"input missing: {path}"
+    return None
+
+
+def _canonical(config: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in config.items() if k != "out"}, sort_keys=True, ensure_ascii=False)
+
+
+def _write_card(folder: Path, eval_dir: Path | None) -> None:
+    if (folder / "config.json").is_file():  # a model folder (not data / eval)
+        write_model_card(folder, eval_metrics=read_metrics(eval_dir) if eval_dir else None)
+
+
+def _refresh_cards_with_scores(nodes: list[Node], folders: dict[str, Path]) -> None:
+    """Each evaluated model's card gets its JP-8 table (an eval node's ``model`` is the evaluated folder)."""
+    for node in nodes:
+        model = folders.get(node.wiring.get("model", ""))
+        if node.group == "eval" and model is not None and is_complete(folders[node.name]) and is_complete(model):
+            _write_card(model, folders[node.name])

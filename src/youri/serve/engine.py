@@ -1,0 +1,439 @@
+"""Text generation: THE sampling numerics, clean incremental detokenisation and a dynamic batcher.
+
+``youri chat``, ``youri serve`` and the serving benchmark all generate through this module; prompts
+come from ``youri.prompts`` (never hand-built strings).
+
+* ``SamplingParams`` / ``next_tokens`` -- repetition penalty, temperature, top-k, top-p (in the
+  order Hugging Face applies them), greedy when ``temperature == 0``, one seeded ``torch.Generator``
+  per request so that a seed gives the same text alone or in a batch.
+* ``IncrementalDecoder`` -- streaming text from token ids. Japanese characters often arrive as 2-3
+  SentencePiece byte-fallback pieces (``<0xE3><0x81><0x82>`` = "あ"); text is only emitted once it
+  decodes without a trailing U+FFFD, and the streamed pieces always concatenate to the final text.
+* ``Engine`` -- continuous batching over a Hugging Face causal LM: one left-padded batch with a
+  KV cache; new requests are prefilled together and merged into the running batch between decode
+  steps, finished ones leave it at once. ``generate``/``stream`` run one request through the same code.
+
+Tiny CPU use::
+
+    from youri.serve.engine import SamplingParams, generate
+    out = generate(model, tokenizer, prompt_ids, SamplingParams(temperature=0, max_new_tokens=32))
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from transformers import DynamicCache
+
+
+class GenerationError(ValueError):
+    """Sampling settings or a prompt that generation cannot honour."""
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the context
+    seed: int | None = None
+
+    def validate(self) -> "SamplingParams":
+        if self.max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise GenerationError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        return self
+
+
+# ----------------------------------------------------------------------------- sampling numerics
+
+
+def next_token(
+    logits: torch.Tensor, context: list[int], params: SamplingParams, generator: torch.Generator | None
+) -> int:
+    """One token from one row of logits ``[V]`` (float32), given the ids seen so far."""
+    logits = logits.float().clone()
+    if params.repetition_penalty != 1.0 and context:
+        seen = torch.tensor(sorted(set(context)), device=logits.device)
+        scores = logits[seen]
+        logits[seen] = torch.where(scores < 0, scores * params.repetition_penalty, scores / params.repetition_penalty)
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= params.top_p
+        logits[order[drop]] = float("-inf")
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def make_generator(seed: int | None, device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
+    return generator
+
+
+# ----------------------------------------------------------------------------- detokenisation
+
+
+class IncrementalDecoder:
+    """Token ids in, clean text deltas out (the offsets scheme of vLLM's detokenizer).
+
+    Decoding a short window ``ids[prefix:]`` and subtracting ``ids[prefix:read]`` keeps each step
+    cheap and makes SentencePiece's leading-space handling cancel out; a delta is emitted only when
+    it does not end in U+FFFD, i.e. once a multi-byte character is complete.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""  # everything emitted so far
+        self._prefix = self._read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd") or not after.startswith(before):
+            return ""
+        delta = after[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
+        self.text += delta
+        return delta
+
+    def finish(self) -> str:
+        """The rest of the text; an unfinished character at the very end (cut by a limit) is dropped."""
+        full = self._decode(self.ids).rstrip("\ufffd")
+        delta = full[len(self.text) :] if full.startswith(self.text) else ""
+        self.text += delta
+        return delta
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+@dataclass
+class Event:
+    """What the engine reports for a request after a step: a text delta, and the end."""
+
+    text: str
+    finish_reason: str | None = None  # "stop" (</s>), "length" (max_new_tokens or context) or "cancelled"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_event: Callable[[Event], None]
+    generated: list[int] = field(default_factory=list)
+    decoder: IncrementalDecoder | None = None
+    generator: torch.Generator | None = None
+    cancelled: bool = False
+    done: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True  # the engine drops it before its next step
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class Engine:
+    """Continuous batching over one HF causal LM (left padding + one ``DynamicCache``).
+
+    ``submit`` is thread-safe; ``step`` (or the background thread from ``start``) admits waiting
+    requests -- prefilled together, then merged into the running batch -- or advances every running
+    request by one token. ``max_batch_size=1`` serves one request at a time (the unbatched baseline).
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_context: int | None = None):
+
+        self._cache_cls = DynamicCache
+        # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40).
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_size = max_batch_size
+        self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 4096
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self._waiting: deque[Request] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._reset_batch()
+        self.stats = {"steps": 0, "prefills": 0, "max_batch": 0}
+
+    def _reset_batch(self) -> None:
+        self.active: list[Request] = []
+        self._admitting: list[Request] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # [B, cached length]: 1 = real token, 0 = left padding
+        self.last: torch.Tensor | None = None  # [B, 1]: the token each row feeds next
+
+    # -- public -----------------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]) -> Request:
+        params.validate()
+        if not prompt_ids:
+            raise GenerationError("the prompt is empty")
+        if len(prompt_ids) >= self.max_context:
+            raise GenerationError(
+                f"the prompt has {len(prompt_ids)} tokens; the model's context is {self.max_context} tokens"
+            )
+        request = Request(list(prompt_ids), params, on_event)
+        with self._wake:
+            self._waiting.append(request)
+            self._wake.notify()
+        return request
+
+    def step(self) -> bool:
+        """One prefill (of newcomers) or one decode step; False when there was nothing to do."""
+        with self._lock:
+            room = self.max_batch_size - len(self.active)
+            newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
+        self._admitting = newcomers  # failed too if the step raises before they join the batch
+        with torch.inference_mode():
+            if newcomers:
+                self._prefill(newcomers)
+            elif self.active:
+                self._decode()
+            else:
+                return False
+        self.stats["steps"] += 1
+        self.stats["max_batch"] = max(self.stats["max_batch"], len(self.active))
+        return True
+
+    def start(self) -> "Engine":
+        """Run ``step`` in a daemon thread until ``stop``."""
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="youri-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    # -- internals --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self._waiting and not self.active:
+                    self._wake.wait()
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception as err:  # keep serving: fail the requests in flight, not the process
+                self._fail_all(err)
+
+    def _fail_all(self, err: Exception) -> None:
+        for request in {id(r): r for r in self.active + self._admitting}.values():
+            if not request.done:
+                request.done = True
+                request.on_event(Event("", f"error: {type(err).__name__}: {err}"))
+        self._reset_batch()
+
+    def _drop_if_cancelled(self, request: Request) -> bool:
+        if request.cancelled:
+            request.done = True
+            request.on_event(Event("", "cancelled", len(request.prompt_ids), len(request.generated)))
+        return request.cancelled
+
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=self.mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: self.cache},
+        )
+        return out.logits[:, -1, :]
+
+    def _prefill(self, requests: list[Request]) -> None:
+        """Prefill newcomers as their own left-padded batch, then merge them into the running one."""
+        length = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), length), dtype=torch.long)
+        for row, request in enumerate(requests):
+            ids[row, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
+            mask[row, length - len(request.prompt_ids) :] = 1
+            request.decoder = IncrementalDecoder(self.tokenizer)
+            request.generator = make_generator(request.params.seed, self.device)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        old = (self.active, self.cache, self.mask, self.last)
+        self.cache, self.mask = self._cache_cls(), mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self._forward(ids, positions)
+        new_cache, new_mask = self.cache, self.mask
+        self.stats["prefills"] += 1
+        if old[0]:
+            self._merge(old, requests, new_cache, new_mask)
+        else:
+            self.active, self.cache, self.mask = list(requests), new_cache, new_mask
+            self.last = torch.zeros((len(requests), 1), dtype=torch.long, device=self.device)
+        offset = len(self.active) - len(requests)
+        self._advance(logits, range(offset, offset + len(requests)))
+
+    def _merge(self, old, requests, new_cache, new_mask) -> None:
+        """Concatenate two left-padded batches along the batch axis (the shorter one padded left)."""
+        active, cache, mask, last = old
+        length = max(mask.shape[1], new_mask.shape[1])
+        for layer, new_layer in zip(cache.layers, new_cache.layers):
+            layer.keys = torch.cat([_pad_left(layer.keys, length, 2), _pad_left(new_layer.keys, length, 2)])
+            layer.values = torch.cat([_pad_left(layer.values, length, 2), _pad_left(new_layer.values, length, 2)])
+        self.active = active + list(requests)
+        self.cache = cache
+        self.mask = torch.cat([_pad_left(mask, length, 1), _pad_left(new_mask, length, 1)])
+        self.last = torch.cat([last, torch.zeros((len(requests), 1), dtype=torch.long, device=self.device)])
+
+    def _decode(self) -> None:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.active), 1))], dim=1)
+        positions = self.mask.sum(-1, keepdim=True) - 1
+        logits = self._forward(self.last, positions)
+        self._advance(logits, range(len(self.active)))
+
+    def _advance(self, logits: torch.Tensor, rows) -> None:
+        """Sample ``rows`` (``logits[i]`` belongs to ``rows[i]``), report events, drop finished or cancelled rows."""
+        argmax = logits.argmax(-1).tolist()  # one device sync for all plain-greedy rows
+        for logits_row, row in enumerate(rows):
+            request = self.active[row]
+            if request.cancelled:
+                continue
+            if request.params.temperature == 0 and request.params.repetition_penalty == 1.0:
+                token = argmax[logits_row]
+            else:
+                token = next_token(
+                    logits[logits_row], request.prompt_ids + request.generated, request.params, request.generator
+                )
+            self.last[row, 0] = token
+            if token in self.eos_ids:
+                self._finish(request, "stop")
+                continue
+            request.generated.append(token)
+            delta = request.decoder.push(token)
+            full = len(request.prompt_ids) + len(request.generated) >= self.max_context
+            if len(request.generated) >= request.params.max_new_tokens or full:
+                self._finish(request, "length", delta)
+            elif delta:
+                request.on_event(Event(delta))
+        keep = [i for i, r in enumerate(self.active) if not r.done and not self._drop_if_cancelled(r)]
+        if len(keep) < len(self.active):
+            self._select(keep)
+
+    def _finish(self, request: Request, reason: str, pending: str = "") -> None:
+        request.done = True
+        request.on_event(
+            Event(pending + request.decoder.finish(), reason, len(request.prompt_ids), len(request.generated))
+        )
+
+    def _select(self, keep: list[int]) -> None:
+        if not keep:
+            self._reset_batch()
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.active = [self.active[i] for i in keep]
+        self.mask, self.last = self.mask[index], self.last[index]
+        start = int((self.mask.sum(0) > 0).nonzero()[0])  # columns that are padding in every row go
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    """Stop tokens: the generation config's eos (int or list) and the tokenizer's ``</s>``."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise GenerationError("neither the generation config nor the tokenizer names an eos token")
+    return ids
+
+
+# ----------------------------------------------------------------------------- one request
+
+
+def _events(engine: Engine, prompt_ids: list[int], params: SamplingParams) -> Iterator[tuple[Request, Event]]:
+    events: list[Event] = []
+    request = engine.submit(prompt_ids, params, events.append)
+    while not request.done:
+        engine.step()
+        while events:
+            yield request, events.pop(0)
+
+
+def stream(
+    model, tokenizer, prompt_ids: list[int], params: SamplingParams, *, engine: Engine | None = None
+) -> Iterator[str]:
+    """Text deltas for one prompt, generated in this thread (the batcher with one request)."""
+    for _, event in _events(engine or Engine(model, tokenizer, max_batch_size=1), prompt_ids, params):
+        if event.text:
+            yield event.text
+
+
+def generate(
+    model, tokenizer, prompt_ids: list[int], params: SamplingParams, *, engine: Engine | None = None
+) -> Completion:
+    """The whole completion for one prompt (exactly the concatenation of ``stream``'s deltas)."""
+    parts, request, end = [], None, None
+    engine = engine or Engine(model, tokenizer, max_batch_size=1)
+    for request, event in _events(engine, prompt_ids, params):  # noqa: B007 -- the last request is used below
+        parts.append(event.text)
+        end = event if event.finish_reason is not None else end
+    assert request is not None and end is not None
+    return Completion("".join(parts), list(request.generated), end.finish_reason, len(prompt_ids))

@@ -1,0 +1,81 @@
+"""Tiny random Llama models and tokenizers for tests and benchmarks: hermetic, CPU, seconds.
+
+The one factory every test file and benchmark builds its models with (``tests/conftest.py`` wraps it
+in fixtures), so shapes differ only where a caller says why::
+
+    from youri.testing import random_llama, save_random_llama
+    model = random_llama(vocab_size=32000)                                  # hidden 64, 2 layers
+    folder = save_random_llama(tmp / "m", tokenizer, hidden_size=128, chat_template="chat")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from youri.model import load_tokenizer, save_model
+from youri.prompts import install_chat_template
+
+TINY_SHAPE: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+"""The default shape: the smallest Llama that still has GQA, two layers and Llama 2's special ids."""
+
+
+def random_llama(vocab_size: int = 32000, *, seed: int = 0, **shape: Any) -> LlamaForCausalLM:
+    """A randomly initialised fp32 ``LlamaForCausalLM``; ``shape`` overrides ``TINY_SHAPE`` (LlamaConfig fields)."""
+    config = LlamaConfig(**{**TINY_SHAPE, "vocab_size": vocab_size, **shape})
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float()
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.eos_token_id
+    return model
+
+
+def save_random_llama(
+    out: str | os.PathLike,
+    tokenizer: Any,
+    *,
+    seed: int = 0,
+    chat_template: str = "",
+    **shape: Any,
+) -> Path:
+    """A model folder as youri's stages write one: safetensors weights, config, generation config, tokenizer.
+
+    ``tokenizer``: a tokenizer or a tokenizer folder; the vocabulary size follows it. ``chat_template``:
+    ``chat`` or ``instruction`` installs youri's template inside ``tokenizer_config.json``, as ``youri sft`` does.
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    model = random_llama(len(tokenizer), seed=seed, **shape)
+    out = save_model(model, None, out)
+    if chat_template:
+        install_chat_template(tokenizer, chat_template)
+    tokenizer.save_pretrained(str(out), save_jinja_files=False)
+    return out
+
+
+def char_tokenizer(text: str, out: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
+    """A character-level fast tokenizer over the characters of ``text`` (ids 0-2: <unk>, <s>, </s>).
+
+    Built in process from nothing (no shared data); saved to ``out`` when given.
+    """
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(sorted(set(text)))}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    if out is not None:
+        tokenizer.save_pretrained(str(out))
+    return tokenizer
