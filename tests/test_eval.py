@@ -296,10 +296,10 @@ def test_jp_stable_pair_encoding_is_separate(llama2_tok):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory, llama2_tokenizer_dir):
-    # 4096 positions: the harness's Llama 2 context, so long few-shot prompts are not truncated.
-    return save_random_llama(
-        tmp_path_factory.mktemp("tiny") / "model", llama2_tokenizer_dir, max_position_embeddings=4096
-    )
+    # 4096 positions: the harness's Llama 2 context, so long few-shot prompts are not truncated;
+    # hidden 128: whole GPTQ groups, for the twin's eval.
+    shape = {"hidden_size": 128, "intermediate_size": 256, "max_position_embeddings": 4096}
+    return save_random_llama(tmp_path_factory.mktemp("tiny") / "model", llama2_tokenizer_dir, **shape)
 
 
 def test_five_available_tasks_on_a_tiny_model(tmp_path, tiny_llama):

@@ -203,7 +203,13 @@ def _calibration(cfg: Config, parent: Path, tokenizer) -> tuple[list[Path], str,
     manifest = _manifest(parent)
     if manifest.get("stage") == "sft":
         kind = manifest["config"].get("kind", "instruction")
-        specs = [DatasetConfig(**spec) for spec in manifest["config"].get("datasets", [])]
+        # Each dataset once (its mixture count does not matter for calibration); folders made before
+        # SFT's 'weight' became 'epochs' still carry the old key, so only the reading fields are taken.
+        reading = {"path", "shape", "personas", "max_examples"}
+        specs = [
+            DatasetConfig(**{k: v for k, v in spec.items() if k in reading})
+            for spec in manifest["config"].get("datasets", [])
+        ]
         ids: list[int] = []
         for spec in specs:
             for record in read_dataset(spec, kind):
