@@ -20,7 +20,16 @@ import pytest
 import test_serve
 
 from youri.prompts import encode_prompt, messages_to_turns
-from youri.serve.api import APIError, Limits, StopText, chat_turns, completion_text, params_for, parse_options
+from youri.serve.api import (
+    APIError,
+    Limits,
+    StopText,
+    chat_turns,
+    completion_text,
+    model_name,
+    params_for,
+    parse_options,
+)
 from youri.serve.engine import Engine, SamplingParams, generate
 from youri.serve.inference import ChatError, sampling_params
 
@@ -89,8 +98,6 @@ BAD_FIELDS = [
 
 def check_chat(body: dict, prompt_tokens: int = 10) -> SamplingParams:
     """What the server checks for a chat request, short of the model."""
-    from youri.serve.api import model_name
-
     model_name(body)
     options = parse_options(body)
     chat_turns(body)

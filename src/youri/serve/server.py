@@ -9,7 +9,7 @@ guard included); ``/v1/completions`` takes raw text. Extensions: ``top_k`` and `
 Binds 127.0.0.1 unless told otherwise; ``--api_key`` (or env ``YOURI_API_KEY``) requires
 ``Authorization: Bearer KEY`` on ``/v1/*``. Every field of every request is checked before anything
 reaches the engine (``youri.serve.api``); an over-limit, malformed or hostile request gets an
-OpenAI-style error object (``{"error": {"message", "type", "param", "code"}}``) with 400/401/404/413,
+OpenAI-style error object (``{"error": {"message", "type", "param", "code"}}``) with 400/401/404/405/413,
 and never affects the requests generating beside it. Anything else that goes wrong still answers an
 error object (500), never plain text. ``stop`` strings are applied to the streamed text.
 
