@@ -48,6 +48,15 @@ Labels: every ``システム`` reply is supervised, plus its ``</s>``. The last 
 real ``</s>`` token. An earlier reply is followed in the sequence by the ``"\\n"`` that starts the
 next turn -- exactly as in later inference prompts -- and that position's *label* is ``</s>``: the
 model learns to stop after each reply while the context stays what inference will show it.
+
+User text is text
+-----------------
+A literal ``</s>``, ``<s>``, ``<unk>`` or any other special-token string inside a message, an
+instruction or a reply is tokenised as the characters it is (``split_special_tokens=True``); the only
+special ids in a sequence are the ones placed here (the ``</s>`` after each reply in training; none
+in a prompt). ``install_chat_template`` records the same setting in the tokenizer it saves, so
+``apply_chat_template(..., tokenize=True)`` -- and vLLM, which tokenises the rendered template with
+that tokenizer -- agree with ``encode_prompt``.
 """
 
 from __future__ import annotations
@@ -227,13 +236,21 @@ def _encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
     """
     if not texts:
         return []
-    out: list[list[int] | None] = [tokenizer(texts[0], add_special_tokens=False)["input_ids"]]
+    # split_special_tokens: user text is text (see "User text is text").
+    out: list[list[int] | None] = [
+        tokenizer(texts[0], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ]
     out += [None] * (len(texts) - 1)
     todo = list(range(1, len(texts)))
     for anchor in CONTINUATION_ANCHORS:
         if not todo:
             break
-        enc = tokenizer([anchor + texts[i] for i in todo], add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(
+            [anchor + texts[i] for i in todo],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            split_special_tokens=True,
+        )
         failed = []
         for i, ids, offsets in zip(todo, enc["input_ids"], enc["offset_mapping"]):
             cut = len(anchor)
@@ -356,6 +373,10 @@ def chat_template(kind: Kind) -> str:
 
 
 def install_chat_template(tokenizer, kind: Kind) -> None:
-    """Set ``tokenizer.chat_template``; save with ``save_pretrained(..., save_jinja_files=False)``
-    to keep it inside ``tokenizer_config.json``."""
+    """Set ``tokenizer.chat_template`` and make the tokenizer treat special-token strings in text as
+    text (saved as ``split_special_tokens`` in ``tokenizer_config.json``, so every later load of the
+    folder does the same); save with ``save_pretrained(..., save_jinja_files=False)`` to keep the
+    template inside ``tokenizer_config.json``."""
     tokenizer.chat_template = chat_template(kind)
+    tokenizer.split_special_tokens = True
+    tokenizer.init_kwargs["split_special_tokens"] = True  # what save_pretrained writes

@@ -250,7 +250,8 @@ def split_long_chat(turns: list[Turn], tokenizer, seq_len: int) -> list[list[Tur
     head = [t for t in turns[:1] if t.speaker == SETTING]
     body = turns[len(head) :]
     lines = [f"{t.speaker}: {t.text}" for t in turns]
-    lengths = [len(ids) + 1 for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
+    encoded = tokenizer(lines, add_special_tokens=False, split_special_tokens=True)["input_ids"]  # as the renderer
+    lengths = [len(ids) + 1 for ids in encoded]
     budget = seq_len - sum(lengths[: len(head)]) - 4  # 4: the "▁" prefix and boundary slack
     if sum(lengths) + 4 <= seq_len or budget <= 0:
         return [turns]

@@ -191,6 +191,9 @@ def _tokenizer_and_length(cfg: Config):
         raise ConfigError("eval: MODEL is required (a model folder)")
 
     tokenizer = load_tokenizer(cfg.model)
+    # Byte-exact jp-stable: the harness reads "<s>"/"</s>" in prompt text as the special ids (protocol 2.5;
+    # the Llama 2 prompts, 0.6, are written that way), while an SFT folder's tokenizer keeps them as text.
+    tokenizer.split_special_tokens = False
     max_length = cfg.max_length
     config_file = resolve_path(cfg.model) / "config.json"
     if not max_length and config_file.is_file():

@@ -22,6 +22,7 @@ Tiny CPU use::
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import threading
 from collections import deque
@@ -33,7 +34,18 @@ from transformers import DynamicCache
 
 
 class GenerationError(ValueError):
-    """Sampling settings or a prompt that generation cannot honour."""
+    """Sampling settings or a prompt that generation cannot honour (``field``: the setting at fault)."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+# Ranges outside which sampling is undefined or its float32 numerics break (``logits / 1e-45`` is inf,
+# softmax of inf is NaN); 0.01 is also vLLM's temperature floor. Seeds: what torch.Generator accepts.
+TEMPERATURE_RANGE = (0.01, 100.0)
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass
@@ -46,17 +58,34 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> "SamplingParams":
-        if self.max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise GenerationError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        """Check every setting's type and range (finite numbers only), naming the field at fault."""
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        _check_number("temperature", self.temperature, *TEMPERATURE_RANGE, zero=True)
+        _check_number("top_p", self.top_p, 0.0, 1.0)
+        if self.top_p == 0:
+            raise GenerationError("top_p must be in (0, 1], got 0", field="top_p")
+        _check_int("top_k", self.top_k, 0)
+        _check_number("repetition_penalty", self.repetition_penalty, *REPETITION_PENALTY_RANGE)
+        if self.seed is not None:
+            _check_int("seed", self.seed, *SEED_RANGE)
         return self
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GenerationError(f"{name} must be an integer, got {value!r}", field=name)
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise GenerationError(f"{name} must be {bounds}, got {value}", field=name)
+
+
+def _check_number(name: str, value, low: float, high: float, *, zero: bool = False) -> None:
+    """A finite number in ``[low, high]`` (or exactly 0 when ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GenerationError(f"{name} must be a number, got {value!r}", field=name)
+    if not (math.isfinite(value) and (low <= value <= high or (zero and value == 0))):
+        bounds = f"0 or between {low} and {high}" if zero else f"between {low} and {high}"
+        raise GenerationError(f"{name} must be {bounds}, got {value}", field=name)
 
 
 # ----------------------------------------------------------------------------- sampling numerics
@@ -224,7 +253,11 @@ class Engine:
             raise GenerationError(
                 f"the prompt has {len(prompt_ids)} tokens; the model's context is {self.max_context} tokens"
             )
+        vocab = getattr(self.model.config, "vocab_size", None)
+        if min(prompt_ids) < 0 or (vocab and max(prompt_ids) >= vocab):  # would fail the whole batch's forward
+            raise GenerationError(f"the prompt holds token ids outside the vocabulary [0, {vocab})")
         request = Request(list(prompt_ids), params, on_event)
+        request.on_event = _isolated(request, on_event)
         with self._wake:
             self._waiting.append(request)
             self._wake.notify()
@@ -235,7 +268,7 @@ class Engine:
         with self._lock:
             room = self.max_batch_size - len(self.active)
             newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-        newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
+        newcomers = [r for r in newcomers if not self._drop_if_cancelled(r) and self._prepared(r)]
         self._admitting = newcomers  # failed too if the step raises before they join the batch
         with torch.inference_mode():
             if newcomers:
@@ -277,11 +310,35 @@ class Engine:
                 self._fail_all(err)
 
     def _fail_all(self, err: Exception) -> None:
+        """A failure of the batch itself (the forward pass): every request in it ends with the error."""
         for request in {id(r): r for r in self.active + self._admitting}.values():
             if not request.done:
-                request.done = True
-                request.on_event(Event("", f"error: {type(err).__name__}: {err}"))
+                self._fail(request, err)
         self._reset_batch()
+
+    # -- one request's failure stays its own --------------------------------------------------
+    # What depends on a single request's settings (its generator, its sampling) runs under these
+    # guards: the request that raised ends with an error event and the batch goes on without it.
+    def _fail(self, request: Request, err: Exception) -> None:
+        request.done = True
+        request.on_event(
+            Event("", f"error: {type(err).__name__}: {err}", len(request.prompt_ids), len(request.generated))
+        )
+
+    def _prepared(self, request: Request) -> bool:
+        """Give a newcomer its decoder and seeded generator; False (after an error event) if that fails."""
+        try:
+            request.decoder = IncrementalDecoder(self.tokenizer)
+            request.generator = make_generator(request.params.seed, self.device)
+        except Exception as err:  # noqa: BLE001 -- this request's settings, not the engine's
+            self._fail(request, err)
+            return False
+        return True
+
+    def _sample(self, request: Request, logits: torch.Tensor, greedy: int) -> int:
+        if request.params.temperature == 0 and request.params.repetition_penalty == 1.0:
+            return greedy
+        return next_token(logits, request.prompt_ids + request.generated, request.params, request.generator)
 
     def _drop_if_cancelled(self, request: Request) -> bool:
         if request.cancelled:
@@ -308,8 +365,6 @@ class Engine:
         for row, request in enumerate(requests):
             ids[row, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
             mask[row, length - len(request.prompt_ids) :] = 1
-            request.decoder = IncrementalDecoder(self.tokenizer)
-            request.generator = make_generator(request.params.seed, self.device)
         ids, mask = ids.to(self.device), mask.to(self.device)
         old = (self.active, self.cache, self.mask, self.last)
         self.cache, self.mask = self._cache_cls(), mask
@@ -350,12 +405,11 @@ class Engine:
             request = self.active[row]
             if request.cancelled:
                 continue
-            if request.params.temperature == 0 and request.params.repetition_penalty == 1.0:
-                token = argmax[logits_row]
-            else:
-                token = next_token(
-                    logits[logits_row], request.prompt_ids + request.generated, request.params, request.generator
-                )
+            try:
+                token = self._sample(request, logits[logits_row], argmax[logits_row])
+            except Exception as err:  # noqa: BLE001 -- this request's sampling settings: end it alone
+                self._fail(request, err)
+                continue
             self.last[row, 0] = token
             if token in self.eos_ids:
                 self._finish(request, "stop")
@@ -389,6 +443,19 @@ class Engine:
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, start:]
             layer.values = layer.values[index, :, start:]
+
+
+def _isolated(request: Request, on_event: Callable[[Event], None]) -> Callable[[Event], None]:
+    """``on_event`` that cannot raise into the engine: a consumer that fails (its client is gone)
+    cancels its own request and nobody else's."""
+
+    def emit(event: Event) -> None:
+        try:
+            on_event(event)
+        except Exception:  # noqa: BLE001 -- whatever the consumer does wrong stays with its request
+            request.cancelled = True
+
+    return emit
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
