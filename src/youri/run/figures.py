@@ -1,0 +1,299 @@
+"""The report card's figures: what the release claims, drawn from ``report.json``.
+
+* ``task_scores.png`` -- JP-8 score per task, full precision and GPTQ 4-bit side by side for each
+  model (base, instruction, chat), each task's chance level drawn across its group.
+* ``cost_of_4bit.png`` -- what 4 bits cost each model: points lost per task and on average (fp minus
+  GPTQ), beside the size ratio (GPTQ / fp weights on disk) and the held-out perplexity change.
+* ``compare.png`` (with ``--compare OLD_RUN``) -- score change per task (and of the average) against
+  the old run, for all six models.
+
+Every builder returns the matplotlib figure and a ``FigureSpec``: file name, title, alt text, and the
+plotted numbers as a table (the HTML report prints it beneath the figure). The figures plot exactly
+the numbers in ``report.json`` (tests read the bars back from the figure and compare).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend to choose
+
+from youri.run.layout import PRECISIONS, TRAINING_STAGES, VARIANTS
+from youri.stage import is_complete, read_metrics
+
+LABELS = {"fp": "fp", "gptq": "4-bit"}
+COLORS = {"base": "#4c72b0", "instruction": "#55a868", "chat": "#c44e52"}
+SIZE_CLAIM = 0.30  # rinna: each GPTQ twin under 30 % of its fp model's size (Youri 7B: 3.9 GB of 13.5 GB)
+NAN = float("nan")
+
+
+@dataclass
+class FigureSpec:
+    file: str
+    title: str
+    alt: str
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+
+
+def write_figures(report: dict[str, Any], out: Path) -> list[FigureSpec]:
+    """Draw every figure the report has data for into ``out``; their specs, in display order."""
+    specs = []
+    builders = [task_scores, cost_of_4bit] + ([compare_deltas] if report.get("compare") else [])
+    for build in builders:
+        fig, spec = build(report)
+        fig.savefig(out / spec.file, dpi=100)
+        specs.append(spec)
+    return specs
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def scored_tasks(report: dict[str, Any]) -> list[str]:
+    """Tasks with a score in at least one row, in the report's column order."""
+    return [t for t in report["tasks"] if any(t in row["scores"] for row in report["rows"])]
+
+
+def row_of(report: dict[str, Any], variant: str, precision: str, key: str = "rows") -> dict[str, Any]:
+    rows = report[key] if key == "rows" else report.get("compare", {}).get("rows", [])
+    return next((r for r in rows if r["variant"] == variant and r["precision"] == precision), {})
+
+
+def score(row: dict[str, Any], task: str) -> float:
+    value = row.get("scores", {}).get(task)
+    return NAN if value is None else float(value)
+
+
+def chance(report: dict[str, Any], task: str) -> float:
+    """A task's chance level (the same in every eval folder that ran it; NaN when none recorded it)."""
+    levels = [row["chance"][task] for row in report["rows"] if task in row.get("chance", {})]
+    return float(levels[0]) if levels else NAN
+
+
+def points_lost(report: dict[str, Any], variant: str, tasks: list[str]) -> list[float]:
+    """fp score minus GPTQ score per task, then their mean over the tasks both scored (positive = lost)."""
+    fp, q = row_of(report, variant, "fp"), row_of(report, variant, "gptq")
+    lost = [score(fp, t) - score(q, t) for t in tasks]
+    known = [x for x in lost if not math.isnan(x)]
+    return lost + [sum(known) / len(known) if known else NAN]
+
+
+def size_ratio(report: dict[str, Any], variant: str) -> float:
+    fp, q = row_of(report, variant, "fp").get("size_mb"), row_of(report, variant, "gptq").get("size_mb")
+    return q / fp if fp and q else NAN
+
+
+def ppl_change(report: dict[str, Any], variant: str, lang: str) -> float:
+    """GPTQ perplexity relative to fp, in percent (+ = worse)."""
+    fp, q = row_of(report, variant, "fp").get(f"ppl_{lang}"), row_of(report, variant, "gptq").get(f"ppl_{lang}")
+    return 100 * (q / fp - 1) if fp and q else NAN
+
+
+def compare_delta(report: dict[str, Any], variant: str, precision: str, tasks: list[str]) -> list[float]:
+    """Score change new - old per task, then of the average."""
+    new, old = row_of(report, variant, precision), row_of(report, variant, precision, "compare")
+    deltas = [score(new, t) - score(old, t) for t in tasks]
+    averages = new.get("average"), old.get("average")
+    return deltas + [averages[0] - averages[1] if None not in averages else NAN]
+
+
+def _fmt(value: float, digits: int = 2, sign: bool = False) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def task_scores(report: dict[str, Any]):
+    """Grouped bars per task: for each model its fp bar beside its 4-bit bar; chance as a dashed line."""
+    tasks = scored_tasks(report)
+    series = [(v, p, f"{v} {LABELS[p]}") for v in VARIANTS for p in PRECISIONS]
+    fig = Figure(figsize=(max(6.0, 1.9 * len(tasks) + 2), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / len(series)
+    for i, (variant, precision, label) in enumerate(series):
+        heights = [score(row_of(report, variant, precision), t) for t in tasks]
+        xs = [k - 0.4 + width * (i + 0.5) for k in range(len(tasks))]
+        ax.bar(
+            xs,
+            heights,
+            width,
+            label=label,
+            color=COLORS[variant],
+            alpha=1.0 if precision == "fp" else 0.55,
+            hatch="" if precision == "fp" else "//",
+            edgecolor="white",
+        )
+    levels = [chance(report, t) for t in tasks]
+    ax.hlines(
+        levels,
+        [k - 0.45 for k in range(len(tasks))],
+        [k + 0.45 for k in range(len(tasks))],
+        colors="black",
+        linestyles="dashed",
+        label="chance",
+        gid="chance",
+    )
+    ax.set_xticks(range(len(tasks)), tasks, fontsize=8)
+    ax.set_ylabel("score")
+    ax.set_title("JP-8 per task: full precision beside GPTQ 4-bit")
+    if not tasks:
+        ax.text(0.5, 0.5, "no JP-8 scores (evaluation not run)", ha="center", va="center", transform=ax.transAxes)
+    ax.legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    fig.tight_layout()
+    header = ["task", "chance"] + [label for _, _, label in series]
+    rows = [[t, _fmt(c)] + [_fmt(score(row_of(report, v, p), t)) for v, p, _ in series] for t, c in zip(tasks, levels)]
+    alt = (
+        f"Grouped bar chart of JP-8 scores for {len(tasks)} task(s) ({', '.join(tasks) or 'none scored'}): "
+        "for each task, base, instruction and chat, each model's full-precision bar beside its GPTQ 4-bit "
+        "bar (hatched), with the task's chance level as a dashed line."
+    )
+    return fig, FigureSpec("task_scores.png", "JP-8 per task, fp and 4-bit", alt, header, rows)
+
+
+def cost_of_4bit(report: dict[str, Any]):
+    """Three panels: points lost per task and on average; size ratio; perplexity change."""
+    tasks = scored_tasks(report)
+    groups = tasks + ["mean"]
+    fig = Figure(figsize=(max(9.0, 1.3 * len(groups) + 7), 3.6))
+    lost_ax, size_ax, ppl_ax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [max(len(groups), 2), 1.2, 1.6]})
+    width = 0.8 / len(VARIANTS)
+    for i, variant in enumerate(VARIANTS):
+        xs = [k - 0.4 + width * (i + 0.5) for k in range(len(groups))]
+        lost_ax.bar(xs, points_lost(report, variant, tasks), width, label=variant, color=COLORS[variant])
+    lost_ax.axhline(0, color="black", lw=0.8)
+    lost_ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    lost_ax.set_ylabel("points lost (fp − 4-bit)")
+    lost_ax.set_title("score lost to 4 bits")
+    lost_ax.legend(fontsize=7)
+
+    ratios = [size_ratio(report, v) for v in VARIANTS]
+    bars = size_ax.bar(range(len(VARIANTS)), ratios, 0.6, color=[COLORS[v] for v in VARIANTS])
+    size_ax.bar_label(bars, [_fmt(r, 3) for r in ratios], fontsize=7)
+    size_ax.axhline(SIZE_CLAIM, color="black", ls="dashed", lw=1, label=f"claim: < {SIZE_CLAIM:.0%}")
+    size_ax.set_xticks(range(len(VARIANTS)), VARIANTS, fontsize=8)
+    size_ax.set_ylabel("4-bit size / fp size")
+    size_ax.set_title("size ratio")
+    size_ax.margins(y=0.15)  # room for the value labels
+    size_ax.legend(fontsize=7, loc="lower right")
+
+    langs = ("ja", "en")
+    for j, lang in enumerate(langs):
+        xs = [k - 0.2 + 0.4 * j for k in range(len(VARIANTS))]
+        changes = [ppl_change(report, v, lang) for v in VARIANTS]
+        bars = ppl_ax.bar(xs, changes, 0.4, label=f"ppl {lang}", color="#555555" if lang == "ja" else "#bbbbbb")
+        ppl_ax.bar_label(bars, [_fmt(c, 1, sign=True) for c in changes], fontsize=7)
+    ppl_ax.axhline(0, color="black", lw=0.8)
+    ppl_ax.set_xticks(range(len(VARIANTS)), VARIANTS, fontsize=8)
+    ppl_ax.set_ylabel("perplexity change (%)")
+    ppl_ax.set_title("held-out perplexity, 4-bit vs fp")
+    ppl_ax.margins(y=0.2)
+    ppl_ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+
+    header = ["model"] + [f"lost {g}" for g in groups] + ["size ratio", "ppl ja Δ%", "ppl en Δ%"]
+    rows = [
+        [v]
+        + [_fmt(x, sign=True) for x in points_lost(report, v, tasks)]
+        + [_fmt(size_ratio(report, v), 3)]
+        + [_fmt(ppl_change(report, v, lang), 1, sign=True) for lang in langs]
+        for v in VARIANTS
+    ]
+    alt = (
+        "Three panels on the cost of GPTQ 4-bit for base, instruction and chat: bars of the JP-8 points "
+        f"lost (full precision minus 4-bit) per task ({', '.join(tasks) or 'none scored'}) and their mean; "
+        f"bars of the 4-bit size as a fraction of the fp size, with a dashed line at {SIZE_CLAIM:.0%}; "
+        "bars of the Japanese and English held-out perplexity change in percent."
+    )
+    return fig, FigureSpec("cost_of_4bit.png", "The cost of 4 bits", alt, header, rows)
+
+
+def compare_deltas(report: dict[str, Any]):
+    """Grouped bars per task (and the average): score change against the ``--compare`` run, six models."""
+    tasks = scored_tasks(report)
+    groups = tasks + ["average"]
+    series = [(v, p, f"{v} {LABELS[p]}") for v in VARIANTS for p in PRECISIONS]
+    fig = Figure(figsize=(max(6.0, 1.9 * len(groups) + 2), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / len(series)
+    for i, (variant, precision, label) in enumerate(series):
+        xs = [k - 0.4 + width * (i + 0.5) for k in range(len(groups))]
+        ax.bar(
+            xs,
+            compare_delta(report, variant, precision, tasks),
+            width,
+            label=label,
+            color=COLORS[variant],
+            alpha=1.0 if precision == "fp" else 0.55,
+            hatch="" if precision == "fp" else "//",
+            edgecolor="white",
+        )
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set_ylabel("score change (new − old)")
+    ax.set_title(f"against {report['compare']['run_dir']}")
+    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    fig.tight_layout()
+    header = ["model"] + [f"Δ {g}" for g in groups]
+    rows = [[label] + [_fmt(x, sign=True) for x in compare_delta(report, v, p, tasks)] for v, p, label in series]
+    alt = (
+        f"Grouped bar chart of the score change against the older run {report['compare']['run_dir']} per task "
+        f"({', '.join(tasks) or 'none scored'}) and of the average, for the six models (base, instruction, "
+        "chat; full precision and GPTQ 4-bit); bars above zero are improvements."
+    )
+    return fig, FigureSpec("compare.png", "Change against the older run", alt, header, rows)
+
+
+def loss_spec(run_dir: Path) -> FigureSpec:
+    """The table and alt text of ``loss_curves.png`` (drawn by ``report.plot_losses``)."""
+    stages = [s for s in TRAINING_STAGES if is_complete(run_dir / s)]
+    rows = []
+    for stage in stages:
+        metrics = read_metrics(run_dir / stage)
+        curve = metrics.get("loss_curve") or []
+        held = {name: points for name, points in (metrics.get("val") or {}).items() if points}
+        if metrics.get("heldout_curve"):
+            held["held-out response"] = metrics["heldout_curve"]
+        rows.append(
+            [
+                stage,
+                str(curve[-1][0]) if curve else "n/a",
+                _fmt(curve[0][1], 3) if curve else "n/a",
+                _fmt(curve[-1][1], 3) if curve else "n/a",
+                "; ".join(f"{name} {_fmt(p[0][1], 3)} → {_fmt(p[-1][1], 3)}" for name, p in held.items()) or "n/a",
+            ]
+        )
+    alt = (
+        f"Line charts, one per training stage ({', '.join(stages) or 'none complete'}): training loss per "
+        "step, with the held-out losses (per language, or on held-out responses for SFT) as marked lines."
+    )
+    return FigureSpec(
+        "loss_curves.png",
+        "Training and held-out loss",
+        alt,
+        ["stage", "steps", "train loss first", "train loss last", "held-out loss first → last"],
+        rows,
+    )
+
+
+def scores_spec(report: dict[str, Any]) -> FigureSpec:
+    """The table and alt text of ``scores.png`` (drawn by ``report.plot_scores``)."""
+    rows = [
+        [
+            f"{r['variant']} {LABELS[r['precision']]}",
+            _fmt(NAN if r["average"] is None else float(r["average"])),
+            r.get("average_note") or "",
+        ]
+        for r in report["rows"]
+    ]
+    alt = (
+        "Bar chart of each model's average JP-8 score over the tasks it ran, base, instruction and chat, "
+        "full precision and GPTQ 4-bit (a missing average is drawn as 0)."
+    )
+    return FigureSpec("scores.png", "Average score per model", alt, ["model", "average", "over"], rows)
