@@ -31,7 +31,7 @@ def fake_run(root: Path, shift: float = 0.0) -> Path:
     """Six models with sizes, cached perplexities and two scored tasks (xwinograd_ja n/a for base 4-bit)."""
     measures = {}
     for i, (variant, folder) in enumerate(VARIANTS.items()):
-        for precision, model, size in (("fp", folder, 4 << 20), ("gptq", f"quantize_{variant}", (11 + i) << 17)):
+        for precision, model, size in (("fp", folder, 4 << 20), ("gptq", f"quantize_{variant}", (4 + i) << 18)):
             stage_folder(root / model, {"loss_curve": [[1, 3.0], [2, 2.5 - i / 10]]}, weights=size)
             measures[f"fp:{model}"] = {
                 "ppl_ja": 10.0 + i + (0.5 if precision == "gptq" else 0),
@@ -152,3 +152,18 @@ def test_html_embeds_every_figure_with_alt_text_and_its_table(report_dir):
     task_table = sections[2].split("</figure>")[1]
     assert f"<td>{score(row(report, 'instruction', 'gptq'), 'xwinograd_ja'):.2f}</td>" in task_table
     assert all(f"]({name})" in (report_dir / "report.md").read_text(encoding="utf-8") for name in files)
+
+
+def test_a_run_without_evaluation_still_gets_its_figures(tmp_path):
+    run = fake_run(tmp_path / "run")
+    for folder in run.glob("eval_*"):
+        (folder / "metrics.json").unlink()  # incomplete: as when ../shared/data is absent
+    write_report(run, measure=False)
+    report = json.loads((run / "report" / "report.json").read_text(encoding="utf-8"))
+    assert figures.scored_tasks(report) == [] and not (run / "report" / "compare.png").exists()
+    for name in ("task_scores.png", "cost_of_4bit.png"):
+        assert (run / "report" / name).read_bytes()[:4] == b"\x89PNG", name
+    lost_ax, size_ax, _ = figures.cost_of_4bit(report)[0].axes
+    assert all(math.isnan(h) for hs in heights(lost_ax).values() for h in hs)  # nothing to lose: n/a, not 0
+    assert same(next(iter(heights(size_ax).values())), [(4 + i) / 16 for i in range(3)])
+    assert "none scored" in (run / "report" / "report.html").read_text(encoding="utf-8")

@@ -58,8 +58,8 @@ def scored_tasks(report: dict[str, Any]) -> list[str]:
     return [t for t in report["tasks"] if any(t in row["scores"] for row in report["rows"])]
 
 
-def row_of(report: dict[str, Any], variant: str, precision: str, key: str = "rows") -> dict[str, Any]:
-    rows = report[key] if key == "rows" else report.get("compare", {}).get("rows", [])
+def row_of(rows: list[dict[str, Any]], variant: str, precision: str) -> dict[str, Any]:
+    """The report row of one model ({} when the run has none)."""
     return next((r for r in rows if r["variant"] == variant and r["precision"] == precision), {})
 
 
@@ -76,26 +76,31 @@ def chance(report: dict[str, Any], task: str) -> float:
 
 def points_lost(report: dict[str, Any], variant: str, tasks: list[str]) -> list[float]:
     """fp score minus GPTQ score per task, then their mean over the tasks both scored (positive = lost)."""
-    fp, q = row_of(report, variant, "fp"), row_of(report, variant, "gptq")
+    fp, q = row_of(report["rows"], variant, "fp"), row_of(report["rows"], variant, "gptq")
     lost = [score(fp, t) - score(q, t) for t in tasks]
     known = [x for x in lost if not math.isnan(x)]
     return lost + [sum(known) / len(known) if known else NAN]
 
 
 def size_ratio(report: dict[str, Any], variant: str) -> float:
-    fp, q = row_of(report, variant, "fp").get("size_mb"), row_of(report, variant, "gptq").get("size_mb")
+    """GPTQ weights on disk / fp weights on disk."""
+    fp, q = _fp_and_4bit(report, variant, "size_mb")
     return q / fp if fp and q else NAN
 
 
 def ppl_change(report: dict[str, Any], variant: str, lang: str) -> float:
     """GPTQ perplexity relative to fp, in percent (+ = worse)."""
-    fp, q = row_of(report, variant, "fp").get(f"ppl_{lang}"), row_of(report, variant, "gptq").get(f"ppl_{lang}")
+    fp, q = _fp_and_4bit(report, variant, f"ppl_{lang}")
     return 100 * (q / fp - 1) if fp and q else NAN
+
+
+def _fp_and_4bit(report: dict[str, Any], variant: str, key: str) -> tuple[Any, Any]:
+    return row_of(report["rows"], variant, "fp").get(key), row_of(report["rows"], variant, "gptq").get(key)
 
 
 def compare_delta(report: dict[str, Any], variant: str, precision: str, tasks: list[str]) -> list[float]:
     """Score change new - old per task, then of the average."""
-    new, old = row_of(report, variant, precision), row_of(report, variant, precision, "compare")
+    new, old = row_of(report["rows"], variant, precision), row_of(report["compare"]["rows"], variant, precision)
     deltas = [score(new, t) - score(old, t) for t in tasks]
     averages = new.get("average"), old.get("average")
     return deltas + [averages[0] - averages[1] if None not in averages else NAN]
@@ -118,7 +123,7 @@ def task_scores(report: dict[str, Any]):
     ax = fig.subplots()
     width = 0.8 / len(series)
     for i, (variant, precision, label) in enumerate(series):
-        heights = [score(row_of(report, variant, precision), t) for t in tasks]
+        heights = [score(row_of(report["rows"], variant, precision), t) for t in tasks]
         xs = [k - 0.4 + width * (i + 0.5) for k in range(len(tasks))]
         ax.bar(
             xs,
@@ -148,7 +153,10 @@ def task_scores(report: dict[str, Any]):
     ax.legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.tight_layout()
     header = ["task", "chance"] + [label for _, _, label in series]
-    rows = [[t, _fmt(c)] + [_fmt(score(row_of(report, v, p), t)) for v, p, _ in series] for t, c in zip(tasks, levels)]
+    rows = [
+        [t, _fmt(c)] + [_fmt(score(row_of(report["rows"], v, p), t)) for v, p, _ in series]
+        for t, c in zip(tasks, levels)
+    ]
     alt = (
         f"Grouped bar chart of JP-8 scores for {len(tasks)} task(s) ({', '.join(tasks) or 'none scored'}): "
         "for each task, base, instruction and chat, each model's full-precision bar beside its GPTQ 4-bit "
