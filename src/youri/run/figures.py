@@ -109,6 +109,7 @@ def compare_delta(report: dict[str, Any], variant: str, precision: str, tasks: l
 def _fmt(value: float, digits: int = 2, sign: bool = False) -> str:
     if math.isnan(value):
         return "n/a"
+    value += 0.0  # -0.0 -> 0.0: no "-0.00" in a table
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
@@ -118,23 +119,10 @@ def _fmt(value: float, digits: int = 2, sign: bool = False) -> str:
 def task_scores(report: dict[str, Any]):
     """Grouped bars per task: for each model its fp bar beside its 4-bit bar; chance as a dashed line."""
     tasks = scored_tasks(report)
-    series = [(v, p, f"{v} {LABELS[p]}") for v in VARIANTS for p in PRECISIONS]
+    series = _series()
     fig = Figure(figsize=(max(6.0, 1.9 * len(tasks) + 2), 3.6))
     ax = fig.subplots()
-    width = 0.8 / len(series)
-    for i, (variant, precision, label) in enumerate(series):
-        heights = [score(row_of(report["rows"], variant, precision), t) for t in tasks]
-        xs = [k - 0.4 + width * (i + 0.5) for k in range(len(tasks))]
-        ax.bar(
-            xs,
-            heights,
-            width,
-            label=label,
-            color=COLORS[variant],
-            alpha=1.0 if precision == "fp" else 0.55,
-            hatch="" if precision == "fp" else "//",
-            edgecolor="white",
-        )
+    _six_bars(ax, len(tasks), lambda v, p: [score(row_of(report["rows"], v, p), t) for t in tasks], digits=1)
     levels = [chance(report, t) for t in tasks]
     ax.hlines(
         levels,
@@ -174,35 +162,39 @@ def cost_of_4bit(report: dict[str, Any]):
     width = 0.8 / len(VARIANTS)
     for i, variant in enumerate(VARIANTS):
         xs = [k - 0.4 + width * (i + 0.5) for k in range(len(groups))]
-        lost_ax.bar(xs, points_lost(report, variant, tasks), width, label=variant, color=COLORS[variant])
+        lost = points_lost(report, variant, tasks)
+        _label_bars(lost_ax, lost_ax.bar(xs, lost, width, label=variant, color=COLORS[variant]), lost, 2, sign=True)
     lost_ax.axhline(0, color="black", lw=0.8)
     lost_ax.set_xticks(range(len(groups)), groups, fontsize=8)
     lost_ax.set_ylabel("points lost (fp − 4-bit)")
     lost_ax.set_title("score lost to 4 bits")
+    lost_ax.margins(y=0.15)
     lost_ax.legend(fontsize=7)
 
     ratios = [size_ratio(report, v) for v in VARIANTS]
     bars = size_ax.bar(range(len(VARIANTS)), ratios, 0.6, color=[COLORS[v] for v in VARIANTS])
-    size_ax.bar_label(bars, [_fmt(r, 3) for r in ratios], fontsize=7)
+    _label_bars(size_ax, bars, ratios, 3)
     size_ax.axhline(SIZE_CLAIM, color="black", ls="dashed", lw=1, label=f"claim: < {SIZE_CLAIM:.0%}")
     size_ax.set_xticks(range(len(VARIANTS)), VARIANTS, fontsize=8)
     size_ax.set_ylabel("4-bit size / fp size")
     size_ax.set_title("size ratio")
-    size_ax.margins(y=0.15)  # room for the value labels
-    size_ax.legend(fontsize=7, loc="lower right")
+    size_ax.set_ylim(0, max([1.05] + [1.2 * r for r in ratios if not math.isnan(r)]))  # a ratio is read against 1
+    size_ax.legend(fontsize=7, loc="upper right")
 
     langs = ("ja", "en")
     for j, lang in enumerate(langs):
         xs = [k - 0.2 + 0.4 * j for k in range(len(VARIANTS))]
         changes = [ppl_change(report, v, lang) for v in VARIANTS]
         bars = ppl_ax.bar(xs, changes, 0.4, label=f"ppl {lang}", color="#555555" if lang == "ja" else "#bbbbbb")
-        ppl_ax.bar_label(bars, [_fmt(c, 1, sign=True) for c in changes], fontsize=7)
+        _label_bars(ppl_ax, bars, changes, 1, sign=True)
     ppl_ax.axhline(0, color="black", lw=0.8)
     ppl_ax.set_xticks(range(len(VARIANTS)), VARIANTS, fontsize=8)
     ppl_ax.set_ylabel("perplexity change (%)")
-    ppl_ax.set_title("held-out perplexity, 4-bit vs fp")
+    ppl_ax.set_title("perplexity, 4-bit vs fp")
     ppl_ax.margins(y=0.2)
     ppl_ax.legend(fontsize=7, loc="best")
+    for ax, width in ((lost_ax, len(groups)), (size_ax, len(VARIANTS)), (ppl_ax, len(VARIANTS))):
+        ax.set_xlim(-0.5, width - 0.5)  # NaN bars do not widen the axis: their n/a labels must still fit
     fig.tight_layout()
 
     header = ["model"] + [f"lost {g}" for g in groups] + ["size ratio", "ppl ja Δ%", "ppl en Δ%"]
@@ -226,22 +218,10 @@ def compare_deltas(report: dict[str, Any]):
     """Grouped bars per task (and the average): score change against the ``--compare`` run, six models."""
     tasks = scored_tasks(report)
     groups = tasks + ["average"]
-    series = [(v, p, f"{v} {LABELS[p]}") for v in VARIANTS for p in PRECISIONS]
+    series = _series()
     fig = Figure(figsize=(max(6.0, 1.9 * len(groups) + 2), 3.6))
     ax = fig.subplots()
-    width = 0.8 / len(series)
-    for i, (variant, precision, label) in enumerate(series):
-        xs = [k - 0.4 + width * (i + 0.5) for k in range(len(groups))]
-        ax.bar(
-            xs,
-            compare_delta(report, variant, precision, tasks),
-            width,
-            label=label,
-            color=COLORS[variant],
-            alpha=1.0 if precision == "fp" else 0.55,
-            hatch="" if precision == "fp" else "//",
-            edgecolor="white",
-        )
+    _six_bars(ax, len(groups), lambda v, p: compare_delta(report, v, p, tasks), digits=1, sign=True)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set_ylabel("score change (new − old)")
@@ -256,6 +236,50 @@ def compare_deltas(report: dict[str, Any]):
         "chat; full precision and GPTQ 4-bit); bars above zero are improvements."
     )
     return fig, FigureSpec("compare.png", "Change against the older run", alt, header, rows)
+
+
+def _series() -> list[tuple[str, str, str]]:
+    """(variant, precision, label) of the six models, fp before 4-bit within each variant."""
+    return [(v, p, f"{v} {LABELS[p]}") for v in VARIANTS for p in PRECISIONS]
+
+
+def _six_bars(ax, groups: int, values_of, *, digits: int, sign: bool = False) -> None:
+    """Six bars per group: each variant's colour, fp solid beside 4-bit hatched, every bar labelled."""
+    series = _series()
+    width = 0.8 / len(series)
+    for i, (variant, precision, label) in enumerate(series):
+        values = values_of(variant, precision)
+        xs = [k - 0.4 + width * (i + 0.5) for k in range(groups)]
+        bars = ax.bar(
+            xs,
+            values,
+            width,
+            label=label,
+            color=COLORS[variant],
+            alpha=1.0 if precision == "fp" else 0.55,
+            hatch="" if precision == "fp" else "//",
+            edgecolor="white",
+        )
+        _label_bars(ax, bars, values, digits, sign=sign, rotation=90)
+    ax.set_xlim(-0.5, max(groups, 1) - 0.5)  # NaN bars do not widen the axis: their n/a labels must still fit
+    ax.margins(y=0.15)
+
+
+def _label_bars(ax, bars, values: list[float], digits: int, *, sign: bool = False, rotation: int = 0) -> None:
+    """Each bar's value at its end; a missing value is written ``n/a`` at the baseline (a 0 bar is a real 0)."""
+    for bar, value in zip(bars, values):
+        missing = math.isnan(value)
+        y = 0.0 if missing else value
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            y,
+            _fmt(value, digits, sign),
+            rotation=rotation,
+            fontsize=6,
+            ha="center",
+            va="top" if y < 0 else "bottom",
+            color="#888888" if missing else "black",
+        )
 
 
 def loss_spec(run_dir: Path) -> FigureSpec:
