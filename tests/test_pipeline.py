@@ -84,7 +84,7 @@ def test_demo_pipeline_runs_skips_and_reruns_what_changed(tmp_path, monkeypatch)
         if has_eval_data:
             assert math.isfinite(row["average"]) and set(row["scores"]) == {"jcommonsenseqa", "xwinograd_ja"}
     assert rows[("chat", "gptq")]["size_mb"] < rows[("chat", "fp")]["size_mb"]
-    for name in ("report.md", "report.html", "loss_curves.png", "scores.png"):
+    for name in ("report.md", "report.html", "loss_curves.png", "scores.png", "task_scores.png", "cost_of_4bit.png"):
         assert (run_dir / "report" / name).stat().st_size > 0
 
     second = run(cfg)

@@ -8,7 +8,9 @@ their average (``n/a`` where a task had no data or a stage was not run), Japanes
 held-out perplexity (on the data stage's ``val/ja`` and ``val/en`` rows), size on disk, generation
 tokens/s. Scores are read from the eval folders' ``metrics.json``; perplexity and speed are measured
 here once per model and cached in ``report/measures.json`` by the model folder's fingerprint.
-Outputs: ``report.md``, ``report.html``, ``report.json``, ``loss_curves.png``, ``scores.png``.
+Outputs: ``report.md``, ``report.html`` (every figure with alt text and its numbers in a table beneath
+it), ``report.json``, ``loss_curves.png``, ``scores.png`` and the figures of the release's claims
+(``youri.run.figures``): ``task_scores.png``, ``cost_of_4bit.png``, ``compare.png`` (with ``--compare``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from youri.data.shards import TokenShards, read_index
 from youri.eval.tasks import TASKS
 from youri.io import atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
+from youri.run.figures import FigureSpec, loss_spec, scores_spec, write_figures
 from youri.run.layout import PRECISIONS, REPORT, TRAINING_STAGES, VARIANTS, eval_folder, model_folder
 from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum
@@ -66,11 +69,12 @@ def write_report(
     if old is not None:
         report["compare"] = {"run_dir": compare, "rows": old}
     atomic_write_json(out / "report.json", report)
-    markdown = render_markdown(report)
-    atomic_write_text(out / "report.md", markdown)
-    atomic_write_text(out / "report.html", render_html(report))
     plot_losses(run_dir, out / "loss_curves.png")
     plot_scores(rows, report["tasks"], out / "scores.png")
+    figures = [loss_spec(run_dir), scores_spec(report)] + write_figures(report, out)
+    markdown = render_markdown(report, figures)
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.html", render_html(report, figures))
     if echo:
         print(markdown)
     return report
@@ -110,15 +114,16 @@ def _scores(eval_dir: Path) -> dict[str, Any]:
     """Scores keyed by JP-8 task name (``jcommonsenseqa-1.1-0.3`` -> ``jcommonsenseqa``), versions kept aside:
     the family table compares tasks, while each model kind is scored with its own prompt version."""
     if not is_complete(eval_dir) or _stale(eval_dir):
-        return {"scores": {}, "versions": {}, "average": None, "average_note": "not evaluated"}
+        return {"scores": {}, "versions": {}, "chance": {}, "average": None, "average_note": "not evaluated"}
     metrics = read_metrics(eval_dir)
-    scores, versions = {}, {}
+    scores, versions, chance = {}, {}, {}
     for key, t in metrics.get("tasks", {}).items():
         task = next((name for name in JP8 if key == name or key.startswith(name + "-")), key)
-        scores[task], versions[task] = round(t["score"], 2), key
+        scores[task], versions[task], chance[task] = round(t["score"], 2), key, t.get("chance")
     return {
         "scores": scores,
         "versions": versions,
+        "chance": chance,
         "average": metrics.get("average"),
         "average_note": metrics.get("average_note", ""),
     }
@@ -217,7 +222,7 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any], figures: list[FigureSpec] = ()) -> str:
     header, body = table(report)
     lines = [
         f"# youri report card — {report['run_dir']}",
@@ -232,24 +237,32 @@ def render_markdown(report: dict[str, Any]) -> str:
         "JP avg: " + ("; ".join(notes) if notes else "n/a"),
         "Perplexity on the data stage's held-out rows; `n/a`: stage not run or no data.",
         "",
-        "![loss curves](loss_curves.png) ![scores](scores.png)",
-        "",
     ]
+    lines += [f"![{f.title}]({f.file})" for f in figures] + [""]
     return "\n".join(lines)
 
 
-def render_html(report: dict[str, Any]) -> str:
-    header, body = table(report)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+def render_html(report: dict[str, Any], figures: list[FigureSpec] = ()) -> str:
+    """The family table, then every figure (with its alt text) and the numbers it plots in a table beneath."""
+    sections = "".join(
+        f"<h2>{html.escape(f.title)}</h2><figure><img src='{html.escape(f.file)}' alt='{html.escape(f.alt)}'>"
+        f"<figcaption>{html.escape(f.alt)}</figcaption></figure>{_html_table(f.header, f.rows)}"
+        for f in figures
+    )
     return (
         f"<!doctype html><meta charset='utf-8'><title>youri report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+        "img{max-width:100%}figcaption{color:#555;font-size:90%;max-width:60em}</style>"
         f"<h1>youri report card</h1><p>{html.escape(report['run_dir'])}</p>"
-        f"<table><tr>{head}</tr>{rows}</table>"
-        "<p><img src='loss_curves.png' width='640'> <img src='scores.png' width='640'></p>"
+        f"{_html_table(*table(report))}{sections}"
     )
+
+
+def _html_table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+    return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 # ---------------------------------------------------------------------------- plots
