@@ -17,6 +17,7 @@ from fakehub import FakeHub
 from huggingface_hub import constants as hub_constants
 
 from youri import cli
+from youri.config import load_recipe
 from youri.eval.averages import JP8, JP8_NAME, averages
 from youri.eval.download import DownloadError, download
 from youri.eval.tasks import select
@@ -277,6 +278,8 @@ def test_download_writes_every_task_and_the_recipe_reads_it(tmp_path, fake_hub, 
     section = yaml.safe_load((out / "eval-data.yaml").read_text(encoding="utf-8"))
     assert section["data"]["xlsum_ja"] == {"eval": "xlsum_ja/test.jsonl", "fewshot": "xlsum_ja/train.jsonl"}
     assert section["data"]["xwinograd_ja"] == {"eval": "xwinograd_ja/test.jsonl"}
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "youri-7b.yaml")["eval"]
+    assert section["data"] == recipe["data"]  # the 7B recipe names all eight tasks in the downloaded layout
     assert not (out / "jnli" / "README.jsonl").exists() and not list(out.glob(".hub-cache-*"))
 
     requests = tmp_path / "requests.jsonl"
@@ -359,3 +362,43 @@ def test_average_is_jp8_only_when_all_eight_ran():
     seven_plus = dict(eight, **{"jnli-1.1-0.3": 40.0})  # two JNLI versions: nine results, not JP-8
     assert averages(seven_plus)["average_name"].startswith("average of 9 tasks")
     assert list(averages(seven_plus)["subsets"]) == []
+
+
+def _eval_metrics(scores: dict[str, float]) -> dict:
+    tasks = {key: {"score": value, "stderr": 1.0, "chance": 0.0} for key, value in scores.items()}
+    named = averages(scores)
+    return {"tasks": tasks, **named, "average_note": named["average_name"]}
+
+
+def test_report_and_model_card_name_the_average(tmp_path):
+    from youri.run.card import write_model_card
+    from youri.run.report import render_markdown
+
+    five = {
+        "jcommonsenseqa-1.1-0.3": 80.0,
+        "jnli-1.3-0.3": 50.0,
+        "jsquad-1.1-0.3": 70.0,
+        "xwinograd_ja": 65.0,
+        "mgsm-1.0-0.3": 10.0,
+    }
+    eight = dict(five, **{"marc_ja-1.1-0.3": 90.0, "jaqket_v2-0.2-0.3": 60.0, "xlsum_ja-1.0-0.3": 20.0})
+    folder = tmp_path / "model"
+    folder.mkdir()
+    card = write_model_card(folder, eval_metrics=_eval_metrics(five)).read_text(encoding="utf-8")
+    assert "JP-8 average" not in card and "| **average of 5 tasks (jcommonsenseqa-1.1-0.3, " in card
+    card = write_model_card(folder, eval_metrics=_eval_metrics(eight)).read_text(encoding="utf-8")
+    assert "| **JP-8 average** | 55.62 |" in card and "| rinna 4-task average (JGLUE: " in card
+
+    def row(variant, metrics):
+        return {"variant": variant, "precision": "fp", "scores": {}, **metrics}
+
+    both = {
+        "run_dir": "runs/x",
+        "tasks": [],
+        "rows": [row("base", _eval_metrics(eight)), row("chat", _eval_metrics(five))],
+    }
+    text = render_markdown(both)
+    assert "avg of tasks run" in text and "JP-8 avg" not in text.split("\n")[2]  # header: not every row is JP-8
+    assert "average of 5 tasks (" in text and "base (fp): rinna 6-task average" in text
+    text = render_markdown(dict(both, rows=both["rows"][:1]))
+    assert "| JP-8 avg |" in text.split("\n")[2]
