@@ -102,7 +102,7 @@ def download(out: str | os.PathLike) -> dict[str, Any]:
                     f"{name}: {fetched[name]['repo']}@{fetched[name]['revision']} -> "
                     + ", ".join(f"{s}.jsonl ({f['rows']} rows)" for s, f in fetched[name]["splits"].items())
                 )
-            except DownloadError as err:
+            except DataError as err:  # DownloadError, or a fetched file that does not parse: the others go on
                 failed[name] = str(err)
                 print(f"NOT DOWNLOADED {err}")
     _write_own(
@@ -185,7 +185,7 @@ def _write_own(path: Path, text: str) -> None:
 
 
 def _json_line(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return json.dumps(record, ensure_ascii=False, default=str) + "\n"  # default: e.g. a Parquet timestamp
 
 
 def _recipe_section(out: Path, fetched: dict[str, dict]) -> str:
