@@ -329,7 +329,9 @@ def test_five_available_tasks_on_a_tiny_model(tmp_path, tiny_llama):
     assert set(metrics["not_run"]) == {"marc_ja-1.1-0.2", "jaqket_v2-0.2-0.1", "xlsum_ja-1.0-0.0"}
     assert set(metrics["not_run"].values()) == {"n/a (no data)"}
     scores = [t["score"] for t in metrics["tasks"].values()]
-    assert metrics["average"] == round(sum(scores) / 5, 2) and "mean of 5 of 8" in metrics["average_note"]
+    assert metrics["average"] == round(sum(scores) / 5, 2)
+    assert metrics["average_name"] == f"average of 5 tasks ({', '.join(metrics['tasks'])})"  # never "JP-8"
+    assert metrics["subsets"] == {} and "not run: marc_ja-1.1-0.2" in metrics["average_note"]
     jcqa = metrics["tasks"]["jcommonsenseqa-1.1-0.1"]
     assert jcqa["chance"] == 20.0 and jcqa["n"] == 2 and 0 <= jcqa["score"] <= 100 and jcqa["stderr"] >= 0
     first = json.loads((out / "requests" / "jcommonsenseqa-1.1-0.1.jsonl").read_text(encoding="utf-8").split("\n")[0])

@@ -4,7 +4,8 @@
     youri report runs/demo --compare runs/old       # adds the old run's averages and the change
 
 Rows: base / instruction / chat x {full precision, GPTQ 4-bit}. Columns: JP-8 score per task and
-their average (``n/a`` where a task had no data or a stage was not run), Japanese and English
+their average (``n/a`` where a task had no data or a stage was not run; headed "JP-8 avg" only when all
+eight tasks ran, the notes name every average and rinna's 4/6-task subsets), Japanese and English
 held-out perplexity (on the data stage's ``val/ja`` and ``val/en`` rows), size on disk, generation
 tokens/s. Scores are read from the eval folders' ``metrics.json``; perplexity and speed are measured
 here once per model and cached in ``report/measures.json`` by the model folder's fingerprint.
@@ -26,6 +27,7 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend to choose
 
 from youri.data.shards import TokenShards, read_index
+from youri.eval.averages import JP8_NAME
 from youri.eval.tasks import TASKS
 from youri.io import atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
@@ -114,7 +116,14 @@ def _scores(eval_dir: Path) -> dict[str, Any]:
     """Scores keyed by JP-8 task name (``jcommonsenseqa-1.1-0.3`` -> ``jcommonsenseqa``), versions kept aside:
     the family table compares tasks, while each model kind is scored with its own prompt version."""
     if not is_complete(eval_dir) or _stale(eval_dir):
-        return {"scores": {}, "versions": {}, "chance": {}, "average": None, "average_note": "not evaluated"}
+        return {
+            "scores": {},
+            "versions": {},
+            "chance": {},
+            "average": None,
+            "average_name": "",
+            "average_note": "not evaluated",
+        }
     metrics = read_metrics(eval_dir)
     scores, versions, chance = {}, {}, {}
     for key, t in metrics.get("tasks", {}).items():
@@ -125,7 +134,10 @@ def _scores(eval_dir: Path) -> dict[str, Any]:
         "versions": versions,
         "chance": chance,
         "average": metrics.get("average"),
+        # an eval folder from before averages were named: say what it averaged, never "JP-8"
+        "average_name": metrics.get("average_name") or f"average of {len(scores)} tasks ({', '.join(scores)})",
         "average_note": metrics.get("average_note", ""),
+        "subsets": metrics.get("subsets", {}),
     }
 
 
@@ -198,9 +210,23 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def average_header(rows: list[dict[str, Any]]) -> str:
+    """ "JP-8 avg" only when every evaluated row averaged all eight tasks; the notes name each average."""
+    names = {r.get("average_name") for r in rows if r.get("average") is not None}
+    return "JP-8 avg" if names == {JP8_NAME} else "avg of tasks run"
+
+
+def average_notes(rows: list[dict[str, Any]]) -> list[str]:
+    notes = sorted({r["average_note"] for r in rows if r.get("average_note")})
+    for row in rows:
+        for name, subset in row.get("subsets", {}).items():
+            notes.append(f"{row['variant']} ({row['precision']}): {name} = {subset['value']:.2f}")
+    return notes
+
+
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     tasks = report["tasks"]
-    header = ["model", *tasks, "JP avg", "ppl ja", "ppl en", "size MB", "gen tok/s"]
+    header = ["model", *tasks, average_header(report["rows"]), "ppl ja", "ppl en", "size MB", "gen tok/s"]
     old = {(r["variant"], r["precision"]): r for r in report.get("compare", {}).get("rows", [])}
     if old:
         header.append("Δ avg vs old")
@@ -231,10 +257,10 @@ def render_markdown(report: dict[str, Any], figures: list[FigureSpec] = ()) -> s
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    notes = sorted({r["average_note"] for r in report["rows"] if r.get("average_note")})
+    notes = average_notes(report["rows"])
     lines += [
         "",
-        "JP avg: " + ("; ".join(notes) if notes else "n/a"),
+        f"{average_header(report['rows'])}: " + ("; ".join(notes) if notes else "n/a"),
         "Perplexity on the data stage's held-out rows; `n/a`: stage not run or no data.",
         "",
     ]
@@ -255,7 +281,9 @@ def render_html(report: dict[str, Any], figures: list[FigureSpec] = ()) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
         "img{max-width:100%}figcaption{color:#555;font-size:90%;max-width:60em}</style>"
         f"<h1>youri report card</h1><p>{html.escape(report['run_dir'])}</p>"
-        f"{_html_table(*table(report))}{sections}"
+        f"{_html_table(*table(report))}"
+        + "".join(f"<p>{html.escape(note)}</p>" for note in average_notes(report["rows"]))
+        + sections
     )
 
 
@@ -298,7 +326,7 @@ def plot_scores(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Non
     ax = fig.subplots()
     ax.bar(range(len(rows)), averages, color=["#4c72b0" if r["precision"] == "fp" else "#dd8452" for r in rows])
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("JP average (tasks run)")
+    ax.set_ylabel(average_header(rows))
     ax.set_title("scores per variant")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
