@@ -60,8 +60,7 @@ def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None
         dtype = torch.float32
     quant = gptq_settings(config)
     if quant is not None:  # a GPTQ twin: youri's own loader keeps the weights packed (QuantLinear)
-        model = load_gptq_model(path, quant, dtype=dtype)
-        return model.to(device) if device else model
+        return load_gptq_model(path, quant, dtype=dtype, device=device)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), local_files_only=True, use_safetensors=True, dtype=dtype if dtype is not None else "auto"
     )
