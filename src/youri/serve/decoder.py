@@ -7,8 +7,8 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
 * ``StaticLlama`` -- Llama-family models. K/V live in preallocated ``[rows, kv_heads, columns,
   head_dim]`` buffers written in place (grown by doubling, compacted when padding piles up on the
   left), validity is one boolean ``[rows, columns]`` mask, rotary tables are computed once. A step
-  calls the model's own modules -- norms, projections (fp ``nn.Linear`` or GPTQ ``QuantLinear``), MLP,
-  ``apply_rotary_pos_emb`` -- so the numerics stay Hugging Face's; only the attention wiring lives here.
+  calls the model's own modules -- norms, projections (fp weights or GPTQ ``QuantLinear``), activation,
+  rotary tables -- so the numerics stay Hugging Face's; only the attention wiring lives here.
   Hugging Face's own forward rebuilds a 4-D mask, concatenates its cache and wraps outputs on every
   step, which at youri's sizes costs as much as the matmuls (benchmarks/decode_speed.py).
 * ``DynamicHF`` -- any other causal LM, through its own forward and a ``DynamicCache`` (the engine's
@@ -21,11 +21,12 @@ K/V in the columns that line up with it (shifting the running rows right once wh
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import rotate_half
 
 LEAN_MODEL_TYPES = ("llama",)
 
@@ -44,7 +45,9 @@ class StaticLlama:
     def __init__(self, model, max_context: int, *, rows: int = 1, columns: int = 64):
         self.model, self.inner = model, model.model
         self.layers = list(self.inner.layers)
+        self._plan = [_layer_plan(layer) for layer in self.layers]
         attention = self.layers[0].self_attn
+        self.heads = model.config.num_attention_heads
         self.head_dim = attention.head_dim
         self.kv_heads = model.config.num_key_value_heads
         self.gqa = attention.num_key_value_groups > 1
@@ -179,27 +182,53 @@ class StaticLlama:
         """Llama's decoder over ``ids [n, T]``: K/V written to columns ``write``, attention over ``window``."""
         count, width = ids.shape
         x = self.inner.embed_tokens(ids)
-        cos, sin = self.cos[positions], self.sin[positions]
-        for keys, values, layer in zip(self.keys, self.values, self.layers):
-            attention = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attention.q_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
-            k = attention.k_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
-            v = attention.v_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            keys[rows, :, write] = k
-            values[rows, :, write] = v
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        for keys, values, (norm1, q_proj, k_proj, v_proj, o_proj, scale, norm2, gate, up, act, down) in zip(
+            self.keys, self.values, self._plan
+        ):
+            h = norm1(x)
+            q = q_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
+            k = k_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
+            # Rotary embedding on queries and keys at once (Llama's formula, HF's rotate_half): half the ops.
+            qk = torch.cat([q, k], dim=1)
+            qk = qk * cos + rotate_half(qk) * sin
+            keys[rows, :, write] = qk[:, self.heads :]
+            values[rows, :, write] = v_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
             out = F.scaled_dot_product_attention(
-                q,
+                qk[:, : self.heads],
                 keys[rows, :, window],
                 values[rows, :, window],
                 attn_mask=mask,
-                scale=attention.scaling,
+                scale=scale,
                 enable_gqa=self.gqa,
             )
-            x = x + attention.o_proj(out.transpose(1, 2).reshape(count, width, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + o_proj(out.transpose(1, 2).reshape(count, width, -1))
+            h = norm2(x)
+            x = x + down(act(gate(h)) * up(h))
         return self.model.lm_head(self.inner.norm(x[:, -1]))
+
+
+def _call(module):
+    """A plain ``nn.Linear`` as a bare ``F.linear`` (the module-call machinery costs as much as a tiny matmul);
+    anything else -- a GPTQ ``QuantLinear``, a hooked module -- is called as the module it is."""
+    plain = type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    return partial(F.linear, weight=module.weight, bias=module.bias) if plain else module
+
+
+def _layer_plan(layer) -> tuple:
+    """One decoder layer's callables, resolved once (no ``nn.Module.__getattr__`` per step)."""
+    attention, mlp = layer.self_attn, layer.mlp
+    projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
+    return (
+        layer.input_layernorm,
+        *map(_call, projections),
+        attention.scaling,
+        layer.post_attention_layernorm,
+        _call(mlp.gate_proj),
+        _call(mlp.up_proj),
+        mlp.act_fn,
+        _call(mlp.down_proj),
+    )
 
 
 # ----------------------------------------------------------------------------- any causal LM
