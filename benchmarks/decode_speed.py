@@ -54,6 +54,15 @@ LLAMA_1B = {
     "vocab_size": 32000,
 }
 PROMPT_TOKENS = 24
+DEVICE = torch.device("cpu")  # --device
+
+
+def clock() -> float:
+    """CPU seconds of this process on CPU; on CUDA, wall seconds once the queued kernels have run."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
 
 def big_llama(layers: int) -> LlamaForCausalLM:
@@ -79,15 +88,17 @@ def to_gptq(model) -> None:
             for name, linear in list(parent.named_children()):
                 if not isinstance(linear, torch.nn.Linear):
                     continue
-                quant = QuantLinear(linear.in_features, linear.out_features, bits=4, group_size=128)
+                quant = QuantLinear(
+                    linear.in_features, linear.out_features, bits=4, group_size=128, device=linear.weight.device
+                )
                 quant.load_state_dict(pack(*rtn_quantize(linear.weight.data, bits=4, group_size=128), bits=4))
                 setattr(parent, name, quant)  # the fp32 weight is freed as we go
     prepare_kernels(model)
 
 
 def time_hf(model, prompt: list[int], new: int, pad: int) -> tuple[float, list[int]]:
-    ids = torch.tensor([prompt])
-    start = time.process_time()
+    ids = torch.tensor([prompt], device=DEVICE)
+    start = clock()
     with torch.inference_mode():
         out = model.generate(
             ids,
@@ -98,15 +109,15 @@ def time_hf(model, prompt: list[int], new: int, pad: int) -> tuple[float, list[i
             eos_token_id=None,
             pad_token_id=pad,
         )
-    return time.process_time() - start, out[0, len(prompt) :].tolist()
+    return clock() - start, out[0, len(prompt) :].tolist()
 
 
 def time_youri(engine: Engine, prompt: list[int], new: int) -> tuple[float, list[int]]:
-    start = time.process_time()
+    start = clock()
     out = generate(
         engine.model, engine.tokenizer, prompt, SamplingParams(temperature=0, max_new_tokens=new), engine=engine
     )
-    return time.process_time() - start, out.token_ids
+    return clock() - start, out.token_ids
 
 
 def measure(model, tokenizer, new: int, repeats: int, *, hf: bool = True) -> dict:
@@ -139,7 +150,10 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch CPU threads (1: tiny matmuls spin-wait otherwise)"
     )
     parser.add_argument("--layers", type=int, help="decoder layers of the 1.1B shape (default 22, --quick 4)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA: wall time, synchronised)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     layers = args.layers or (4 if args.quick else 22)
     tiny_new, tiny_repeats = (32, 3) if args.quick else (64, 5)
@@ -147,14 +161,14 @@ def main() -> None:
     tokenizer = load_tokenizer(SHARED / "llama2-tokenizer")
     rows = {}
 
-    model = random_llama(5120, **TINY).eval()
+    model = random_llama(5120, **TINY).eval().to(DEVICE)
     rows["tiny fp32"] = measure(model, tokenizer, tiny_new, tiny_repeats)
     to_gptq(model)
     rows["tiny GPTQ 4-bit"] = measure(model, tokenizer, tiny_new, tiny_repeats)
     del model
     gc.collect()
 
-    model = big_llama(layers)
+    model = big_llama(layers).to(DEVICE)
     rows["1.1B fp32"] = measure(model, tokenizer, big_new, big_repeats)
     to_gptq(model)
     gc.collect()
@@ -189,6 +203,7 @@ def main() -> None:
         "fp32_tokens_match_hf": rows["tiny fp32"]["same_tokens"] and rows["1.1B fp32"]["same_tokens"],
         "layers_1b": layers,
         "threads": args.threads,
+        "device": args.device,
         "gptq_kernel": kernels,
     }
     print(json.dumps(result))
