@@ -76,7 +76,17 @@ class StaticLlama:
     def reset(self) -> None:
         self.rows = 0
         self.length = 0  # columns in use: [low, length)
-        self.starts: list[int] = []  # each row's first real column (left of it: padding)
+        self.starts = []
+
+    @property
+    def starts(self) -> list[int]:
+        """Each row's first real column (left of it: padding)."""
+        return self._starts
+
+    @starts.setter
+    def starts(self, value: list[int]) -> None:
+        self._starts = list(value)
+        self._start_columns = torch.tensor(self._starts, dtype=torch.long, device=self.device)[:, None]  # per step
 
     @property
     def low(self) -> int:
@@ -157,7 +167,7 @@ class StaticLlama:
         self._reserve(self.rows, self.length + 1)
         column, rows = self.length, slice(0, self.rows)
         self.valid[rows, column] = True
-        positions = column - torch.tensor(self.starts, device=self.device)[:, None]
+        positions = column - self._start_columns
         window = slice(self.low, column + 1)
         mask = self.valid[rows, None, None, window]
         logits = self._forward(tokens[:, None], positions, rows, slice(column, column + 1), window, mask)
