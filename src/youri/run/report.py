@@ -7,8 +7,10 @@ Rows: base / instruction / chat x {full precision, GPTQ 4-bit}. Columns: JP-8 sc
 their average (``n/a`` where a task had no data or a stage was not run; headed "JP-8 avg" only when all
 eight tasks ran, the notes name every average and rinna's 4/6-task subsets), Japanese and English
 held-out perplexity (on the data stage's ``val/ja`` and ``val/en`` rows), size on disk, generation
-tokens/s. Scores are read from the eval folders' ``metrics.json``; perplexity and speed are measured
-here once per model and cached in ``report/measures.json`` by the model folder's fingerprint.
+tokens/s (greedy, one stream, through youri's own engine -- what chat and serve run -- so a GPTQ row shows
+its int4 kernel; ``measures.json`` also records which GPTQ matmul ran). Scores are read from the eval
+folders' ``metrics.json``; perplexity and speed are measured here once per model and cached in
+``report/measures.json`` by the model folder's fingerprint.
 Outputs: ``report.md``, ``report.html`` (every figure with alt text and its numbers in a table beneath
 it), ``report.json``, ``loss_curves.png``, ``scores.png`` and the figures of the release's claims
 (``youri.run.figures``): ``task_scores.png``, ``cost_of_4bit.png``, ``compare.png`` (with ``--compare``).
@@ -31,12 +33,16 @@ from youri.eval.averages import JP8_NAME
 from youri.eval.tasks import TASKS
 from youri.io import atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
+from youri.quant.gptq import kernel_summary
 from youri.run.figures import FigureSpec, loss_spec, scores_spec, write_figures
 from youri.run.layout import PRECISIONS, REPORT, TRAINING_STAGES, VARIANTS, eval_folder, model_folder
+from youri.serve.engine import Engine, SamplingParams, generate
 from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum
 
 JP8 = tuple(TASKS)  # the eight tasks in the harness's order
+GEN_ENGINE = "youri-engine-1"
+"""What measured ``gen_tokens_per_s``: cached figures from another generator (HF generate) are measured again."""
 
 
 @dataclass
@@ -104,7 +110,7 @@ def collect_rows(run_dir: Path, *, measure: bool, eval_rows: int) -> list[dict[s
                 row["size_mb"] = round(_weights_bytes(model_dir) / 2**20, 2)
                 if measure:
                     key = fingerprint(model_dir)
-                    if key not in cache:
+                    if key not in cache or cache[key].get("gen_engine") != GEN_ENGINE:  # older figures: HF generate
                         cache[key] = measure_model(model_dir, run_dir / "data", eval_rows=eval_rows)
                         atomic_write_json(cache_path, cache)
                     row.update(cache[key])
@@ -176,21 +182,20 @@ def measure_model(model_dir: Path, data_dir: Path, *, eval_rows: int = 16, new_t
             with torch.no_grad():
                 loss, count = token_loss_sum(model(input_ids=ids).logits.float(), ids)
             result[f"ppl_{split.split('/')[-1]}"] = round(math.exp(loss.item() / max(count, 1)), 3)
-    prompt = tokenizer("日本の首都は", return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        model.generate(**prompt, max_new_tokens=2, do_sample=False)  # warm-up
-        start = time.perf_counter()
-        out = model.generate(
-            **prompt,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-        seconds = time.perf_counter() - start
-    generated = out.shape[1] - prompt["input_ids"].shape[1]
-    result["gen_tokens_per_s"] = round(generated / seconds, 1)
+    # Generation speed through youri's own engine (what chat and serve run): greedy, one stream, a fixed
+    # number of tokens (eos ignored: an early or random model may say </s> at once).
+    prompt = tokenizer("日本の首都は", add_special_tokens=False)["input_ids"]
+    engine = Engine(model, tokenizer, max_batch_size=1)
+    engine.eos_ids = set()
+    generate(model, tokenizer, prompt, SamplingParams(temperature=0, max_new_tokens=2), engine=engine)  # warm-up
+    start = time.perf_counter()
+    out = generate(model, tokenizer, prompt, SamplingParams(temperature=0, max_new_tokens=new_tokens), engine=engine)
+    seconds = time.perf_counter() - start
+    result["gen_tokens_per_s"] = round(len(out.token_ids) / seconds, 1)
+    result["gen_engine"] = GEN_ENGINE
+    result["gen_decoder"] = engine.stats["decoder"]
+    if kernel_summary(model):
+        result["gptq_kernel"] = kernel_summary(model)
     return result
 
 
