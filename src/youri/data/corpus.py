@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 from tokenizers import Tokenizer
 
-from youri.config import ConfigError
+from youri.config import ConfigError, NonNegativeInt, PositiveInt, Seed
 from youri.data.filters import Filters, find_duplicates
 from youri.data.shards import FORMAT, INDEX, shard_is_valid, token_dtype, write_shard
 from youri.data.steps import (
@@ -69,35 +69,35 @@ class Config:
     """Output folder (built under OUT.partial, renamed when complete)."""
     tokenizer: str = ""
     """The base model's tokenizer: a HF model/tokenizer folder or a SentencePiece tokenizer.model."""
-    seq_len: int = 512
+    seq_len: PositiveInt = 512
     """Tokens per packed training sequence."""
     sources: list[Source] = field(default_factory=list)
     """Input corpora: [{path, lang, weight, kind, text_field, doc_split, name}, ...]."""
-    token_budget: int = 0
+    token_budget: NonNegativeInt = 0
     """Training tokens (EOS included) to draw from the mixture; 0 = the corpus' natural size (sum over sources),
     split by the weights -- so a source is up- or down-sampled whenever its weight share differs from its size share."""
     filters: Filters = field(default_factory=Filters)
     """Quality filters."""
     dedup: Dedup = field(default_factory=Dedup)
     """Exact + MinHash near-duplicate removal across sources."""
-    val_docs: int = 16
+    val_docs: NonNegativeInt = 16
     """Documents held out per language (after dedup, before mixing) for the val/LANG splits; more when they
     do not fill one sequence (up to half the language's documents); 0 = no validation splits."""
-    shard_size: int = 1024
+    shard_size: PositiveInt = 1024
     """Sequences per shard file."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the val draw and the mixture; the same seed gives byte-identical shards."""
     skip_bad_records: bool = False
     """Skip (and count in the report) malformed JSONL lines and records without text instead of failing."""
-    tasks: int = 1
+    tasks: PositiveInt = 1
     """datatrove tasks (each reads every ``tasks``-th record); the output does not depend on it."""
-    workers: int = 1
+    workers: PositiveInt = 1
     """Tasks run at once (local: 1 = in this process, >1 = forkserver worker processes)."""
     executor: Literal["local", "slurm", "ray"] = "local"
     """datatrove executor of the parallel half: local processes, a Slurm job array or a Ray cluster."""
     executor_options: dict[str, Any] = field(default_factory=dict)
     """Extra executor arguments, e.g. {partition: cpu, time: '04:00:00', cpus_per_task: 4, venv_path: ...} (Slurm)."""
-    batch_size: int = 512
+    batch_size: PositiveInt = 512
     """Documents per filter/tokenizer batch (tokenizer batches also stop at 128k characters)."""
 
 

@@ -42,6 +42,7 @@ from typing import Iterator, Literal
 
 import torch
 
+from youri.config import NonNegativeFloat, NonNegativeInt
 from youri.io import DataError, SkipCounter, iter_jsonl, require_field, resolve_path
 from youri.prompts import (
     SETTING,
@@ -66,11 +67,11 @@ class DatasetConfig:
     """JSONL file (``builtin:NAME`` for the packaged samples)."""
     shape: Literal["instruction", "messages", "persona"] = "instruction"
     """Record shape: instruction/input/output, OpenAI messages, or RealPersonaChat dialogue."""
-    epochs: float = 1.0
+    epochs: NonNegativeFloat = 1.0
     """Passes over this dataset per SFT epoch: 2 = every example twice, 0.5 = a seeded random half."""
     personas: str = ""
     """persona shape only: personas JSONL (default: personas.jsonl beside the dialogues)."""
-    max_examples: int = 0
+    max_examples: NonNegativeInt = 0
     """Read at most this many examples (0 = all); for quick runs."""
 
 

@@ -41,6 +41,7 @@ from datatrove.utils.batching import batched
 from datatrove.utils.typeshelper import StatHints
 from tokenizers import Tokenizer
 
+from youri.config import NonNegativeFloat, PositiveInt, UnitFloat
 from youri.data.filters import Filters, boilerplate_phrases, drop_reason, features, normalize
 from youri.io import DataError, SkipCounter, atomic_write_json, iter_jsonl, require_field, resolve_path
 from youri.model import load_tokenizer
@@ -56,7 +57,7 @@ class Source:
     """A file, a folder or a glob (``builtin:NAME`` for the shipped samples)."""
     lang: str = "ja"
     """Language tag: ``ja`` sources get the Japanese-ratio filter; validation is held out per language."""
-    weight: float = 1.0
+    weight: NonNegativeFloat = 1.0
     """Relative share of the training tokens (normalised over all sources)."""
     kind: Literal["", "jsonl", "text", "parquet", "hf_disk"] = ""
     """Reader; inferred from the suffix (a folder saved by ``datasets`` is ``hf_disk``) when empty."""
@@ -79,13 +80,13 @@ class Dedup:
     """Drop documents whose normalised text equals an earlier one (reason: exact_dup)."""
     near: bool = True
     """Drop documents whose estimated Jaccard similarity to an earlier one reaches ``threshold`` (near_dup)."""
-    threshold: float = 0.8
+    threshold: UnitFloat = 0.8
     """Jaccard similarity of character n-gram sets above which two documents are near-duplicates."""
-    ngram: int = 5
+    ngram: PositiveInt = 5
     """Character n-gram (shingle) length for MinHash and the repeated-n-gram filter."""
-    num_perm: int = 112
+    num_perm: PositiveInt = 112
     """MinHash signature length."""
-    bands: int = 14
+    bands: PositiveInt = 14
     """LSH bands (num_perm / bands rows each): more bands find less similar pairs."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend to choose
 
+from youri.config import PositiveInt
 from youri.data.shards import TokenShards, read_index
 from youri.eval.tasks import TASKS
 from youri.io import atomic_write_json, atomic_write_text, read_json
@@ -42,7 +43,7 @@ class Config:
     """An older run folder to compare with (its report is read or built)."""
     measure: bool = True
     """Measure perplexity and generation speed of each model (cached); false = read metrics only."""
-    eval_rows: int = 16
+    eval_rows: PositiveInt = 16
     """Held-out rows per language for the perplexity column."""
 
 

@@ -23,7 +23,9 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
+from youri.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
 from youri.prompts import SETTING, SYSTEM, USER, PromptError, Turn, messages_to_turns
 from youri.serve.engine import Engine, GenerationError, SamplingParams, stream
 from youri.serve.inference import ChatError, encode_turns, fit_turns, load_for_inference, prompt_kind, sampling_params
@@ -37,21 +39,21 @@ class Config:
     """The setting/persona text (the 設定 line), e.g. "あなたは猫のてんころです。"."""
     persona_file: str = ""
     """A UTF-8 file whose text is the persona (instead of --persona)."""
-    temperature: float = 0.7
+    temperature: NonNegativeFloat = 0.7
     """Sampling temperature; 0 = greedy."""
-    top_p: float = 0.9
+    top_p: Annotated[float, Range(min=0, max=1, min_open=True)] = 0.9
     """Nucleus sampling: keep the most likely tokens whose mass reaches top_p (1 = off)."""
-    top_k: int = 0
+    top_k: NonNegativeInt = 0
     """Keep only the k most likely tokens (0 = off)."""
-    repetition_penalty: float = 1.05
+    repetition_penalty: PositiveFloat = 1.05
     """Divide the logits of tokens already in the context by this (1 = off)."""
-    max_new_tokens: int = 256
+    max_new_tokens: PositiveInt = 256
     """Most tokens per reply."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Random seed for sampling (same seed + settings = same replies)."""
     once: bool = False
     """Answer stdin once and exit (also the behaviour when stdin is not a terminal)."""
-    max_context: int = 0
+    max_context: NonNegativeInt = 0
     """Context window in tokens (0 = the model's max_position_embeddings)."""
     device: str = ""
     """cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)."""
