@@ -133,7 +133,7 @@ def _records(path: Path, skip: SkipCounter | None, parse) -> Iterator[Record]:
 
 def _instruction_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[Instruction]:
-        instruction = require_field(raw, "instruction", path, lineno)
+        instruction = require_field(raw, "instruction", path, lineno, nonempty=True)
         if "instances" in raw:
             instances = require_field(raw, "instances", path, lineno, kind=list)
             out = []
@@ -141,18 +141,23 @@ def _instruction_records(path: Path, skip: SkipCounter | None) -> Iterator[Recor
                 if not isinstance(inst, dict):
                     raise DataError(f"{path}:{lineno}: field 'instances[{i}]' must be an object")
                 inp = require_field(inst, "input", path, lineno) if "input" in inst else ""
-                out.append(Instruction(instruction, inp, require_field(inst, "output", path, lineno)))
+                output = require_field(inst, "output", path, lineno, nonempty=True)
+                out.append(Instruction(instruction, inp, output))
             return out
         inp = require_field(raw, "input", path, lineno) if raw.get("input") is not None else ""
-        return [Instruction(instruction, inp, require_field(raw, "output", path, lineno))]
+        return [Instruction(instruction, inp, require_field(raw, "output", path, lineno, nonempty=True))]
 
     return _records(path, skip, parse)
 
 
 def _message_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[list[Turn]]:
-        messages = require_field(raw, "messages", path, lineno, kind=list)
-        return [messages_to_turns(messages, where="field 'messages'")]
+        messages = require_field(raw, "messages", path, lineno, kind=list, nonempty=True)
+        turns = messages_to_turns(messages, where="field 'messages'")
+        for i, turn in enumerate(turns):
+            if not turn.text.strip():
+                raise DataError(f"{path}:{lineno}: field 'messages[{i}].content' is empty")
+        return [turns]
 
     return _records(path, skip, parse)
 
@@ -174,7 +179,7 @@ def _read_personas(path: Path, skip: SkipCounter | None) -> dict[str, str]:
 def _persona_records(path: Path, personas: dict[str, str], skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[list[Turn]]:
         speakers = require_field(raw, "interlocutors", path, lineno, kind=list)
-        utterances = require_field(raw, "utterances", path, lineno, kind=list)
+        utterances = require_field(raw, "utterances", path, lineno, kind=list, nonempty=True)
         if len(speakers) != 2:
             raise DataError(f"{path}:{lineno}: field 'interlocutors' must name two speakers, got {speakers!r}")
         user, system = speakers
@@ -190,7 +195,8 @@ def _persona_records(path: Path, personas: dict[str, str], skip: SkipCounter | N
                     f"{path}:{lineno}: field 'utterances[{i}].interlocutor_id': {who!r} is not "
                     f"one of the interlocutors {speakers!r}"
                 )
-            turns.append(Turn(SYSTEM if who == system else USER, require_field(utt, "text", path, lineno)))
+            text = require_field(utt, "text", path, lineno, nonempty=True)
+            turns.append(Turn(SYSTEM if who == system else USER, text))
         return [turns]
 
     return _records(path, skip, parse)

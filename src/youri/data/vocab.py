@@ -59,7 +59,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from transformers import AutoTokenizer
 
 from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, Seed
-from youri.io import DataError, atomic_write_text, iter_jsonl, require_field, resolve_path
+from youri.io import DataError, atomic_write_text, iter_jsonl, read_text, require_field, resolve_path
 from youri.model import load_model, load_tokenizer, save_model
 from youri.stage import StageWriter
 
@@ -120,7 +120,7 @@ def iter_corpus_texts(paths: Iterable[str], text_field: str = "text") -> Iterato
             for lineno, record in iter_jsonl(path):
                 yield require_field(record, text_field, path, lineno)
         else:
-            yield path.read_text(encoding="utf-8")
+            yield read_text(path)
 
 
 def training_lines(texts: Iterable[str]) -> Iterator[str]:

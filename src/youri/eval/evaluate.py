@@ -40,7 +40,7 @@ from youri.eval.tasks import TASKS, Selected, select
 from youri.eval.tasks.base import RenderOptions, render
 from youri.io import DataError, resolve_path, write_jsonl
 from youri.model import load_model, load_tokenizer
-from youri.stage import StageWriter, read_manifest
+from youri.stage import StageWriter, check_new_file, check_stage_output, read_manifest
 
 NO_DATA = "n/a (no data)"
 
@@ -92,6 +92,10 @@ class Config:
 def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
     """Render, check and (unless ``write_requests``) score the chosen tasks; returns metrics.json."""
     plan = plan_tasks(cfg)  # every user error surfaces here, before any model is loaded
+    if cfg.write_requests:  # refused before any work: an existing file only with --overwrite
+        check_new_file(cfg.write_requests, overwrite, "--write_requests")
+    else:
+        check_stage_output(out_folder(cfg), "eval", overwrite)
     tokenizer, max_length = _tokenizer_and_length(cfg)
     opts = render_options(tokenizer, max_length, cfg.max_gen_toks)
     rendered = {sel.key: render_selected(sel, paths, cfg.limit, opts) for sel, paths in plan if paths}

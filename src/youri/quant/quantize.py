@@ -39,7 +39,7 @@ from youri import prompts
 from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from youri.data.sft_data import DatasetConfig, read_dataset
 from youri.data.shards import TokenShards
-from youri.io import DataError, iter_jsonl, read_json, resolve_path
+from youri.io import DataError, iter_jsonl, read_json, read_text, resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.prompts import encode_training
 from youri.quant.gptq import (
@@ -54,7 +54,7 @@ from youri.quant.gptq import (
     rtn_quantize,
     swap_linears,
 )
-from youri.stage import StageWriter, read_manifest
+from youri.stage import StageWriter, check_stage_output, read_manifest
 from youri.train.losses import token_loss_sum
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -109,13 +109,14 @@ class Config:
 
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
     parent, hf_config = _validate(cfg)
+    out = Path(cfg.out) if cfg.out else parent.with_name(f"{parent.name}-gptq-{cfg.bits}bit-g{cfg.group_size}")
+    check_stage_output(out, "quantize", overwrite)  # before any work
     tokenizer = _tokenizer(parent)
     sources, kind, calib = _calibration(cfg, parent, tokenizer)
     if calib.shape[0] == 0:
         raise DataError(
             f"{', '.join(map(str, sources))}: calibration set is empty (not one sequence of {cfg.seq_len} tokens)"
         )
-    out = Path(cfg.out) if cfg.out else parent.with_name(f"{parent.name}-gptq-{cfg.bits}bit-g{cfg.group_size}")
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with StageWriter(
         out, stage="quantize", config=cfg, inputs=[parent, *sources], parent=parent, overwrite=overwrite
@@ -276,7 +277,7 @@ def _token_rows(
             for lineno, record in iter_jsonl(source):
                 ids += _render(record, tokenizer, text_field, f"{source}:{lineno}")
         else:
-            ids += tokenizer(source.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+            ids += tokenizer(read_text(source), add_special_tokens=False)["input_ids"]
             ids.append(tokenizer.eos_token_id)
     return _chunk(ids, count, length)
 

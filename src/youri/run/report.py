@@ -29,7 +29,7 @@ from youri.eval.tasks import TASKS
 from youri.io import atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
 from youri.run.layout import PRECISIONS, REPORT, TRAINING_STAGES, VARIANTS, eval_folder, model_folder
-from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
+from youri.stage import StageExistsError, fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum
 
 JP8 = tuple(TASKS)  # the eight tasks in the harness's order
@@ -60,6 +60,7 @@ def write_report(
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
     out = run_dir / REPORT
+    _check_report_folder(out)
     out.mkdir(exist_ok=True)
     rows = collect_rows(run_dir, measure=measure, eval_rows=eval_rows)
     old = _old_rows(Path(compare)) if compare else None
@@ -75,6 +76,15 @@ def write_report(
     if echo:
         print(markdown)
     return report
+
+
+def _check_report_folder(out: Path) -> None:
+    """The report is rewritten on every run, so its folder must be absent, empty or an earlier report."""
+    ours = out.is_dir() and not out.is_symlink() and (not any(out.iterdir()) or (out / "report.json").is_file())
+    if (out.exists() or out.is_symlink()) and not ours:
+        raise StageExistsError(
+            f"{out} is not a youri report folder (no report.json); youri never replaces it: move it away"
+        )
 
 
 # ---------------------------------------------------------------------------- rows

@@ -34,7 +34,7 @@ from tokenizers import processors
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from youri.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
-from youri.io import DataError, resolve_path
+from youri.io import DataError, read_text, resolve_path
 from youri.stage import StageWriter
 from youri.train import checkpoint
 from youri.train.batches import HeldOut, ShardBatches
@@ -94,7 +94,7 @@ def read_documents(path) -> list[str]:
     path = resolve_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text not found: {path}")
-    docs = [d.strip("\n") for d in path.read_text(encoding="utf-8").split("\n\n")]
+    docs = [d.strip("\n") for d in read_text(path).split("\n\n")]
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise DataError(f"{path}: no text")

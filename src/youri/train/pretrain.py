@@ -29,7 +29,7 @@ from youri.config import ConfigError, NonNegativeInt, PositiveInt, Range, config
 from youri.data.shards import TokenShards, read_index
 from youri.io import resolve_path
 from youri.model import load_model, load_tokenizer, resolve_export_dtype
-from youri.stage import StageWriter
+from youri.stage import StageWriter, check_stage_output
 from youri.train import checkpoint
 from youri.train.batches import HeldOut, ShardBatches, check_tokenizer
 from youri.train.distributed import close_distributed, init_distributed
@@ -80,6 +80,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     if cfg.dry_run:
         return dry_run(cfg)
 
+    check_stage_output(cfg.out, "pretrain", overwrite)  # before any work
     data, model_dir = resolve_path(cfg.data), resolve_path(cfg.model)
     index = read_index(data)
     tokenizer = load_tokenizer(model_dir)

@@ -32,7 +32,7 @@ from youri.data.sft_data import DatasetConfig, HeldOutRows, RowBatches, build_mi
 from youri.io import SkipCounter, resolve_path
 from youri.model import load_model, load_tokenizer, resolve_export_dtype
 from youri.prompts import install_chat_template, show_mask
-from youri.stage import StageWriter
+from youri.stage import StageWriter, check_stage_output
 from youri.train import checkpoint
 from youri.train.distributed import close_distributed, init_distributed
 from youri.train.trainer import TrainConfig, train
@@ -94,6 +94,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
 
     if cfg.kind not in ("instruction", "chat"):
         raise ConfigError(f"kind: {cfg.kind!r} is not one of 'instruction', 'chat'")
+    check_stage_output(cfg.out, "sft", overwrite)  # before any work
     model_dir = resolve_path(cfg.model)
     tokenizer = load_tokenizer(model_dir)
     t = cfg.train

@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from youri.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
+from youri.io import DataError
 from youri.train import checkpoint
 from youri.train.distributed import Dist, decoder_layers, set_gradient_sync, shard_model
 from youri.train.estimate import flops_per_token, peak_flops
@@ -178,11 +179,9 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
 
     # ---------------------------------------------------------------- resume or start fresh
     start = 0
-    resume_from = checkpoint.latest(ckpt_root) if cfg.resume == "auto" else None
-    if cfg.resume not in ("auto", "none"):
-        resume_from = Path(cfg.resume)
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, model, optimizer, dist)
+    found = _resume(cfg, ckpt_root, model, optimizer, dist)
+    if found is not None:
+        resume_from, state = found
         start, hist = state["step"], state["history"]
         dist.print0(f"resumed from {resume_from} at step {start}")
     else:
@@ -239,6 +238,19 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _resume(cfg: TrainConfig, ckpt_root: Path, model, optimizer, dist: Dist) -> tuple[Path, dict] | None:
+    """``(checkpoint, its state)`` to continue from, or None. ``resume: auto`` passes over a truncated or
+    corrupt newest checkpoint, saying so; a checkpoint named in ``resume`` must be complete."""
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        return checkpoint.resume_latest(ckpt_root, model, optimizer, dist)
+    reason = checkpoint.problem(cfg.resume)
+    if reason is not None:
+        raise DataError(f"resume: {cfg.resume} is not a complete checkpoint ({reason})")
+    return Path(cfg.resume), checkpoint.load(cfg.resume, model, optimizer, dist)
 
 
 def retain_freed_memory() -> bool:
