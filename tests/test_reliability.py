@@ -28,6 +28,7 @@ from youri.run.report import write_report
 from youri.serve.chat import Conversation
 from youri.serve.inference import ChatError
 from youri.stage import StageExistsError, StageWriter, read_manifest
+from youri.train.init_base import train_tokenizer
 
 BAD = b"\xff\xfe"  # never valid UTF-8
 
@@ -231,6 +232,11 @@ def test_bad_value_on_the_command_line_is_one_line_and_no_work_is_done(tmp_path,
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--help"])
     assert "--train.max_steps INT" in (text := capsys.readouterr().out) and "[>= 1]" in text
+
+
+def test_a_value_only_the_library_can_judge_is_still_one_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"init.vocab_size: SentencePiece cannot make 100 pieces.*smaller than"):
+        train_tokenizer(["a small English text, with a few characters."] * 10, 100, tmp_path / "tok")
 
 
 # ----------------------------------------------------------------------------- class 5: bytes and records

@@ -33,7 +33,7 @@ import torch
 from tokenizers import processors
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from youri.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
+from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
 from youri.io import DataError, read_text, resolve_path
 from youri.stage import StageWriter
 from youri.train import checkpoint
@@ -105,26 +105,29 @@ def train_tokenizer(docs: list[str], vocab_size: int, out_dir: str | Path):
     """Train the SentencePiece BPE model and save it as a HF tokenizer in ``out_dir``; return the HF tokenizer."""
 
     proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(docs),
-        model_writer=proto,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        byte_fallback=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        character_coverage=0.9999,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        max_sentence_length=1 << 20,
-        num_threads=2,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(docs),
+            model_writer=proto,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            character_coverage=0.9999,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=True,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            max_sentence_length=1 << 20,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as err:  # e.g. a vocab_size below 256 byte pieces + 3 specials + the text's characters
+        raise ConfigError(f"init.vocab_size: SentencePiece cannot make {vocab_size} pieces here: {err}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
