@@ -25,7 +25,7 @@ from youri import cli
 from youri.data.steps import READ_DELAY_ENV
 from youri.io import DataError
 from youri.stage import read_manifest
-from youri.train import checkpoint
+from youri.train import checkpoint, pretrain
 from youri.train.pretrain import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,52 +136,28 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tokenizer, workers):
 
 
 @pytest.mark.parametrize(
-    "content, needle, workers",
+    "content, needle, tasks",
     [
-        (
-            b'{"text": "fine line of text"}\n{"text": "bad \xff byte"}\n',
-            ":2: not valid UTF-8 (byte 0xff at column 15)",
-            1,
-        ),
-        (
-            b'{"text": "fine line of text"}\n{"text": "bad \xff byte"}\n',
-            ":2: not valid UTF-8 (byte 0xff at column 15)",
-            2,
-        ),
-        (b'{"text": "fine line of text"}\n{"text": 5}\n', ":2: field 'text' must be str, got int", 1),
-        (b'{"text": "fine line of text"}\n{"text": "cut\n', ":2: malformed JSONL line", 1),
+        (GOOD + b'{"text": "bad \xff byte"}\n', ":2: not valid UTF-8 (byte 0xff at column 15)", 1),
+        (GOOD + b'{"text": "bad \xff byte"}\n', ":2: not valid UTF-8 (byte 0xff at column 15)", 3),
+        (GOOD + b'{"text": 5}\n', ":2: field 'text' must be str, got int", 1),
+        (GOOD + b'{"text": "cut\n', ":2: malformed JSONL line", 2),
     ],
 )
-def test_input_errors_reach_the_user_as_one_line_without_traceback(
-    tmp_path, tokenizer, capfd, content, needle, workers
-):
+def test_input_errors_reach_the_user_as_one_line_without_traceback(tmp_path, tokenizer, capfd, content, needle, tasks):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_bytes(content)
-    args = [
-        "data",
-        "--tokenizer",
-        str(tokenizer),
-        "--sources",
-        f"[{{path: {corpus}, lang: en}}]",
-        "--out",
-        str(tmp_path / "out"),
-        "--tasks",
-        str(workers),
-        "--workers",
-        str(workers),
-    ]
-    if workers == 1:  # in this process; the file descriptors hold datatrove's logger output too
-        code = cli.main(args)
-        stdout, stderr = capfd.readouterr()
-    else:  # worker processes: as a user runs it (forked from pytest they would inherit its closed captures)
-        proc = _youri(*args)
-        stdout, stderr = proc.communicate(timeout=300)
-        code = proc.returncode
+    sources = f"[{{path: {corpus}, lang: en}}]"
+    out = tmp_path / "out"
+    code = cli.main(
+        ["data", "--tokenizer", str(tokenizer), "--sources", sources, "--out", str(out), "--tasks", str(tasks)]
+    )
+    stdout, stderr = capfd.readouterr()  # file descriptors: datatrove's logger writes there too
     assert code == 2, stderr
     assert "Traceback" not in stdout + stderr and "| ERROR" not in stdout + stderr, stderr
     errors = [line for line in (stdout + stderr).splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith(f"youri data: error: {corpus}{needle}"), errors
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -239,3 +215,15 @@ def test_a_named_checkpoint_that_is_incomplete_is_an_error(tiny, reference, tmp_
     name = _truncate_largest(step)
     with pytest.raises(DataError, match=rf"resume: {step} is not a complete checkpoint \({name} has"):
         run(pretrain_cfg(tiny, tmp_path / "out", resume=str(step)))
+
+
+def test_ctrl_c_in_any_stage_is_one_line_naming_the_progress_kept(tmp_path, monkeypatch, capsys):
+    def interrupted(cfg, *, overwrite=False):
+        Path(f"{cfg.out}.partial").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "run", interrupted)
+    assert cli.main(["pretrain", "--out", str(tmp_path / "p")]) == 130
+    assert capsys.readouterr().err == (
+        f"youri pretrain: interrupted; progress is kept in {tmp_path / 'p.partial'} (the same command resumes)\n"
+    )
