@@ -13,15 +13,18 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
 import youri
 from youri import __version__
 from youri.config import ConfigError, add_config_flags, build_config, config_to_dict, flag_overrides, load_recipe
-from youri.io import DataError
+
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,14 @@ COMMANDS: list[Command] = [
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while importing or parsing; a running stage answers in _run_command
+        print("youri: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
     commands = {c.name: c for c in COMMANDS}
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in commands:
         top = _top_parser()
@@ -93,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv[1:])
     if unknown:
         parser.error(_unknown_flag_message(parser, unknown))
+    return _run_command(command, module, args)
+
+
+def _run_command(command: Command, module, args: argparse.Namespace) -> int:
+    """Build the config and run the stage. Every user error -- a ValueError (ConfigError, DataError, ...) or
+    an OSError (a missing or unwritable path) -- is one line on stderr and exit status 2; Ctrl-C is one line
+    and 130. ``YOURI_DEBUG=1`` shows the traceback instead; a stage folder's ``.partial/error.log`` keeps it."""
+    cfg = None
     try:
         section = args.section or command.section or command.name
         overrides = flag_overrides(args)
@@ -106,10 +125,26 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump({section: config_to_dict(cfg)}, allow_unicode=True, sort_keys=False))
             return 0
         module.run(cfg, overwrite=args.overwrite)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
-        print(f"youri {command.name}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"youri {command.name}: interrupted{_resume_hint(cfg)}", file=sys.stderr)
+        return INTERRUPTED
+    except (ValueError, OSError) as err:
+        if os.environ.get("YOURI_DEBUG"):
+            raise
+        print(f"youri {command.name}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _resume_hint(cfg) -> str:
+    """Where an interrupted stage left its progress (stages resume from ``OUT.partial`` on the same command)."""
+    out = getattr(cfg, "out", "")
+    partial = Path(f"{out}.partial") if out else None
+    return f"; progress is kept in {partial} (the same command resumes)" if partial and partial.is_dir() else ""
 
 
 def _unknown_flag_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:

@@ -23,17 +23,64 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+
+from youri.io import DataError, read_text
 
 
 class ConfigError(ValueError):
     """A recipe or flag does not fit the stage's config dataclass."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field, declared as ``Annotated[int, Range(min=1)]``.
+
+    ``min``/``max`` are inclusive unless ``min_open``/``max_open``; ``allow`` lists sentinel values that
+    are accepted outside the range (``-1`` = never). Applies to each item of a list or mapping field.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    allow: tuple = ()
+
+    def check(self, value: Any, where: str) -> None:
+        if value is None or value in self.allow:
+            return
+        low = self.min is None or (value > self.min if self.min_open else value >= self.min)
+        high = self.max is None or (value < self.max if self.max_open else value <= self.max)
+        if not (low and high):
+            raise ConfigError(f"{where}: must be {self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f"{'>' if self.min_open else '>='} {_number(self.min)}")
+        if self.max is not None:
+            parts.append(f"{'<' if self.max_open else '<='} {_number(self.max)}")
+        text = " and ".join(parts)
+        return text + (f" (or {', '.join(map(repr, self.allow))})" if self.allow else "")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+PositiveInt = Annotated[int, Range(min=1)]
+NonNegativeInt = Annotated[int, Range(min=0)]  # 0 usually means "all" or "off"
+PositiveFloat = Annotated[float, Range(min=0, min_open=True)]
+NonNegativeFloat = Annotated[float, Range(min=0)]
+UnitFloat = Annotated[float, Range(min=0, max=1)]  # a fraction or probability
+Seed = Annotated[int, Range(min=0, max=2**32 - 1)]  # what numpy, torch and random all accept
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -42,7 +89,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        recipe = yaml.safe_load(read_text(path)) or {}
+    except DataError as err:  # not UTF-8
+        raise ConfigError(str(err)) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(recipe, dict):
@@ -74,6 +123,7 @@ def add_config_flags(parser, cls: type, prefix: str = "") -> None:
     path. Lists and mappings are given as YAML/JSON (``--sources '[{path: a.jsonl, lang: ja}]'``).
     """
     hints = typing.get_type_hints(cls)
+    ranges = typing.get_type_hints(cls, include_extras=True)
     for field in dataclasses.fields(cls):
         name = prefix + field.name
         tp = _strip_optional(hints[field.name])
@@ -81,6 +131,8 @@ def add_config_flags(parser, cls: type, prefix: str = "") -> None:
             add_config_flags(parser, tp, prefix=name + ".")
             continue
         doc = _field_doc(cls, field.name)
+        allowed = _range_of(ranges[field.name])
+        doc += f" [{allowed.describe()}]" if allowed else ""
         default = _default_of(field)
         helptext = f"{doc} (default: {default!r})" if doc else f"default: {default!r}"
         helptext = helptext.replace("%", "%%")  # argparse %-formats help strings ("~30% more")
@@ -133,7 +185,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{where}: unknown key '{key}'{hint}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # with the Range annotations
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in values.items()}
     try:
         return cls(**kwargs)
@@ -143,6 +195,13 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _coerce(base, value, where)
+        for extra in extras:
+            if isinstance(extra, Range):
+                extra.check(value, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in {"none", "null", "~"}):
@@ -163,6 +222,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        value_tp = (typing.get_args(tp) or (Any, Any))[1]
+        if value_tp in (int, float, bool) or typing.get_origin(value_tp) is Annotated:
+            return {key: _coerce(value_tp, item, f"{where}.{key}") for key, item in value.items()}
         return dict(value)
     if origin is typing.Literal:
         choices = typing.get_args(tp)
@@ -188,12 +250,24 @@ def _coerce_scalar(tp: type, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from err
         if tp is int and isinstance(value, float) and value != number:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if tp is float and not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _range_of(tp: Any) -> Range | None:
+    """The ``Range`` declared on a field's type (through ``Optional``, and on a list's or mapping's items)."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return next((extra for extra in typing.get_args(tp)[1:] if isinstance(extra, Range)), None)
+    if origin in (typing.Union, types.UnionType, list, tuple, dict):
+        return next(filter(None, (_range_of(arg) for arg in typing.get_args(tp))), None)
+    return None
 
 
 def _strip_optional(tp: Any) -> Any:

@@ -66,9 +66,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file with newlines as text mode reads them; bad bytes raise ``DataError`` naming
+    the file, line, column and byte offset (``UnicodeDecodeError`` would name neither file nor line)."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(not_utf8(path, data, err.start)) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def not_utf8(path: str | os.PathLike, data: bytes, offset: int, first_line: int = 1) -> str:
+    """``file:line: not valid UTF-8 ...`` for the bad byte at ``offset`` of ``data`` (a whole file, or the
+    part of one that starts at line ``first_line``)."""
+    line = first_line + data.count(b"\n", 0, offset)
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    where = f"column {column}" + (f", byte offset {offset}" if first_line == 1 and line > 1 else "")
+    return f"{path}:{line}: not valid UTF-8 (byte 0x{data[offset]:02x} at {where}); save the file as UTF-8"
 
 
 @dataclass
@@ -87,36 +107,54 @@ class SkipCounter:
 def iter_jsonl(path: str | os.PathLike, *, skip_bad: SkipCounter | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, record)`` for each non-empty line of a JSONL file (``.gz``: gzip-compressed).
 
-    A line that is not a JSON object raises ``DataError("file:line: ...")``; when ``skip_bad`` is given
-    it is counted there instead (the caller opted in to skipping).
+    A line that is not UTF-8 or not a JSON object raises ``DataError("file:line: ...")``; when
+    ``skip_bad`` is given it is counted there instead (the caller opted in to skipping). Lines are
+    read as bytes and decoded one by one, so a bad byte costs its own line only. A UTF-8 byte-order
+    mark at the start of the file is ignored.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open  # datasets are often published as .jsonl.gz
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            except ValueError as err:
-                reason = f"{path}:{lineno}: malformed JSONL line: {err}"
+    with opener(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            record, reason = _parse_line(path, raw, lineno)
+            if record is not None:
+                yield lineno, record
+            elif reason is not None:
                 if skip_bad is None:
-                    raise DataError(reason + " (fix the line, or set skip_bad_records: true to skip it)") from err
+                    raise DataError(reason + " (fix the line, or set skip_bad_records: true to skip it)")
                 skip_bad.add(reason)
-                continue
-            yield lineno, record
 
 
-def require_field(record: dict, name: str, path: str | os.PathLike, lineno: int, *, kind: type = str) -> Any:
-    """``record[name]`` checked for presence and type; the error names file, line and field."""
+def _parse_line(path: Path, raw: bytes, lineno: int) -> tuple[dict | None, str | None]:
+    """``(record, None)``, ``(None, None)`` for a blank line, or ``(None, reason)`` for a bad one."""
+    try:
+        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        return None, not_utf8(path, raw, err.start, first_line=lineno)
+    if not line.strip():
+        return None, None
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        return None, f"{path}:{lineno}: malformed JSONL line: {err}"
+    if not isinstance(record, dict):
+        return None, f"{path}:{lineno}: malformed JSONL line: expected a JSON object, got {type(record).__name__}"
+    return record, None
+
+
+def require_field(
+    record: dict, name: str, path: str | os.PathLike, lineno: int, *, kind: type = str, nonempty: bool = False
+) -> Any:
+    """``record[name]`` checked for presence and type (and, with ``nonempty``, for holding something other
+    than whitespace or an empty list); the error names file, line and field."""
     if name not in record:
         present = ", ".join(sorted(record)) or "none"
         raise DataError(f"{path}:{lineno}: missing field '{name}' (fields present: {present})")
     value = record[name]
     if not isinstance(value, kind):
         raise DataError(f"{path}:{lineno}: field '{name}' must be {kind.__name__}, got {type(value).__name__}")
+    if nonempty and not (value.strip() if isinstance(value, str) else value):
+        raise DataError(f"{path}:{lineno}: field '{name}' is empty")
     return value
 
 

@@ -12,6 +12,13 @@ The folder is built under ``OUT.partial/`` and renamed to ``OUT`` only after ``y
 can resume (``youri data`` shards, training checkpoints) keeps its progress inside ``OUT.partial/``
 and finds it there on the next run with the same config fingerprint.
 
+Nothing the user owns is deleted or renamed: ``OUT`` may be absent, an empty folder, or a complete
+folder of the *same* stage (recognised by its ``youri.json``), and the latter is replaced only with
+``--overwrite``. A file, a link, a non-empty folder without ``youri.json``, another stage's folder, or
+an ``OUT.partial`` that youri did not make is a one-line ``StageExistsError`` naming the path, raised
+before the stage does any work. When a stage fails, its traceback is kept in ``OUT.partial/error.log``
+(the command line shows one line).
+
 Usage::
 
     with StageWriter(cfg.out, stage="data", config=cfg, inputs=[...]) as stage:
@@ -27,6 +34,8 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,10 +46,11 @@ from youri.io import atomic_write_json, read_json
 MANIFEST = "youri.json"
 METRICS = "metrics.json"
 PARTIAL_SUFFIX = ".partial"
+ERROR_LOG = "error.log"
 
 
 class StageExistsError(FileExistsError):
-    """The output folder already holds a complete stage; refuse to clobber it silently."""
+    """The output path is taken by something youri may not replace (see the module docstring)."""
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -96,19 +106,17 @@ class StageWriter:
     ):
         self.out = Path(out)
         self.stage = stage
+        self.path = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
+        self.overwrite = overwrite
+        check_output(self.out, stage, overwrite)  # before hashing inputs: refuse before any work
+        check_partial(self.path)
         self.config = config_to_dict(config) if not isinstance(config, dict) else config
         self.parent = str(parent) if parent is not None else None
         self.inputs = {str(p): fingerprint(p) for p in inputs}
         self.facts: dict[str, Any] = {}
         """Derived fingerprints worth recording that are not input paths (e.g. a calibration sample's hash)."""
         self.fingerprint = config_fingerprint(stage, self.config, self.inputs)
-        self.path = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
         self.finished = False
-        if is_complete(self.out) and not overwrite:
-            raise StageExistsError(
-                f"{self.out} already holds a complete '{read_manifest(self.out).get('stage')}' "
-                "stage; choose another --out or pass --overwrite"
-            )
 
     def __enter__(self) -> "StageWriter":
         stamp = self.path / ".fingerprint"
@@ -120,16 +128,23 @@ class StageWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        return False  # on error the partial folder stays, for resume; it never looks complete
+        # On error the partial folder stays, for resume; it never looks complete. The command line shows
+        # one line, so the whole traceback is kept beside the progress.
+        if exc is not None and isinstance(exc, Exception) and self.path.is_dir():
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            (self.path / ERROR_LOG).write_text(text, encoding="utf-8")
+        return False
 
     def finish(self, metrics: dict[str, Any]) -> Path:
         """Write ``metrics.json`` and ``youri.json``, then rename the partial folder into place."""
         atomic_write_json(self.path / METRICS, metrics)
         atomic_write_json(self.path / MANIFEST, self.manifest())
         (self.path / ".fingerprint").unlink(missing_ok=True)
+        (self.path / ERROR_LOG).unlink(missing_ok=True)  # left by an earlier, failed attempt
+        check_output(self.out, self.stage, self.overwrite)  # again: the path may have been taken meanwhile
         if self.out.exists():
-            trash = self.out.with_name(self.out.name + ".old")
-            shutil.rmtree(trash, ignore_errors=True)
+            # A fresh, empty sibling to park the replaced folder in: never a name the user may own.
+            trash = tempfile.mkdtemp(prefix=f".{self.out.name}.replaced-", dir=self.out.parent)
             os.replace(self.out, trash)
             os.replace(self.path, self.out)
             shutil.rmtree(trash, ignore_errors=True)
@@ -150,6 +165,63 @@ class StageWriter:
             "fingerprint": self.fingerprint,
             "config": self.config,
         }
+
+
+def check_stage_output(out: str | os.PathLike, stage: str, overwrite: bool) -> None:
+    """``StageWriter``'s refusals, for a stage to call before its work (reading data, loading a model)."""
+    out = Path(out)
+    check_output(out, stage, overwrite)
+    check_partial(out.with_name(out.name + PARTIAL_SUFFIX))
+
+
+def check_output(out: Path, stage: str, overwrite: bool) -> None:
+    """Raise ``StageExistsError`` unless ``out`` may become this stage's folder: absent, an empty folder,
+    or (with ``overwrite``) a complete folder of the same stage."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        kind = "a link" if out.is_symlink() else "a file"
+        raise StageExistsError(f"{out} is {kind}, not a stage folder; youri never replaces it: choose another --out")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise StageExistsError(
+            f"{out} is a folder youri did not make (no {MANIFEST}); youri never replaces it: choose another --out"
+        )
+    if manifest.get("stage") != stage:
+        raise StageExistsError(
+            f"{out} holds a '{manifest.get('stage')}' stage, not a '{stage}' one; youri replaces "
+            "only a folder of the same stage: choose another --out"
+        )
+    if not overwrite:
+        raise StageExistsError(
+            f"{out} already holds a complete '{stage}' stage; choose another --out or pass --overwrite"
+        )
+
+
+def check_partial(partial: Path) -> None:
+    """``OUT.partial`` must be youri's own work folder (stamped, or finished but not yet renamed) or absent."""
+    if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
+        raise StageExistsError(
+            f"{partial} is in the way of the stage's work folder and youri did not make it; "
+            "move it away or choose another --out"
+        )
+    if (
+        partial.is_dir()
+        and any(partial.iterdir())
+        and not any((partial / name).is_file() for name in (".fingerprint", MANIFEST))
+    ):
+        raise StageExistsError(
+            f"{partial} is a folder youri did not make (no .fingerprint); move it away or choose another --out"
+        )
+
+
+def check_new_file(path: str | os.PathLike, overwrite: bool, what: str = "--out") -> None:
+    """A single output file (not a stage folder): absent, or an existing regular file with ``overwrite``."""
+    path = Path(path)
+    if path.is_dir() or path.is_symlink():
+        raise StageExistsError(f"{path} is a {'link' if path.is_symlink() else 'folder'}; give {what} a file path")
+    if path.exists() and not overwrite:
+        raise StageExistsError(f"{path} already exists; choose another {what} or pass --overwrite to replace it")
 
 
 def _file_digest(path: Path) -> str:

@@ -3,7 +3,8 @@
 - ``corpus``   — the ``youri data`` stage: read, normalise, filter, dedup, mix and pack into shards.
 - ``steps``    — its datatrove steps (readers, normaliser/filter, tokeniser + MinHash).
 - ``filters``  — normalisation, quality filters and near-duplicate detection (pure functions).
-- ``shards``   — the packed token format between ``youri data`` and the training stages.
+- ``processes`` — keeps the datatrove executor's processes from outliving ``youri data`` (kill -9, Ctrl-C).
+- ``shards``   — the packed token format between ``youri data`` and the training stages, and its progress log.
 - ``sft_data`` — SFT record readers (instruction, OpenAI messages, persona dialogues) into prompt turns.
 - ``vocab``    — the ``youri vocab`` stage: append Japanese SentencePiece pieces, resize the model.
 """

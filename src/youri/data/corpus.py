@@ -20,8 +20,12 @@ and shuffle per task, so neither the exact token-budget mixture nor byte-identic
 would follow from them. Step (2) only touches arrays of ids, so it stays cheap next to step (1).
 
 Resume: datatrove marks finished tasks (``OUT.partial/datatrove/completions``) and skips them; every
-finished shard is recorded with its sha256 in ``OUT.partial/progress.json`` and is not rewritten when
-its file still has that hash.
+finished shard is recorded with its sha256 in ``OUT.partial/progress.jsonl`` (one appended line per
+shard, ``youri.data.shards.ProgressLog``) and is not rewritten when its file still has that hash.
+
+Bad input (a malformed or non-UTF-8 line, a missing field) stops the task that met it and is raised
+here as one ``DataError`` line, not as datatrove's logged task failure. The executor's processes die
+with ``youri data`` (``kill -9`` included) and a Ctrl-C stops them all (``youri.data.processes``).
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ from rich.console import Console
 from rich.table import Table
 from tokenizers import Tokenizer
 
-from youri.config import ConfigError
+from youri.config import ConfigError, NonNegativeInt, PositiveInt, Seed
 from youri.data.filters import Filters, find_duplicates
-from youri.data.shards import FORMAT, INDEX, shard_is_valid, token_dtype, write_shard
+from youri.data.processes import children_die_with_us, run_in_process_group
+from youri.data.shards import FORMAT, INDEX, ProgressLog, shard_is_valid, token_dtype, write_shard
 from youri.data.steps import (
     Dedup,
     Normalize,
@@ -50,14 +55,15 @@ from youri.data.steps import (
     Source,
     TokenizeSketch,
     load_counts,
+    raise_task_errors,
     remember_tokenizer,
     source_files,
 )
 from youri.io import DataError, atomic_write_json, read_json, resolve_path
 from youri.model import load_tokenizer
-from youri.stage import StageWriter
+from youri.stage import StageWriter, check_stage_output
 
-PROGRESS = "progress.json"
+PROGRESS = "progress.jsonl"
 STATS = "stats.json"
 
 
@@ -69,41 +75,42 @@ class Config:
     """Output folder (built under OUT.partial, renamed when complete)."""
     tokenizer: str = ""
     """The base model's tokenizer: a HF model/tokenizer folder or a SentencePiece tokenizer.model."""
-    seq_len: int = 512
+    seq_len: PositiveInt = 512
     """Tokens per packed training sequence."""
     sources: list[Source] = field(default_factory=list)
     """Input corpora: [{path, lang, weight, kind, text_field, doc_split, name}, ...]."""
-    token_budget: int = 0
+    token_budget: NonNegativeInt = 0
     """Training tokens (EOS included) to draw from the mixture; 0 = the corpus' natural size (sum over sources),
     split by the weights -- so a source is up- or down-sampled whenever its weight share differs from its size share."""
     filters: Filters = field(default_factory=Filters)
     """Quality filters."""
     dedup: Dedup = field(default_factory=Dedup)
     """Exact + MinHash near-duplicate removal across sources."""
-    val_docs: int = 16
+    val_docs: NonNegativeInt = 16
     """Documents held out per language (after dedup, before mixing) for the val/LANG splits; more when they
     do not fill one sequence (up to half the language's documents); 0 = no validation splits."""
-    shard_size: int = 1024
+    shard_size: PositiveInt = 1024
     """Sequences per shard file."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the val draw and the mixture; the same seed gives byte-identical shards."""
     skip_bad_records: bool = False
     """Skip (and count in the report) malformed JSONL lines and records without text instead of failing."""
-    tasks: int = 1
+    tasks: PositiveInt = 1
     """datatrove tasks (each reads every ``tasks``-th record); the output does not depend on it."""
-    workers: int = 1
+    workers: PositiveInt = 1
     """Tasks run at once (local: 1 = in this process, >1 = forkserver worker processes)."""
     executor: Literal["local", "slurm", "ray"] = "local"
     """datatrove executor of the parallel half: local processes, a Slurm job array or a Ray cluster."""
     executor_options: dict[str, Any] = field(default_factory=dict)
     """Extra executor arguments, e.g. {partition: cpu, time: '04:00:00', cpus_per_task: 4, venv_path: ...} (Slurm)."""
-    batch_size: int = 512
+    batch_size: PositiveInt = 512
     """Documents per filter/tokenizer batch (tokenizer batches also stop at 128k characters)."""
 
 
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
     """Run the pipeline; returns the finished output folder (the partial one while cluster tasks still run)."""
     _validate(cfg)
+    check_stage_output(cfg.out, "data", overwrite)  # before reading any input
     inputs = [p for s in cfg.sources for p in source_files(s)[0]] + [_tokenizer_input(cfg.tokenizer)]
     started = time.perf_counter()
     # Objects alive before the run (imported libraries: ~220k once torch/transformers are loaded) are kept
@@ -137,7 +144,7 @@ def _run(cfg: Config, inputs: list[Path], started: float, overwrite: bool) -> Pa
         finish_stats(stats, docs, kept, in_val)
         atomic_write_json(stage.path / STATS, {"sources": stats, "splits": index["totals"]})
         print_table(stats, index["totals"])
-        for scratch in ("work", "datatrove", PROGRESS):
+        for scratch in ("work", "datatrove", PROGRESS, "errors"):
             target = stage.path / scratch
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         return stage.finish(metrics_of(stats, index["totals"], time.perf_counter() - started))
@@ -148,9 +155,6 @@ def _validate(cfg: Config) -> None:
         raise DataError("data: no sources; add e.g. sources: [{path: corpus.jsonl, lang: ja, weight: 1}]")
     if not cfg.tokenizer:
         raise DataError("data: no tokenizer; pass --tokenizer PATH (a HF tokenizer folder or tokenizer.model)")
-    for name in ("seq_len", "shard_size", "tasks", "workers", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise DataError(f"data: {name} must be >= 1, got {getattr(cfg, name)}")
     if any(s.weight < 0 for s in cfg.sources) or not any(s.weight > 0 for s in cfg.sources):
         raise DataError("data: source weights must be >= 0 with at least one > 0")
     if cfg.dedup.num_perm % cfg.dedup.bands:
@@ -254,7 +258,12 @@ def run_datatrove(cfg: Config, folder: Path) -> int:
         runner = getattr(executors, classes[cfg.executor])(steps, tasks=cfg.tasks, logging_dir=logs, **options)
     except TypeError as err:  # a missing or unknown executor argument
         raise ConfigError(f"data.executor_options for {classes[cfg.executor]}: {err}") from err
-    runner.run()
+    if cfg.executor == "local" and options["workers"] > 1:
+        run_in_process_group(runner.run)  # manager, forkserver and workers: one group that dies with us
+    else:
+        with children_die_with_us():  # the executor's manager process
+            runner.run()
+    raise_task_errors(folder / "work", folder / "datatrove")
     return len(runner.get_incomplete_ranks(skip_completed=True))
 
 
@@ -385,6 +394,7 @@ def write_shards(
         entries, index["totals"][split] = writer.write(split, docs, picked)
         if entries or split == "train":  # a language too small for one val sequence gets no (empty) split
             index["splits"][split] = entries
+    writer.progress.close()
     if index["totals"]["train"]["sequences"] == 0:
         raise DataError(
             f"data: the training mixture has {index['totals']['train']['tail_tokens_dropped']} tokens, "
@@ -397,10 +407,10 @@ def write_shards(
 class ShardWriter:
     """Packs documents (+ EOS) into ``seq_len`` rows, ``shard_size`` rows a file; finished shards are skipped."""
 
-    def __init__(self, folder: Path, seq_len: int, shard_size: int, dtype: np.dtype, eos_id: int):
+    def __init__(self, folder: Path, seq_len: int, shard_size: int, dtype: np.dtype, eos_id: int, progress=None):
         self.folder, self.seq_len, self.shard_size, self.dtype, self.eos_id = folder, seq_len, shard_size, dtype, eos_id
-        self.progress_path = folder / PROGRESS
-        self.progress = read_json(self.progress_path) if self.progress_path.is_file() else {}
+        # Finished shards (get/record/close); the benchmark passes the old rewrite-everything scheme here.
+        self.progress = progress if progress is not None else ProgressLog(folder / PROGRESS)
         self.written = 0  # shards actually written by this run (the rest were resumed)
 
     def write(self, split: str, docs: Documents, order: np.ndarray) -> tuple[list[dict], dict]:
@@ -417,8 +427,7 @@ class ShardWriter:
             if entry is None or not shard_is_valid(self.folder / name, entry):
                 tokens = self._tokens(docs, order, ends, first, last)
                 entry = {"file": name, **write_shard(self.folder / name, tokens.reshape(-1, self.seq_len), self.dtype)}
-                self.progress[name] = entry
-                atomic_write_json(self.progress_path, self.progress)
+                self.progress.record(entry)
                 self.written += 1
             entries.append(entry)
         totals = {

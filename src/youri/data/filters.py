@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from youri.config import NonNegativeInt, PositiveInt, UnitFloat
+
 PROTECTED = "…‥"
 _EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
 _PRIME = np.uint64(0x100000001B3)
@@ -143,17 +145,17 @@ DEFAULT_BOILERPLATE = [
 class Filters:
     """Document quality filters (each drop is counted by reason in the report)."""
 
-    min_chars: int = 16
+    min_chars: NonNegativeInt = 16
     """Drop documents shorter than this many characters after normalisation (reason: too_short)."""
-    max_chars: int = 2_000_000
+    max_chars: PositiveInt = 2_000_000
     """Drop documents longer than this (reason: too_long)."""
-    min_ja_ratio: float = 0.3
+    min_ja_ratio: UnitFloat = 0.3
     """For lang: ja sources, the minimum share of kana/kanji among non-space characters (reason: low_ja_ratio)."""
-    max_dup_line_frac: float = 0.3
+    max_dup_line_frac: UnitFloat = 0.3
     """Maximum share of characters in lines that occur more than once in the document (reason: dup_lines)."""
-    max_dup_ngram_frac: float = 0.6
+    max_dup_ngram_frac: UnitFloat = 0.6
     """Maximum share of repeated character n-grams (n = dedup.ngram) in the document (reason: dup_ngrams)."""
-    max_boilerplate_frac: float = 0.3
+    max_boilerplate_frac: UnitFloat = 0.3
     """Maximum share of lines containing a boilerplate phrase (reason: boilerplate)."""
     boilerplate: list[str] = field(default_factory=lambda: list(DEFAULT_BOILERPLATE))
     """Boilerplate phrases, matched case-insensitively after normalisation."""

@@ -57,6 +57,7 @@ from typing import Iterator, Literal
 
 import torch
 
+from youri.config import NonNegativeFloat, NonNegativeInt
 from youri.io import DataError, SkipCounter, iter_jsonl, iter_records, require_field, resolve_path
 from youri.prompts import (
     SETTING,
@@ -83,11 +84,11 @@ class DatasetConfig:
     shape: Literal["instruction", "messages", "persona", "dolly", "flan", "llm_japanese", "hh_rlhf"] = "instruction"
     """Record shape: instruction/input/output, OpenAI messages, RealPersonaChat dialogue, Dolly
     instruction/context/response, FLAN inputs/targets, llm-japanese-dataset, HH-RLHF chosen transcript."""
-    epochs: float = 1.0
+    epochs: NonNegativeFloat = 1.0
     """Passes over this dataset per SFT epoch: 2 = every example twice, 0.5 = a seeded random half."""
     personas: str = ""
     """persona shape only: personas JSONL (default: personas.jsonl beside the dialogues)."""
-    max_examples: int = 0
+    max_examples: NonNegativeInt = 0
     """Read at most this many examples (0 = all); for quick runs."""
 
 
@@ -160,7 +161,7 @@ def _records(path: Path, skip: SkipCounter | None, parse) -> Iterator[Record]:
 
 def _instruction_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[Instruction]:
-        instruction = require_field(raw, "instruction", path, lineno)
+        instruction = require_field(raw, "instruction", path, lineno, nonempty=True)
         if "instances" in raw:
             instances = require_field(raw, "instances", path, lineno, kind=list)
             out = []
@@ -168,19 +169,20 @@ def _instruction_records(path: Path, skip: SkipCounter | None) -> Iterator[Recor
                 if not isinstance(inst, dict):
                     raise DataError(f"{path}:{lineno}: field 'instances[{i}]' must be an object")
                 inp = require_field(inst, "input", path, lineno) if "input" in inst else ""
-                out.append(Instruction(instruction, inp, require_field(inst, "output", path, lineno)))
+                output = require_field(inst, "output", path, lineno, nonempty=True)
+                out.append(Instruction(instruction, inp, output))
             return out
         inp = require_field(raw, "input", path, lineno) if raw.get("input") is not None else ""
-        return [Instruction(instruction, inp, require_field(raw, "output", path, lineno))]
+        return [Instruction(instruction, inp, require_field(raw, "output", path, lineno, nonempty=True))]
 
     return _records(path, skip, parse)
 
 
 def _dolly_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[Instruction]:
-        instruction = require_field(raw, "instruction", path, lineno)
+        instruction = require_field(raw, "instruction", path, lineno, nonempty=True)
         context = require_field(raw, "context", path, lineno) if raw.get("context") is not None else ""
-        return [Instruction(instruction, context, require_field(raw, "response", path, lineno))]
+        return [Instruction(instruction, context, require_field(raw, "response", path, lineno, nonempty=True))]
 
     return _records(path, skip, parse)
 
@@ -188,7 +190,11 @@ def _dolly_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
 def _flan_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[Instruction]:
         return [
-            Instruction(require_field(raw, "inputs", path, lineno), "", require_field(raw, "targets", path, lineno))
+            Instruction(
+                require_field(raw, "inputs", path, lineno, nonempty=True),
+                "",
+                require_field(raw, "targets", path, lineno, nonempty=True),
+            )
         ]
 
     return _records(path, skip, parse)
@@ -223,15 +229,19 @@ def hh_turns(transcript: str) -> list[Turn]:
 
 def _hh_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[list[Turn]]:
-        return [hh_turns(require_field(raw, "chosen", path, lineno))]
+        return [hh_turns(require_field(raw, "chosen", path, lineno, nonempty=True))]
 
     return _records(path, skip, parse)
 
 
 def _message_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[list[Turn]]:
-        messages = require_field(raw, "messages", path, lineno, kind=list)
-        return [messages_to_turns(messages, where="field 'messages'")]
+        messages = require_field(raw, "messages", path, lineno, kind=list, nonempty=True)
+        turns = messages_to_turns(messages, where="field 'messages'")
+        for i, turn in enumerate(turns):
+            if not turn.text.strip():
+                raise DataError(f"{path}:{lineno}: field 'messages[{i}].content' is empty")
+        return [turns]
 
     return _records(path, skip, parse)
 
@@ -253,7 +263,7 @@ def _read_personas(path: Path, skip: SkipCounter | None) -> dict[str, str]:
 def _persona_records(path: Path, personas: dict[str, str], skip: SkipCounter | None) -> Iterator[Record]:
     def parse(raw: dict, lineno: int) -> list[list[Turn]]:
         speakers = require_field(raw, "interlocutors", path, lineno, kind=list)
-        utterances = require_field(raw, "utterances", path, lineno, kind=list)
+        utterances = require_field(raw, "utterances", path, lineno, kind=list, nonempty=True)
         if len(speakers) != 2:
             raise DataError(f"{path}:{lineno}: field 'interlocutors' must name two speakers, got {speakers!r}")
         user, system = speakers
@@ -269,7 +279,8 @@ def _persona_records(path: Path, personas: dict[str, str], skip: SkipCounter | N
                     f"{path}:{lineno}: field 'utterances[{i}].interlocutor_id': {who!r} is not "
                     f"one of the interlocutors {speakers!r}"
                 )
-            turns.append(Turn(SYSTEM if who == system else USER, require_field(utt, "text", path, lineno)))
+            text = require_field(utt, "text", path, lineno, nonempty=True)
+            turns.append(Turn(SYSTEM if who == system else USER, text))
         return [turns]
 
     return _records(path, skip, parse)

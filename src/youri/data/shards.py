@@ -15,6 +15,7 @@ written atomically and carries its sha256 in the index, so a resumed run can tru
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,45 @@ def shard_is_valid(path: str | os.PathLike, entry: dict[str, Any]) -> bool:
     """A finished shard from an earlier (interrupted) run: present and with the recorded hash."""
     path = Path(path)
     return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == entry.get("sha256")
+
+
+class ProgressLog:
+    """The shards an interrupted ``youri data`` run finished: an append-only JSON Lines file, one
+    fsync'd line per shard. Recording a shard costs the same at shard 10 and at shard 10,000 (the map
+    it replaced was rewritten whole after every shard: quadratic in the shard count, see
+    ``benchmarks/shard_bookkeeping.py``). A line cut short by a kill is ignored: that shard is rewritten."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.entries: dict[str, dict[str, Any]] = {}
+        data = self.path.read_bytes() if self.path.is_file() else b""
+        for line in data.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                self.entries[entry["file"]] = entry
+        self._cut_line = bool(data) and not data.endswith(b"\n")  # the next line must not join it
+        self._handle = None
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.entries.get(name)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("ab")
+            if self._cut_line:
+                self._handle.write(b"\n")
+        self._handle.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.entries[entry["file"]] = entry
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import time
 from array import array
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +42,21 @@ from datatrove.utils.batching import batched
 from datatrove.utils.typeshelper import StatHints
 from tokenizers import Tokenizer
 
+from youri.config import NonNegativeFloat, PositiveInt, UnitFloat
 from youri.data.filters import Filters, boilerplate_phrases, drop_reason, features, normalize
-from youri.io import DataError, SkipCounter, atomic_write_json, iter_jsonl, require_field, resolve_path
+from youri.io import (
+    DataError,
+    SkipCounter,
+    atomic_write_json,
+    atomic_write_text,
+    iter_jsonl,
+    require_field,
+    resolve_path,
+)
 from youri.model import load_tokenizer
 
+# Test hook: seconds each task waits before reading (a run that is surely still going when a test stops it).
+READ_DELAY_ENV = "YOURI_TEST_READ_DELAY"
 KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "text", ".md": "text", ".parquet": "parquet"}
 
 
@@ -56,7 +68,7 @@ class Source:
     """A file, a folder or a glob (``builtin:NAME`` for the shipped samples)."""
     lang: str = "ja"
     """Language tag: ``ja`` sources get the Japanese-ratio filter; validation is held out per language."""
-    weight: float = 1.0
+    weight: NonNegativeFloat = 1.0
     """Relative share of the training tokens (normalised over all sources)."""
     kind: Literal["", "jsonl", "text", "parquet", "hf_disk"] = ""
     """Reader; inferred from the suffix (a folder saved by ``datasets`` is ``hf_disk``) when empty."""
@@ -79,13 +91,13 @@ class Dedup:
     """Drop documents whose normalised text equals an earlier one (reason: exact_dup)."""
     near: bool = True
     """Drop documents whose estimated Jaccard similarity to an earlier one reaches ``threshold`` (near_dup)."""
-    threshold: float = 0.8
+    threshold: UnitFloat = 0.8
     """Jaccard similarity of character n-gram sets above which two documents are near-duplicates."""
-    ngram: int = 5
+    ngram: PositiveInt = 5
     """Character n-gram (shingle) length for MinHash and the repeated-n-gram filter."""
-    num_perm: int = 112
+    num_perm: PositiveInt = 112
     """MinHash signature length."""
-    bands: int = 14
+    bands: PositiveInt = 14
     """LSH bands (num_perm / bands rows each): more bands find less similar pairs."""
 
 
@@ -139,14 +151,41 @@ def _read_jsonl(path: Path, source: Source, skip: SkipCounter | None) -> Iterato
 
 
 def _read_text(path: Path, source: Source, skip: SkipCounter | None) -> Iterator[tuple[int, str]]:
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text, bad_bytes = raw.decode("utf-8"), False
+    except UnicodeDecodeError:  # every bad byte becomes one lone surrogate, looked for per document below
+        text, bad_bytes = raw.decode("utf-8", "surrogateescape"), True
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
     if source.doc_split == "file":
-        parts = [text]
+        parts = [(0, text)]
     else:
-        parts = re.split(r"\n(?:[ \t\r]*\n)+" if source.doc_split == "blank_line" else r"\n", text)
-    for index, part in enumerate(parts):
-        if part.strip():
+        parts = _split_at(text, r"\n(?:[ \t\r]*\n)+" if source.doc_split == "blank_line" else r"\n")
+    for index, (start, part) in enumerate(parts):
+        found = _BAD_BYTE.search(part) if bad_bytes else None
+        if found:
+            offset = start + found.start()
+            line, column = text.count("\n", 0, offset) + 1, offset - text.rfind("\n", 0, offset)
+            reason = f"{path}:{line}: not valid UTF-8 (byte 0x{ord(found.group()) - 0xDC00:02x} at column {column})"
+            if skip is None:
+                raise DataError(reason + "; save the file as UTF-8, or set skip_bad_records: true to skip the document")
+            skip.add(reason)
+        elif part.strip():
             yield index, part
+
+
+_BAD_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def _split_at(text: str, pattern: str) -> list[tuple[int, str]]:
+    """``re.split(pattern, text)`` with the offset where each part starts."""
+    parts, start = [], 0
+    for match in re.finditer(pattern, text):
+        parts.append((start, text[start : match.start()]))
+        start = match.end()
+    parts.append((start, text[start:]))
+    return parts
 
 
 def _read_table_rows(rows: Iterator[list], where: str, source: Source, skip: SkipCounter | None):
@@ -165,7 +204,10 @@ def _read_table_rows(rows: Iterator[list], where: str, source: Source, skip: Ski
 
 def _read_parquet(path: Path, source: Source, skip: SkipCounter | None) -> Iterator[tuple[int, str]]:
 
-    handle = pq.ParquetFile(path)
+    try:
+        handle = pq.ParquetFile(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid (a ValueError) or ArrowIOError (an OSError)
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
     if source.text_field not in handle.schema_arrow.names:
         columns = ", ".join(handle.schema_arrow.names)
         raise DataError(f"{path}: missing column '{source.text_field}' (columns: {columns})")
@@ -213,6 +255,19 @@ class ReadSources(PipelineStep, _Counting):
         self.sources, self.work_dir, self.skip_bad_records = sources, work_dir, skip_bad_records
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        error_file = Path(self.work_dir) / "errors" / f"{rank:05d}.txt"
+        error_file.unlink(missing_ok=True)
+        if os.environ.get(READ_DELAY_ENV):
+            time.sleep(float(os.environ[READ_DELAY_ENV]))
+        try:
+            yield from self._read(rank, world_size)
+        except DataError as err:
+            # Bad input is youri's one-line error, not a task failure: raised through datatrove it is logged
+            # with a 150-line traceback first. The task stops here (what it read is never used) and
+            # ``raise_task_errors`` raises the message once the executor returns.
+            atomic_write_text(error_file, str(err))
+
+    def _read(self, rank: int, world_size: int) -> DocumentsPipeline:
         counts = {}
         for index, source in enumerate(self.sources):
             skip = SkipCounter() if self.skip_bad_records else None
@@ -230,6 +285,15 @@ class ReadSources(PipelineStep, _Counting):
             self.stat_update("documents", value=docs, unit="source")
             counts[index] = {"docs_in": docs, "chars_in": chars, "bad_records": bad[0], "bad_examples": bad[1]}
         self._save_counts(counts, rank)
+
+
+def raise_task_errors(work_dir: Path, logging_dir: Path) -> None:
+    """Raise the first input error a task recorded; its task is marked unfinished, so a rerun redoes it."""
+    errors = sorted((work_dir / "errors").glob("*.txt")) if (work_dir / "errors").is_dir() else []
+    for error in errors:
+        (logging_dir / "completions" / error.stem).unlink(missing_ok=True)
+    if errors:
+        raise DataError(errors[0].read_text(encoding="utf-8"))
 
 
 class Normalize(PipelineStep):

@@ -51,15 +51,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Annotated, Iterable, Iterator, Literal
 
 import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as pb
 from transformers import AutoTokenizer
 
-from youri.config import ConfigError
-from youri.io import DataError, atomic_write_text, iter_jsonl, require_field, resolve_path
+from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, Seed
+from youri.io import DataError, atomic_write_text, iter_jsonl, read_text, require_field, resolve_path
 from youri.model import load_model, load_tokenizer, save_model
 from youri.stage import StageWriter
 
@@ -79,27 +79,27 @@ class Config:
     """Japanese training text: JSONL files (field text_field) or plain .txt files."""
     out: str = "runs/vocab"
     """Output stage folder (model + extended tokenizer, or tokenizer only)."""
-    new_pieces: int = 16000
+    new_pieces: PositiveInt = 16000
     """Number of new pieces appended after the original ids (16000 gives Llama 2 ~1.9 Japanese chars/token)."""
     method: Literal["bpe", "unigram"] = "bpe"
     """SentencePiece model type used to learn the pieces (the merged tokenizer stays BPE); bpe measured better."""
     text_field: str = "text"
     """Field holding the text in JSONL corpus files."""
-    input_sentence_size: int = 0
+    input_sentence_size: NonNegativeInt = 0
     """Train on at most this many sentences (sampled); 0 = all."""
-    max_piece_chars: int = 16
+    max_piece_chars: PositiveInt = 16
     """Longest new piece, in characters."""
-    character_coverage: float = 0.9995
+    character_coverage: Annotated[float, Range(min=0, max=1, min_open=True)] = 0.9995
     """Share of corpus characters the trainer covers; rarer characters stay byte tokens."""
     split_by_unicode_script: bool = False
     """Keep pieces within one script; false lets kanji+kana pieces (行った) form, which compresses better."""
     init: Literal["mean"] = "mean"
     """New embedding / LM-head rows: the mean of the rows of the piece's original tokenisation."""
-    init_noise_std: float = 0.0
+    init_noise_std: NonNegativeFloat = 0.0
     """Standard deviation of Gaussian noise added to each mean-initialised embedding / LM-head row."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed for sentence sampling and init noise."""
-    check_docs: int = 200
+    check_docs: NonNegativeInt = 200
     """Corpus documents checked after writing (slow == fast ids, decode(encode(x)) == x); 0 = skip."""
 
 
@@ -120,7 +120,7 @@ def iter_corpus_texts(paths: Iterable[str], text_field: str = "text") -> Iterato
             for lineno, record in iter_jsonl(path):
                 yield require_field(record, text_field, path, lineno)
         else:
-            yield path.read_text(encoding="utf-8")
+            yield read_text(path)
 
 
 def training_lines(texts: Iterable[str]) -> Iterator[str]:

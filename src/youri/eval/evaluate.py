@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from youri.config import ConfigError, config_to_dict
+from youri.config import ConfigError, NonNegativeInt, PositiveInt, config_to_dict
 from youri.eval import leaderboard
 from youri.eval import lm_eval_bridge as bridge
 from youri.eval import metrics as jp_metrics
@@ -42,7 +42,7 @@ from youri.eval.tasks import TASKS, Selected, select
 from youri.eval.tasks.base import RenderOptions, render
 from youri.io import DataError, resolve_path, write_jsonl
 from youri.model import load_model, load_tokenizer
-from youri.stage import StageWriter, read_manifest
+from youri.stage import StageWriter, check_new_file, check_stage_output, read_manifest
 
 NO_DATA = "n/a (no data)"
 
@@ -63,13 +63,13 @@ class Config:
     chat -> 0.5 (ユーザー:/システム:). auto reads the model folder's youri.json."""
     prompt_version: str = ""
     """Prompt version for tasks given by bare name (e.g. 0.3, or a harness alias such as rinna-bilingual)."""
-    shots: dict[str, int] = field(default_factory=dict)
+    shots: dict[str, NonNegativeInt] = field(default_factory=dict)
     """Per-task shot overrides, e.g. {mgsm: 0}; default: the ja8 standard 3,3,3,2,1,1,0,5."""
     data_dir: str = ""
     """Base folder for relative paths in `data`."""
     data: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per task (name, or name-VERSION such as jnli-1.1): {eval: scored split file, fewshot: pool file}."""
-    limit: int = 0
+    limit: NonNegativeInt = 0
     """Score only the first N documents of each task in evaluation order (0: all)."""
     write_requests: str = ""
     """Write every rendered request (JSON Lines, the jp-eval-vectors schema) to this file and stop; no model."""
@@ -81,9 +81,9 @@ class Config:
     """cpu, cuda, cuda:1 ... (default: cuda when available)."""
     dtype: str = "auto"
     """Weights dtype for loading: auto, bfloat16, float16, float32."""
-    max_length: int = 0
+    max_length: NonNegativeInt = 0
     """Context window in tokens (0: the model config's max_position_embeddings)."""
-    max_gen_toks: int = 256
+    max_gen_toks: PositiveInt = 256
     """New tokens per generation request (the harness default)."""
     rouge2_tokenizer: Literal["model", "mecab"] = "model"
     """XL-Sum ROUGE-2 tokens: the evaluated model's tokenizer (what the harness really computes) or MeCab."""
@@ -100,6 +100,10 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
     if cfg.download:  # a data command: no model, no tasks
         return download(cfg.download)
     plan = plan_tasks(cfg)  # every user error surfaces here, before any model is loaded
+    if cfg.write_requests:  # refused before any work: an existing file only with --overwrite
+        check_new_file(cfg.write_requests, overwrite, "--write_requests")
+    else:
+        check_stage_output(out_folder(cfg), "eval", overwrite)
     tokenizer, max_length = _tokenizer_and_length(cfg)
     opts = render_options(tokenizer, max_length, cfg.max_gen_toks)
     rendered = {sel.key: render_selected(sel, paths, cfg.limit, opts) for sel, paths in plan if paths}

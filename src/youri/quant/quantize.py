@@ -29,16 +29,17 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from youri import prompts
-from youri.config import ConfigError
+from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from youri.data.sft_data import DatasetConfig, read_dataset
 from youri.data.shards import TokenShards
-from youri.io import DataError, iter_jsonl, read_json, resolve_path
+from youri.io import DataError, iter_jsonl, read_json, read_text, resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.prompts import encode_training
 from youri.quant.gptq import (
@@ -53,7 +54,7 @@ from youri.quant.gptq import (
     rtn_quantize,
     swap_linears,
 )
-from youri.stage import StageWriter, read_manifest
+from youri.stage import StageWriter, check_stage_output, read_manifest
 from youri.train.losses import token_loss_sum
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -75,13 +76,13 @@ class Config:
     """Output stage folder (default: MODEL-gptq-{bits}bit-g{group_size} beside the parent)."""
     bits: int = 4
     """Bits per weight: 2, 3, 4 or 8."""
-    group_size: int = 128
+    group_size: Annotated[int, Range(min=1, allow=(-1,))] = 128
     """Input columns sharing one scale/zero; -1 for one group per output channel."""
     desc_act: bool = False
     """Act-order: quantize columns by decreasing Hessian diagonal (g_idx records the groups)."""
     sym: bool = True
     """Symmetric quantization (zero fixed at the middle code); false = asymmetric min/max."""
-    damp_percent: float = 0.01
+    damp_percent: NonNegativeFloat = 0.01
     """Dampening added to the Hessian diagonal, as a fraction of its mean."""
     true_sequential: bool = True
     """Quantize q/k/v, o, gate/up, down in turn, each seeing the quantized outputs of the previous."""
@@ -90,17 +91,17 @@ class Config:
     file. Default: the parent's own training data, found through its youri.json."""
     calibration_field: str = "text"
     """JSONL field holding the calibration text."""
-    num_samples: int = 128
+    num_samples: PositiveInt = 128
     """Calibration sequences."""
-    seq_len: int = 512
+    seq_len: PositiveInt = 512
     """Tokens per calibration sequence."""
     heldout_ja: str = ""
     """Japanese held-out text (.jsonl/.txt, or a youri data folder's val/ja); default: the parent's data folder."""
     heldout_en: str = ""
     """English held-out text, same forms as heldout_ja (val/en of a data folder)."""
-    eval_samples: int = 16
+    eval_samples: NonNegativeInt = 16
     """Held-out sequences per language for perplexity/KL (0 skips the comparison)."""
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     """Calibration/held-out sequences per forward pass (activation memory vs fewer, larger matmuls)."""
     device: str = ""
     """Device for the layer being quantized: cpu or cuda (default: cuda when available)."""
@@ -108,13 +109,14 @@ class Config:
 
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
     parent, hf_config = _validate(cfg)
+    out = Path(cfg.out) if cfg.out else parent.with_name(f"{parent.name}-gptq-{cfg.bits}bit-g{cfg.group_size}")
+    check_stage_output(out, "quantize", overwrite)  # before any work
     tokenizer = _tokenizer(parent)
     sources, kind, calib = _calibration(cfg, parent, tokenizer)
     if calib.shape[0] == 0:
         raise DataError(
             f"{', '.join(map(str, sources))}: calibration set is empty (not one sequence of {cfg.seq_len} tokens)"
         )
-    out = Path(cfg.out) if cfg.out else parent.with_name(f"{parent.name}-gptq-{cfg.bits}bit-g{cfg.group_size}")
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with StageWriter(
         out, stage="quantize", config=cfg, inputs=[parent, *sources], parent=parent, overwrite=overwrite
@@ -281,7 +283,7 @@ def _token_rows(
             for lineno, record in iter_jsonl(source):
                 ids += _render(record, tokenizer, text_field, f"{source}:{lineno}")
         else:
-            text = source.read_text(encoding="utf-8")
+            text = read_text(source)
             ids += tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]  # text is text
             ids.append(tokenizer.eos_token_id)
     return _chunk(ids, count, length)

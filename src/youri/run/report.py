@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend to choose
 
+from youri.config import PositiveInt
 from youri.data.shards import TokenShards, read_index
 from youri.eval.averages import JP8_NAME
 from youri.eval.tasks import TASKS
@@ -37,7 +38,7 @@ from youri.quant.gptq import kernel_summary
 from youri.run.figures import FigureSpec, loss_spec, scores_spec, write_figures
 from youri.run.layout import PRECISIONS, REPORT, TRAINING_STAGES, VARIANTS, eval_folder, model_folder
 from youri.serve.engine import Engine, SamplingParams, generate
-from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
+from youri.stage import StageExistsError, fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum
 
 JP8 = tuple(TASKS)  # the eight tasks in the harness's order
@@ -53,7 +54,7 @@ class Config:
     """An older run folder to compare with (its report is read or built)."""
     measure: bool = True
     """Measure perplexity and generation speed of each model (cached); false = read metrics only."""
-    eval_rows: int = 16
+    eval_rows: PositiveInt = 16
     """Held-out rows per language for the perplexity column."""
 
 
@@ -70,6 +71,7 @@ def write_report(
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
     out = run_dir / REPORT
+    _check_report_folder(out)
     out.mkdir(exist_ok=True)
     rows = collect_rows(run_dir, measure=measure, eval_rows=eval_rows)
     old = _old_rows(Path(compare)) if compare else None
@@ -86,6 +88,15 @@ def write_report(
     if echo:
         print(markdown)
     return report
+
+
+def _check_report_folder(out: Path) -> None:
+    """The report is rewritten on every run, so its folder must be absent, empty or an earlier report."""
+    ours = out.is_dir() and not out.is_symlink() and (not any(out.iterdir()) or (out / "report.json").is_file())
+    if (out.exists() or out.is_symlink()) and not ours:
+        raise StageExistsError(
+            f"{out} is not a youri report folder (no report.json); youri never replaces it: move it away"
+        )
 
 
 # ---------------------------------------------------------------------------- rows

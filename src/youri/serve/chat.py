@@ -23,7 +23,10 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
+from youri.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
+from youri.io import DataError, atomic_write_text, read_text
 from youri.prompts import SETTING, SYSTEM, USER, PromptError, Turn, messages_to_turns
 from youri.serve.engine import Engine, GenerationError, SamplingParams, stream
 from youri.serve.inference import ChatError, encode_turns, fit_turns, load_for_inference, prompt_kind, sampling_params
@@ -37,21 +40,21 @@ class Config:
     """The setting/persona text (the 設定 line), e.g. "あなたは猫のてんころです。"."""
     persona_file: str = ""
     """A UTF-8 file whose text is the persona (instead of --persona)."""
-    temperature: float = 0.7
+    temperature: NonNegativeFloat = 0.7
     """Sampling temperature; 0 = greedy."""
-    top_p: float = 0.9
+    top_p: Annotated[float, Range(min=0, max=1, min_open=True)] = 0.9
     """Nucleus sampling: keep the most likely tokens whose mass reaches top_p (1 = off)."""
-    top_k: int = 0
+    top_k: NonNegativeInt = 0
     """Keep only the k most likely tokens (0 = off)."""
-    repetition_penalty: float = 1.05
+    repetition_penalty: PositiveFloat = 1.05
     """Divide the logits of tokens already in the context by this (1 = off)."""
-    max_new_tokens: int = 256
+    max_new_tokens: PositiveInt = 256
     """Most tokens per reply."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Random seed for sampling (same seed + settings = same replies)."""
     once: bool = False
     """Answer stdin once and exit (also the behaviour when stdin is not a terminal)."""
-    max_context: int = 0
+    max_context: NonNegativeInt = 0
     """Context window in tokens (0 = the model's max_position_embeddings)."""
     device: str = ""
     """cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)."""
@@ -85,17 +88,28 @@ class Conversation:
         return [{"role": roles[t.speaker], "content": t.text} for t in self.turns]
 
     def save(self, path: str) -> None:
+        """Write the conversation; an existing file is replaced only when it is a saved conversation."""
+        if Path(path).is_dir() or (Path(path).exists() and not _is_conversation(Path(path))):
+            raise ChatError(f"{path} exists and is not a saved conversation; choose another file name")
         data = {"persona": self.persona, "messages": self.messages()}
-        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
     def load(self, path: str) -> None:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
             turns = messages_to_turns(data["messages"], where=f"{path}: messages")
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, PromptError) as err:
+        except (OSError, DataError, json.JSONDecodeError, KeyError, TypeError, PromptError) as err:
             raise ChatError(f"{path}: not a saved conversation ({err})") from err
         self.persona = str(data.get("persona", self.persona))
         self.turns = [t for t in turns if t.speaker != SETTING]
+
+
+def _is_conversation(path: Path) -> bool:
+    try:
+        data = json.loads(read_text(path))
+    except (OSError, ValueError):  # DataError and JSONDecodeError are ValueErrors
+        return False
+    return isinstance(data, dict) and isinstance(data.get("messages"), list)
 
 
 def read_persona(cfg: Config) -> str:
@@ -103,8 +117,8 @@ def read_persona(cfg: Config) -> str:
         raise ChatError("give --persona or --persona_file, not both")
     if cfg.persona_file:
         try:
-            return Path(cfg.persona_file).read_text(encoding="utf-8").strip()
-        except OSError as err:
+            return read_text(cfg.persona_file).strip()
+        except (OSError, DataError) as err:
             raise ChatError(f"persona_file: cannot read {cfg.persona_file}: {err}") from err
     return cfg.persona
 

@@ -36,13 +36,14 @@ from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Annotated, AsyncIterator, Iterator
 
 import uvicorn
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from youri.config import NonNegativeInt, PositiveInt, Range
 from youri.prompts import PromptError
 from youri.serve.api import (
     APIError,
@@ -66,25 +67,25 @@ class Config:
     """Model folder: a youri SFT stage folder (fp or GPTQ) or a local HF Llama checkpoint."""
     host: str = "127.0.0.1"
     """Address to bind (0.0.0.0 exposes the server to the network: set an api_key)."""
-    port: int = 8000
+    port: Annotated[int, Range(min=0, max=65535)] = 8000
     """TCP port (0 = any free port)."""
     api_key: str = ""
     """Require 'Authorization: Bearer KEY' on /v1/* (default: env YOURI_API_KEY; empty = open)."""
     served_model_name: str = ""
     """The model id clients send (default: the folder name)."""
-    max_batch_size: int = 16
+    max_batch_size: PositiveInt = 16
     """Most requests generated together; 1 serves one request at a time (no batching)."""
-    max_context: int = 0
+    max_context: NonNegativeInt = 0
     """Context window in tokens (0 = the model's max_position_embeddings)."""
-    max_prompt_tokens: int = 0
+    max_prompt_tokens: NonNegativeInt = 0
     """Longest accepted prompt in tokens (0 = the context window minus one)."""
-    max_tokens_limit: int = 2048
+    max_tokens_limit: PositiveInt = 2048
     """Largest accepted max_tokens."""
-    default_max_tokens: int = 256
+    default_max_tokens: PositiveInt = 256
     """max_tokens when a request gives none (capped by the room left in the context)."""
-    max_n: int = 4
+    max_n: PositiveInt = 4
     """Largest accepted n (completions per request)."""
-    max_body_bytes: int = 1_000_000
+    max_body_bytes: PositiveInt = 1_000_000
     """Largest accepted request body (413 above)."""
     device: str = ""
     """cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)."""

@@ -10,7 +10,9 @@ A checkpoint is one folder ``RUN/checkpoints/step_00000100/``::
 It is written under ``checkpoints/.tmp-step_00000100/`` and renamed into place only when complete,
 so a run killed while saving leaves the previous checkpoint intact and the temporary folder is
 swept away by the next save. Only the last ``keep_last`` checkpoints are kept. ``latest`` finds the
-newest complete one (``resume: auto``). The learning-rate schedule is a pure function of the step
+newest complete one; ``resume_latest`` (``resume: auto``) also checks it -- ``state.json`` readable,
+every file present with the size recorded in it -- and, when it is truncated or corrupt or fails to
+load, says so and resumes from the one before. The learning-rate schedule is a pure function of the step
 and the batches a pure function of the step (see ``trainer``), so step + optimizer + RNG is the
 whole training state.
 
@@ -38,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from youri.io import atomic_write_json, read_json
+from youri.io import DataError, atomic_write_json, read_json
 from youri.model import save_model
 from youri.train.distributed import Dist
 
@@ -81,13 +83,55 @@ def save(
         os.kill(os.getpid(), signal.SIGKILL)
     dist.barrier()
     if dist.is_main:
-        atomic_write_json(tmp / STATE, {**state, "step": step, "world": dist.world})
+        # Every file's size, so that a truncated checkpoint (a full disk, a bad copy) is caught at resume.
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        atomic_write_json(tmp / STATE, {**state, "step": step, "world": dist.world, "files": files})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in sorted(p for p in root.glob("step_*") if STEP_DIR.match(p.name))[: -max(keep_last, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def problem(path: str | os.PathLike) -> str | None:
+    """Why checkpoint ``path`` cannot be resumed from, or None when it looks complete."""
+    path = Path(path)
+    try:
+        state = read_json(path / STATE)
+    except (OSError, DataError) as err:
+        return f"unreadable {STATE}: {err}"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"{STATE} holds no step"
+    files = state.get("files")
+    if not isinstance(files, dict):  # saved before sizes were recorded
+        return None if (path / ".metadata").is_file() else "no .metadata"
+    for name, size in files.items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if (path / name).stat().st_size != size:
+            return f"{name} has {(path / name).stat().st_size} bytes, {size} were written"
+    return None
+
+
+def resume_latest(root: str | os.PathLike, model, optimizer, dist: Dist) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest checkpoint under ``root`` that is complete and loads: ``(path, state)``, or None
+    when there is none. Each one passed over is reported; a failed load leaves the model half-restored,
+    so when nothing loads after one, starting over from those weights would be wrong: an error."""
+    root = Path(root)
+    done = [p for p in root.glob("step_*") if STEP_DIR.match(p.name) and (p / STATE).is_file()] if root.is_dir() else []
+    failed_load = None
+    for path in sorted(done, key=lambda p: p.name, reverse=True):
+        reason = problem(path)
+        if reason is None:
+            try:
+                return path, load(path, model, optimizer, dist)
+            except Exception as err:  # any failure to read it means: try the one before
+                reason = failed_load = f"it does not load: {type(err).__name__}: {err}"
+        dist.print0(f"checkpoint {path} is incomplete or corrupt ({reason}); resuming from the one before")
+    if failed_load is not None:
+        raise DataError(f"{root}: no checkpoint loads ({failed_load}); delete {root} to train from the start")
+    return None
 
 
 def load(path: str | os.PathLike, model, optimizer, dist: Dist) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import sentencepiece as spm
@@ -32,7 +33,8 @@ import torch
 from tokenizers import processors
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from youri.io import DataError, resolve_path
+from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
+from youri.io import DataError, read_text, resolve_path
 from youri.stage import StageWriter
 from youri.train import checkpoint
 from youri.train.batches import HeldOut, ShardBatches
@@ -47,19 +49,19 @@ PROBES = ["Hello, world! 1234 apples.", "  two  spaces\nand a newline", "吾輩�
 class InitTrainConfig(TrainConfig):
     """The training loop with from-scratch defaults (a higher LR than continued pretraining)."""
 
-    lr: float = 2e-3
+    lr: PositiveFloat = 2e-3
     """Peak learning rate."""
-    min_lr: float = 2e-4
+    min_lr: NonNegativeFloat = 2e-4
     """Learning rate at the end of the cosine decay."""
-    warmup_steps: int = 30
+    warmup_steps: NonNegativeInt = 30
     """Linear warmup steps."""
-    max_steps: int = 400
+    max_steps: PositiveInt = 400
     """Optimizer steps."""
-    micro_batch_size: int = 16
+    micro_batch_size: PositiveInt = 16
     """Sequences per forward pass per process."""
-    eval_every: int = 100
+    eval_every: NonNegativeInt = 100
     """English held-out perplexity every N steps."""
-    eval_batches: int = 4
+    eval_batches: PositiveInt = 4
     """Micro-batches per evaluation."""
 
 
@@ -69,19 +71,19 @@ class Config:
     """English training text: a .txt file of blank-line-separated documents."""
     out: str = "runs/demo/init"
     """Output stage folder."""
-    vocab_size: int = 4096
+    vocab_size: PositiveInt = 4096
     """SentencePiece BPE vocabulary size (byte fallback pieces included)."""
-    seq_len: int = 128
+    seq_len: PositiveInt = 128
     """Training sequence length."""
-    hidden_size: int = 128
+    hidden_size: PositiveInt = 128
     """Model width (a multiple of 128: GPTQ groups)."""
-    intermediate_size: int = 384
+    intermediate_size: PositiveInt = 384
     """MLP width (a multiple of 128)."""
-    num_layers: int = 4
+    num_layers: PositiveInt = 4
     """Decoder layers."""
-    num_heads: int = 4
+    num_heads: PositiveInt = 4
     """Attention heads."""
-    val_fraction: float = 0.05
+    val_fraction: Annotated[float, Range(min=0, max=1, min_open=True, max_open=True)] = 0.05
     """Share of documents held out for the English perplexity."""
     train: InitTrainConfig = field(default_factory=InitTrainConfig)
     """The training loop."""
@@ -92,7 +94,7 @@ def read_documents(path) -> list[str]:
     path = resolve_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text not found: {path}")
-    docs = [d.strip("\n") for d in path.read_text(encoding="utf-8").split("\n\n")]
+    docs = [d.strip("\n") for d in read_text(path).split("\n\n")]
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise DataError(f"{path}: no text")
@@ -103,26 +105,29 @@ def train_tokenizer(docs: list[str], vocab_size: int, out_dir: str | Path):
     """Train the SentencePiece BPE model and save it as a HF tokenizer in ``out_dir``; return the HF tokenizer."""
 
     proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(docs),
-        model_writer=proto,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        byte_fallback=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        character_coverage=0.9999,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        max_sentence_length=1 << 20,
-        num_threads=2,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(docs),
+            model_writer=proto,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            character_coverage=0.9999,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=True,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            max_sentence_length=1 << 20,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as err:  # e.g. a vocab_size below 256 byte pieces + 3 specials + the text's characters
+        raise ConfigError(f"init.vocab_size: SentencePiece cannot make {vocab_size} pieces here: {err}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

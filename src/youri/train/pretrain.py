@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 
-from youri.config import ConfigError, config_to_dict
+from youri.config import ConfigError, NonNegativeInt, PositiveInt, Range, config_to_dict
 from youri.data.shards import TokenShards, read_index
 from youri.io import resolve_path
 from youri.model import load_model, load_tokenizer, resolve_export_dtype
-from youri.stage import StageWriter
+from youri.stage import StageWriter, check_stage_output
 from youri.train import checkpoint
 from youri.train.batches import HeldOut, ShardBatches, check_tokenizer
 from youri.train.distributed import close_distributed, init_distributed
@@ -40,13 +41,13 @@ from youri.train.trainer import TrainConfig, train
 class PlanConfig:
     """What ``--dry_run true`` assumes about the cluster."""
 
-    gpus: int = 8
+    gpus: PositiveInt = 8
     """GPUs in total."""
     gpu: str = "H100"
     """GPU model, for its peak bf16 FLOP/s (H100, H200, A100, B200, ...)."""
-    mfu: float = 0.40
+    mfu: Annotated[float, Range(min=0, max=1, min_open=True)] = 0.40
     """Model FLOPs utilisation to assume for the wall-clock estimate (measure it on a short run)."""
-    seq_len: int = 0
+    seq_len: NonNegativeInt = 0
     """Sequence length when the data folder is not available (0 = read it from the data folder)."""
     shape: str = "llama-2-7b"
     """Architecture to assume when the model folder is not available (llama-2-7b, llama-2-13b)."""
@@ -79,6 +80,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     if cfg.dry_run:
         return dry_run(cfg)
 
+    check_stage_output(cfg.out, "pretrain", overwrite)  # before any work
     data, model_dir = resolve_path(cfg.data), resolve_path(cfg.model)
     index = read_index(data)
     tokenizer = load_tokenizer(model_dir)

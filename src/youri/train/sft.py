@@ -23,16 +23,16 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
-from youri.config import ConfigError
+from youri.config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, Range
 from youri.data.sft_data import DatasetConfig, HeldOutRows, RowBatches, build_mixture, encode_all, pack
 from youri.io import SkipCounter, resolve_path
 from youri.model import load_model, load_tokenizer, resolve_export_dtype
 from youri.prompts import install_chat_template, show_mask
-from youri.stage import StageWriter
+from youri.stage import StageWriter, check_stage_output
 from youri.train import checkpoint
 from youri.train.distributed import close_distributed, init_distributed
 from youri.train.trainer import TrainConfig, train
@@ -44,11 +44,11 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class LoraConfig:
     enabled: bool = False
     """Train LoRA adapters (peft) instead of all weights; merged into plain weights on save."""
-    r: int = 16
+    r: PositiveInt = 16
     """Adapter rank."""
-    alpha: float = 32.0
+    alpha: PositiveFloat = 32.0
     """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = 0.05
+    dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.05
     """Dropout on the adapter input."""
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     """Linear layers that get adapters."""
@@ -69,11 +69,11 @@ class Config:
     llm_japanese|hh_rlhf (youri.data.sft_data)."""
     out: str = "runs/demo/sft_instruction"
     """Output stage folder."""
-    seq_len: int = 512
+    seq_len: PositiveInt = 512
     """Longest row in tokens; longer examples are cut (and counted in metrics.json)."""
     packing: bool = True
     """Pack several examples per row (position ids restart per example; no cross-attention)."""
-    heldout: int = 64
+    heldout: NonNegativeInt = 64
     """Examples held out per dataset (at most a tenth of it) for the response-loss evaluation."""
     skip_bad_records: bool = False
     """Skip and count malformed records instead of failing on the first one."""
@@ -81,7 +81,7 @@ class Config:
     """Saved weight dtype: auto (the parent's), float32, bfloat16 or float16."""
     keep_checkpoints: bool = False
     """Keep the training checkpoints inside the output folder."""
-    show_mask: int = 0
+    show_mask: NonNegativeInt = 0
     """Print the token/label table of the first N training examples and exit (debugging)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA options (off = full fine-tuning)."""
@@ -95,6 +95,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
 
     if cfg.kind not in ("instruction", "chat"):
         raise ConfigError(f"kind: {cfg.kind!r} is not one of 'instruction', 'chat'")
+    check_stage_output(cfg.out, "sft", overwrite)  # before any work
     model_dir = resolve_path(cfg.model)
     tokenizer = load_tokenizer(model_dir)
     t = cfg.train

@@ -38,11 +38,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Annotated, Callable, Iterable, Literal, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
+from youri.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
+from youri.io import DataError
 from youri.train import checkpoint
 from youri.train.distributed import Dist, decoder_layers, set_gradient_sync, shard_model
 from youri.train.estimate import flops_per_token, peak_flops
@@ -51,31 +53,31 @@ from youri.train.losses import supervised_tokens, token_loss_sum
 
 @dataclass
 class TrainConfig:
-    lr: float = 3e-4
+    lr: PositiveFloat = 3e-4
     """Peak learning rate (after warmup)."""
-    min_lr: float = 3e-5
+    min_lr: NonNegativeFloat = 3e-5
     """Learning rate at the end of the cosine decay."""
-    warmup_steps: int = 10
+    warmup_steps: NonNegativeInt = 10
     """Linear warmup steps."""
-    max_steps: int = 100
+    max_steps: PositiveInt = 100
     """Optimizer steps in total (the cosine schedule ends here)."""
-    micro_batch_size: int = 8
+    micro_batch_size: PositiveInt = 8
     """Sequences per forward pass per process."""
-    grad_accum: int = 1
+    grad_accum: PositiveInt = 1
     """Micro-batches per optimizer step; global batch = micro_batch_size x grad_accum x processes."""
-    weight_decay: float = 0.1
+    weight_decay: NonNegativeFloat = 0.1
     """AdamW weight decay (matrices only)."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    betas: list[Annotated[float, Range(min=0, max=1, max_open=True)]] = field(default_factory=lambda: [0.9, 0.95])
     """AdamW betas."""
-    grad_clip: float = 1.0
+    grad_clip: NonNegativeFloat = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
-    eval_every: int = 50
+    eval_every: NonNegativeInt = 50
     """Held-out perplexity every N steps (and at step 0 and the end; 0 = only at the ends)."""
-    eval_batches: int = 8
+    eval_batches: PositiveInt = 8
     """Micro-batches per held-out set and evaluation."""
-    save_every: int = 0
+    save_every: Annotated[int, Range(min=0, allow=(-1,))] = 0
     """Checkpoint every N steps (and at the end; 0 = only at the end; -1 = never, e.g. benchmarks)."""
-    keep_last: int = 2
+    keep_last: PositiveInt = 2
     """Checkpoints kept."""
     resume: str = "auto"
     """'auto' = latest complete checkpoint in the run folder if any, 'none', or a checkpoint folder."""
@@ -85,15 +87,15 @@ class TrainConfig:
     """torch.compile each decoder layer."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer in the backward pass (less memory, ~30% more compute)."""
-    log_every: int = 1
+    log_every: PositiveInt = 1
     """Log line every N steps."""
     tensorboard: bool = False
     """Also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the data order and of torch's RNG."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms: bitwise-reproducible runs (and resumes) on CPU."""
-    peak_tflops: float = 0.0
+    peak_tflops: NonNegativeFloat = 0.0
     """Peak bf16 TFLOP/s per device for MFU; 0 = known GPU from its name, n/a on CPU."""
     progress: bool = True
     """Show a tqdm progress bar."""
@@ -177,11 +179,9 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
 
     # ---------------------------------------------------------------- resume or start fresh
     start = 0
-    resume_from = checkpoint.latest(ckpt_root) if cfg.resume == "auto" else None
-    if cfg.resume not in ("auto", "none"):
-        resume_from = Path(cfg.resume)
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, model, optimizer, dist)
+    found = _resume(cfg, ckpt_root, model, optimizer, dist)
+    if found is not None:
+        resume_from, state = found
         start, hist = state["step"], state["history"]
         dist.print0(f"resumed from {resume_from} at step {start}")
     else:
@@ -238,6 +238,19 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _resume(cfg: TrainConfig, ckpt_root: Path, model, optimizer, dist: Dist) -> tuple[Path, dict] | None:
+    """``(checkpoint, its state)`` to continue from, or None. ``resume: auto`` passes over a truncated or
+    corrupt newest checkpoint, saying so; a checkpoint named in ``resume`` must be complete."""
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        return checkpoint.resume_latest(ckpt_root, model, optimizer, dist)
+    reason = checkpoint.problem(cfg.resume)
+    if reason is not None:
+        raise DataError(f"resume: {cfg.resume} is not a complete checkpoint ({reason})")
+    return Path(cfg.resume), checkpoint.load(cfg.resume, model, optimizer, dist)
 
 
 def retain_freed_memory() -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
-from youri.io import DataError
+from youri.io import DataError, read_text
 
 STEPS = "与えられた問題に対して、ステップごとに答えを導き出してください。"
 
@@ -26,7 +26,7 @@ def load_eval(path: str) -> list[dict]:
     if not Path(path).is_file():
         raise DataError(f"data file not found: {path}")
     docs = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         cells = line.split("\t")
