@@ -447,7 +447,7 @@ def test_sft_parent_calibrates_on_its_datasets_in_its_prompt_format(parent, tmp_
     )
     sft = tmp_path / "sft"
     shutil.copytree(parent, sft)
-    spec = {"path": str(data), "shape": "instruction", "weight": 1.0, "personas": "", "max_examples": 0}
+    spec = {"path": str(data), "shape": "instruction", "epochs": 1.0, "personas": "", "max_examples": 0}
     (sft / "youri.json").write_text(
         json.dumps(
             {
