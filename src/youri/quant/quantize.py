@@ -86,6 +86,9 @@ class Config:
     """Dampening added to the Hessian diagonal, as a fraction of its mean."""
     true_sequential: bool = True
     """Quantize q/k/v, o, gate/up, down in turn, each seeing the quantized outputs of the previous."""
+    scale_search: bool = True
+    """Per group and output row, try 16 shrunken (clipped) min/max ranges and keep the scale whose GPTQ pass
+    leaves the least Hessian-weighted error; false = plain min/max scales (GPTQModel's default). Same format."""
     calibration: str = ""
     """Calibration source: a youri data folder (train split), a .jsonl (field calibration_field) or a .txt
     file. Default: the parent's own training data, found through its youri.json."""
@@ -345,6 +348,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str,
                     sym=cfg.sym,
                     damp=cfg.damp_percent,
                     act_order=cfg.desc_act,
+                    scale_search=cfg.scale_search,
                 )
                 tensors = pack(codes, scales, zeros, g_idx, cfg.bits)
                 linear.weight.data = dequantize(**tensors, bits=cfg.bits).to(linear.weight.dtype)
