@@ -199,3 +199,22 @@ def test_bad_input_fails_before_any_work(model, tmp_path, case, match):
     flags = [item for key, value in kw.items() for item in (f"--{key}", value)]
     assert main(["export", str(source), "--out", str(tmp_path / "out"), *flags]) == 2
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_model_card_lists_the_gguf_files_and_an_ollama_modelfile(model, exports):
+    from youri.run.card import write_model_card
+
+    card = write_model_card(model).read_text(encoding="utf-8")
+    assert "## GGUF (llama.cpp, Ollama, LM Studio)" in card
+    assert all(f"gguf-{kind}/chat-{kind}.gguf" in card for kind in exports)
+    assert "FROM ./chat-" in card and 'TEMPLATE """' in card and "ollama create chat -f Modelfile" in card
+
+
+def test_pipeline_export_step_is_optional():
+    from youri.run.pipeline import Config as PipelineConfig
+    from youri.run.pipeline import plan
+
+    assert not [n for n in plan(PipelineConfig(recipe="r.yaml")) if n.group == "export"]
+    nodes = {n.name: n for n in plan(PipelineConfig(recipe="r.yaml", export=True))}
+    assert nodes["export_chat"].module == "youri.quant.export" and nodes["export_chat"].wiring == {"model": "sft_chat"}
+    assert {"export_base", "export_instruction"} <= set(nodes)
