@@ -121,7 +121,7 @@ def next_token_agreement(reference: list[np.ndarray], candidate: list[np.ndarray
         tokens += len(targets)
     return {
         "tokens": tokens,
-        "kl": round(kl / tokens, 6),
+        "kl": float(f"{kl / tokens:.4g}"),  # significant digits: 8-bit and 4-bit KLs are orders of magnitude apart
         "ppl_reference": round(float(np.exp(nll_ref / tokens)), 4),
         "ppl": round(float(np.exp(nll_cand / tokens)), 4),
         "argmax_agreement": round(agree / tokens, 4),
