@@ -296,10 +296,10 @@ def test_jp_stable_pair_encoding_is_separate(llama2_tok):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory, llama2_tokenizer_dir):
-    # 4096 positions: the harness's Llama 2 context, so long few-shot prompts are not truncated.
-    return save_random_llama(
-        tmp_path_factory.mktemp("tiny") / "model", llama2_tokenizer_dir, max_position_embeddings=4096
-    )
+    # 4096 positions: the harness's Llama 2 context, so long few-shot prompts are not truncated;
+    # hidden 128: whole GPTQ groups, for the twin's eval.
+    shape = {"hidden_size": 128, "intermediate_size": 256, "max_position_embeddings": 4096}
+    return save_random_llama(tmp_path_factory.mktemp("tiny") / "model", llama2_tokenizer_dir, **shape)
 
 
 def test_five_available_tasks_on_a_tiny_model(tmp_path, tiny_llama):
@@ -329,7 +329,9 @@ def test_five_available_tasks_on_a_tiny_model(tmp_path, tiny_llama):
     assert set(metrics["not_run"]) == {"marc_ja-1.1-0.2", "jaqket_v2-0.2-0.1", "xlsum_ja-1.0-0.0"}
     assert set(metrics["not_run"].values()) == {"n/a (no data)"}
     scores = [t["score"] for t in metrics["tasks"].values()]
-    assert metrics["average"] == round(sum(scores) / 5, 2) and "mean of 5 of 8" in metrics["average_note"]
+    assert metrics["average"] == round(sum(scores) / 5, 2)
+    assert metrics["average_name"] == f"average of 5 tasks ({', '.join(metrics['tasks'])})"  # never "JP-8"
+    assert metrics["subsets"] == {} and "not run: marc_ja-1.1-0.2" in metrics["average_note"]
     jcqa = metrics["tasks"]["jcommonsenseqa-1.1-0.1"]
     assert jcqa["chance"] == 20.0 and jcqa["n"] == 2 and 0 <= jcqa["score"] <= 100 and jcqa["stderr"] >= 0
     first = json.loads((out / "requests" / "jcommonsenseqa-1.1-0.1.jsonl").read_text(encoding="utf-8").split("\n")[0])

@@ -20,7 +20,9 @@ from youri.config import ConfigError
 from youri.data.shards import FORMAT, token_dtype, write_shard
 from youri.io import DataError
 from youri.model import save_model
+from youri.quant import kernels
 from youri.quant.gptq import (
+    KERNEL_MAX_ROWS,
     LLAMA_2_7B,
     QuantConfigError,
     QuantLinear,
@@ -28,8 +30,10 @@ from youri.quant.gptq import (
     _unpack_rows,
     dequantize,
     gptq_quantize,
+    kernel_summary,
     llama_sizes,
     pack,
+    prepare_kernels,
     rtn_quantize,
     unpack,
 )
@@ -114,6 +118,56 @@ def test_quant_linear_equals_dequantized_dense_and_stays_packed():
     assert {n: b.dtype for n, b in layer.named_buffers()}["qweight"] == torch.int32
     assert sum(b.numel() * b.element_size() for b in layer.buffers()) < W.numel() * 2 / 3  # packed, no cache
     assert (dense - W).abs().max() < 0.5 * W.abs().max() / 7  # within one 4-bit step
+
+
+@pytest.mark.parametrize("sym,group", [(True, 128), (False, 128), (True, 32)])
+def test_int4_kernel_equals_dequantized_path_within_bf16_rounding(sym, group):
+    """The int4 kernel's output equals the dequantising path's to bf16 precision (activations and scales enter
+    the kernel as bf16: 8 mantissa bits, ~0.4 % of the largest output); many rows still dequantise, exactly."""
+    if kernels.kernel_for(torch.device("cpu")) is None:
+        pytest.skip("this PyTorch build has no CPU int4 kernel (aten._weight_int4pack_mm_for_cpu)")
+    torch.manual_seed(0)
+    W, x = torch.randn(128, 256), torch.randn(3, 5, 256)
+    layer = QuantLinear(256, 128, bits=4, group_size=group, bias=True)
+    layer.load_state_dict(
+        {**pack(*rtn_quantize(W, bits=4, group_size=group, sym=sym), bits=4), "bias": torch.randn(128).half()}
+    )
+    reference, state = layer(x), {k: v.clone() for k, v in layer.state_dict().items()}
+    assert layer.kernel == "dequant" and layer.prepare_kernel() == "int4-cpu" and layer.kernel_note == ""
+    fast = layer(x)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=0.01 * reference.abs().max().item())
+    assert not torch.equal(fast, reference)  # the kernel really ran (bf16 rounding shows)
+    assert (fast - reference).abs().mean() < 1e-3 * reference.abs().max()
+    many = torch.randn(KERNEL_MAX_ROWS + 1, 256)
+    torch.testing.assert_close(
+        layer(many),
+        many @ dequantize(**{k: state[k] for k in ("qweight", "qzeros", "scales", "g_idx")}, bits=4).T
+        + layer.bias.float(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert layer.state_dict().keys() == state.keys() and all(
+        torch.equal(v, state[k]) for k, v in layer.state_dict().items()
+    )
+    assert sum(b.numel() * b.element_size() for b in layer.buffers()) < W.numel() * 2 / 3  # no dense copy
+    assert "int4-cpu on 1/1 layers" in kernel_summary(layer)
+    assert layer.prepare_kernel(use_kernel=False) == "dequant"
+    torch.testing.assert_close(layer(x), reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bits,out,act_order,note",
+    [(3, 128, False, "3-bit weights"), (4, 24, False, "24 outputs"), (4, 128, True, "act-order groups")],
+)
+def test_layers_the_int4_kernel_cannot_take_keep_dequantizing(bits, out, act_order, note):
+    torch.manual_seed(0)
+    W, x = torch.randn(out, 256), torch.randn(4, 256)
+    g_idx = torch.randperm(256) // 128 if act_order else torch.arange(256) // 128
+    layer = QuantLinear(256, out, bits=bits, group_size=128)
+    layer.load_state_dict(pack(*rtn_quantize(W, bits=bits, group_size=128)[:3], g_idx.int(), bits=bits))
+    assert layer.prepare_kernel() == "dequant" and note in layer.kernel_note
+    assert note in kernel_summary(layer) and "dequant on 1/1 layers" in kernel_summary(layer)
+    torch.testing.assert_close(layer(x), x @ dequantize(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, bits).T)
 
 
 @pytest.mark.parametrize("sym,act_order", [(True, False), (False, False), (True, True)])
@@ -282,6 +336,8 @@ def test_load_model_gives_dequantized_reference_logits(twin, parent):
 
     quant = load_model(twin, dtype=torch.float32)
     assert isinstance(quant.model.layers[0].mlp.down_proj, QuantLinear)
+    if kernels.kernel_for(torch.device("cpu")) is not None:  # converted once at load time
+        assert kernel_summary(quant) == "GPTQ matmul: int4-cpu on 14/14 layers"
     reference = load_model(parent, dtype=torch.float32)
     state = load_file(str(twin / "model.safetensors"))
     for name, module in reference.named_modules():
@@ -292,7 +348,12 @@ def test_load_model_gives_dequantized_reference_logits(twin, parent):
             module.weight.data = state[f"{name}.weight"].float()
     ids = torch.arange(3, 60)[None]
     with torch.no_grad():
-        torch.testing.assert_close(quant(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-4)
+        fast, expected = quant(ids).logits, reference(ids).logits
+        prepare_kernels(quant, use_kernel=False)
+        torch.testing.assert_close(quant(ids).logits, expected, rtol=1e-4, atol=1e-4)
+    # The int4 kernel: the same logits to bf16 rounding (activations enter each matmul as bf16).
+    torch.testing.assert_close(fast, expected, rtol=0, atol=0.02 * expected.abs().max().item())
+    assert (fast.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
 
 
 def _config(parent: Path, tmp_path: Path, **kw):
@@ -410,7 +471,7 @@ def test_sft_parent_calibrates_on_its_datasets_in_its_prompt_format(parent, tmp_
     )
     sft = tmp_path / "sft"
     shutil.copytree(parent, sft)
-    spec = {"path": str(data), "shape": "instruction", "weight": 1.0, "personas": "", "max_examples": 0}
+    spec = {"path": str(data), "shape": "instruction", "epochs": 1.0, "personas": "", "max_examples": 0}
     (sft / "youri.json").write_text(
         json.dumps(
             {

@@ -11,6 +11,7 @@ from conftest import SHARED_DATA
 
 from youri.config import ConfigError, build_config
 from youri.run.pipeline import Config, plan, run
+from youri.run.report import GEN_ENGINE
 from youri.stage import is_complete, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,10 +82,13 @@ def test_demo_pipeline_runs_skips_and_reruns_what_changed(tmp_path, monkeypatch)
         assert row["present"]
         for key in ("ppl_ja", "ppl_en", "size_mb", "gen_tokens_per_s"):
             assert math.isfinite(row[key]) and row[key] > 0, (row["variant"], row["precision"], key)
+        assert row["gen_engine"] == GEN_ENGINE and row["gen_decoder"] == "StaticLlama"  # youri's engine, lean path
+        if row["precision"] == "gptq":  # its int4 kernel, and the card's row says so
+            assert row["gptq_kernel"] == "GPTQ matmul: int4-cpu on 7/7 layers", row["gptq_kernel"]
         if has_eval_data:
             assert math.isfinite(row["average"]) and set(row["scores"]) == {"jcommonsenseqa", "xwinograd_ja"}
     assert rows[("chat", "gptq")]["size_mb"] < rows[("chat", "fp")]["size_mb"]
-    for name in ("report.md", "report.html", "loss_curves.png", "scores.png"):
+    for name in ("report.md", "report.html", "loss_curves.png", "scores.png", "task_scores.png", "cost_of_4bit.png"):
         assert (run_dir / "report" / name).stat().st_size > 0
 
     second = run(cfg)

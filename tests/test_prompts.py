@@ -44,7 +44,8 @@ def pieces(tok, ids):
 
 
 def test_instruction_prompt_exact_bytes():
-    head = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
+    # rinna's card: prompt = f"""<newline>以下は、...### 応答:<newline>""" -- the first character is a line break.
+    head = "\n以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
     assert instruction_prompt(Instruction("翻訳して", "こんにちは")) == (
         head + "### 指示:\n翻訳して\n\n### 入力:\nこんにちは\n\n### 応答:\n"
     )
@@ -207,6 +208,7 @@ def test_instruction_mask(tok):
     prompt = encode_prompt(rec, tok)
     assert prompt == tok(instruction_prompt(rec), add_special_tokens=False)["input_ids"]
     assert enc.input_ids[: len(prompt)] == prompt and pieces(tok, prompt)[-1] == "<0x0A>"
+    assert pieces(tok, prompt)[:2] == ["▁", "<0x0A>"]  # the card's leading line break, trained as well
     trained = [label for label in enc.labels if label != IGNORE_INDEX]
     assert tok.decode(trained[:-1]) == "3です" and trained[-1] == EOS
 

@@ -305,8 +305,8 @@ def test_auth_and_limits_return_openai_errors_and_server_keeps_serving(server):
         (post(url, {**ok, "n": 3}), 400, "n_exceeded"),
         (post(url, {**ok, "messages": [{"role": "user", "content": "猫" * 300}]}), 400, "context_length_exceeded"),
         (post(url, {**ok, "messages": [{"role": "user", "content": "x" * 30_000}]}), 413, "request_too_large"),
-        (post(url, {**ok, "temperature": "hot"}), 422, "invalid_type"),
-        (post(url, {**ok, "messages": [{"role": "tool", "content": "x"}]}), 400, None),
+        (post(url, {**ok, "temperature": "hot"}), 400, "invalid_type"),
+        (post(url, {**ok, "messages": [{"role": "tool", "content": "x"}]}), 400, "invalid_value"),
     ]
     for (status, body), want_status, want_code in cases:
         assert status == want_status, body

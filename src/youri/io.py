@@ -6,6 +6,7 @@ temporary file, fsync, ``os.replace``): a killed process leaves either the old f
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -84,13 +85,14 @@ class SkipCounter:
 
 
 def iter_jsonl(path: str | os.PathLike, *, skip_bad: SkipCounter | None = None) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` for each non-empty line of a JSONL file.
+    """Yield ``(line_number, record)`` for each non-empty line of a JSONL file (``.gz``: gzip-compressed).
 
     A line that is not a JSON object raises ``DataError("file:line: ...")``; when ``skip_bad`` is given
     it is counted there instead (the caller opted in to skipping).
     """
     path = Path(path)
-    with path.open("r", encoding="utf-8") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open  # datasets are often published as .jsonl.gz
+    with opener(path, "rt", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -116,3 +118,69 @@ def require_field(record: dict, name: str, path: str | os.PathLike, lineno: int,
     if not isinstance(value, kind):
         raise DataError(f"{path}:{lineno}: field '{name}' must be {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def iter_json_array(path: str | os.PathLike, *, skip_bad: SkipCounter | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)`` for each element of a file holding one JSON array of objects.
+
+    Many instruction datasets are published this way (``[{...}, {...}]``); the line number is the line
+    where the element starts, so errors name ``file:line`` as for JSONL. An element that is not an
+    object is a bad record (counted under ``skip_bad``); broken JSON syntax always raises, because
+    nothing after it can be located reliably.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason})") from err
+    decoder = json.JSONDecoder()
+    pos, line, counted = _skip_space(text, 0), 1, 0
+
+    def line_at(offset: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, offset)
+        counted = offset
+        return line
+
+    if not text.startswith("[", pos):
+        raise DataError(
+            f"{path}:{line_at(pos)}: expected a JSON array of records ('[{{...}}, ...]'); "
+            "for one record per line name the file .jsonl"
+        )
+    pos = _skip_space(text, pos + 1)
+    if text.startswith("]", pos):
+        return
+    while True:
+        start = line_at(pos)
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from err
+        if isinstance(record, dict):
+            yield start, record
+        else:
+            reason = f"{path}:{start}: expected a JSON object, got {type(record).__name__}"
+            if skip_bad is None:
+                raise DataError(reason + " (fix the record, or set skip_bad_records: true to skip it)")
+            skip_bad.add(reason)
+        pos = _skip_space(text, pos)
+        if text.startswith(",", pos):
+            pos = _skip_space(text, pos + 1)
+        elif text.startswith("]", pos):
+            return
+        else:
+            raise DataError(f"{path}:{line_at(pos)}: malformed JSON: expected ',' or ']' after a record")
+
+
+def iter_records(path: str | os.PathLike, *, skip_bad: SkipCounter | None = None) -> Iterator[tuple[int, dict]]:
+    """Records of a ``.json`` file (one JSON array) or of JSON Lines (``.jsonl``, ``.jsonl.gz``, any other name)."""
+    reader = iter_json_array if Path(path).suffix == ".json" else iter_jsonl
+    return reader(path, skip_bad=skip_bad)
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos

@@ -11,6 +11,7 @@ Nothing here touches the network: every load passes ``local_files_only=True``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from youri.config import ConfigError
 from youri.io import read_json, resolve_path
-from youri.quant.gptq import gptq_settings, load_gptq_model
+from youri.quant.gptq import gptq_settings, kernel_summary, load_gptq_model
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -60,8 +61,9 @@ def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None
         dtype = torch.float32
     quant = gptq_settings(config)
     if quant is not None:  # a GPTQ twin: youri's own loader keeps the weights packed (QuantLinear)
-        model = load_gptq_model(path, quant, dtype=dtype)
-        return model.to(device) if device else model
+        model = load_gptq_model(path, quant, dtype=dtype, device=device)
+        print(f"youri: {path.name}: {kernel_summary(model)}", file=sys.stderr, flush=True)  # which matmul runs
+        return model
     model = AutoModelForCausalLM.from_pretrained(
         str(path), local_files_only=True, use_safetensors=True, dtype=dtype if dtype is not None else "auto"
     )

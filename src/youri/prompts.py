@@ -6,10 +6,19 @@ exported into every SFT model's ``tokenizer_config.json`` all go through this mo
 Formats (from the youri-7b-instruction / youri-7b-chat model cards)
 ------------------------------------------------------------------
 Instruction (Alpaca-ja, half-width colons; the ``### 入力:`` block is dropped when the input is
-empty or blank)::
+empty or blank), starting with a line break::
 
-    以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\\n\\n
+    \\n以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\\n\\n
     ### 指示:\\n{instruction}\\n\\n### 入力:\\n{input}\\n\\n### 応答:\\n{output}</s>
+
+The leading line break is the card's: rinna's youri-7b-instruction card (and its sister cards
+nekomata-7b/14b-instruction) builds the prompt with a triple-quoted f-string whose opening quotes end
+the line (``prompt = f`` + three quotes + newline + ``以下は、…### 応答:`` + newline + three quotes) and
+encodes it with ``add_special_tokens=False``, so the first character is ``"\\n"``
+(Llama 2: ``▁``, ``<0x0A>`` before the first word). That usage code is the only published statement of
+the trained format, so training, the chat template, ``youri chat`` and the server all render it. JP-8
+evaluation does not use this renderer: its prompt version 0.3 is the jp-stable harness's own Alpaca-ja
+text, which has no leading line break, and stays byte-exact to ``../shared/specs`` (the spec wins there).
 
 Chat: turns ``"{speaker}: {text}"`` joined by ``"\\n"``, speakers ``設定`` (setting/persona),
 ``ユーザー`` and ``システム``; the generation prompt ends with ``"\\n" + "システム: "``; the model
@@ -48,6 +57,15 @@ Labels: every ``システム`` reply is supervised, plus its ``</s>``. The last 
 real ``</s>`` token. An earlier reply is followed in the sequence by the ``"\\n"`` that starts the
 next turn -- exactly as in later inference prompts -- and that position's *label* is ``</s>``: the
 model learns to stop after each reply while the context stays what inference will show it.
+
+User text is text
+-----------------
+A literal ``</s>``, ``<s>``, ``<unk>`` or any other special-token string inside a message, an
+instruction or a reply is tokenised as the characters it is (``split_special_tokens=True``); the only
+special ids in a sequence are the ones placed here (the ``</s>`` after each reply in training; none
+in a prompt). ``install_chat_template`` records the same setting in the tokenizer it saves, so
+``apply_chat_template(..., tokenize=True)`` -- and vLLM, which tokenises the rendered template with
+that tokenizer -- agree with ``encode_prompt``.
 """
 
 from __future__ import annotations
@@ -117,8 +135,8 @@ def escape_text(text: str) -> str:
 
 
 def instruction_prompt(record: Instruction) -> str:
-    """The Alpaca-ja prompt string, ending with ``"### 応答:\\n"``."""
-    parts = [INSTRUCTION_INTRO, "", INSTRUCTION_HEADER + ":", escape_text(record.instruction)]
+    """The Alpaca-ja prompt string: ``"\\n以下は、…"`` (the card's leading line break) to ``"### 応答:\\n"``."""
+    parts = ["", INSTRUCTION_INTRO, "", INSTRUCTION_HEADER + ":", escape_text(record.instruction)]
     if record.input.strip():
         parts += ["", INPUT_HEADER + ":", escape_text(record.input)]
     return "\n".join(parts + ["", RESPONSE_HEADER + ":", ""])
@@ -227,13 +245,21 @@ def _encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
     """
     if not texts:
         return []
-    out: list[list[int] | None] = [tokenizer(texts[0], add_special_tokens=False)["input_ids"]]
+    # split_special_tokens: user text is text (see "User text is text").
+    out: list[list[int] | None] = [
+        tokenizer(texts[0], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ]
     out += [None] * (len(texts) - 1)
     todo = list(range(1, len(texts)))
     for anchor in CONTINUATION_ANCHORS:
         if not todo:
             break
-        enc = tokenizer([anchor + texts[i] for i in todo], add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(
+            [anchor + texts[i] for i in todo],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            split_special_tokens=True,
+        )
         failed = []
         for i, ids, offsets in zip(todo, enc["input_ids"], enc["offset_mapping"]):
             cut = len(anchor)
@@ -348,7 +374,7 @@ def chat_template(kind: Kind) -> str:
             "{%- set ins = messages[0]['content'] -%}{%- set inp = messages[1]['content'] -%}"
             "{%- else -%}{{ raise_exception('an instruction model takes [system] user "
             "(system = instruction, user = input)') }}{%- endif -%}"
-            "{{ '" + INSTRUCTION_INTRO + "\\n\\n" + INSTRUCTION_HEADER + ":\\n' + " + ins + " }}"
+            "{{ '\\n" + INSTRUCTION_INTRO + "\\n\\n" + INSTRUCTION_HEADER + ":\\n' + " + ins + " }}"
             "{%- if inp | trim != '' -%}{{ '\\n\\n" + INPUT_HEADER + ":\\n' + " + inp + " }}{%- endif -%}"
             "{{ '\\n\\n" + RESPONSE_HEADER + ":\\n' }}"
         )
@@ -356,6 +382,10 @@ def chat_template(kind: Kind) -> str:
 
 
 def install_chat_template(tokenizer, kind: Kind) -> None:
-    """Set ``tokenizer.chat_template``; save with ``save_pretrained(..., save_jinja_files=False)``
-    to keep it inside ``tokenizer_config.json``."""
+    """Set ``tokenizer.chat_template`` and make the tokenizer treat special-token strings in text as
+    text (saved as ``split_special_tokens`` in ``tokenizer_config.json``, so every later load of the
+    folder does the same); save with ``save_pretrained(..., save_jinja_files=False)`` to keep the
+    template inside ``tokenizer_config.json``."""
     tokenizer.chat_template = chat_template(kind)
+    tokenizer.split_special_tokens = True
+    tokenizer.init_kwargs["split_special_tokens"] = True  # what save_pretrained writes

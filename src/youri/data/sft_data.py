@@ -1,10 +1,21 @@
-"""SFT data: JSONL readers (three shapes), mixtures, held-out split, encoding and packing.
+"""SFT data: JSON/JSONL readers (seven shapes), mixtures, held-out split, encoding and packing.
 
 Shapes (``DatasetConfig.shape``)
 --------------------------------
 * ``instruction`` -- ``{"instruction", "input"?, "output"}`` (Dolly-ja) or ``{"instruction",
   "instances": [{"input", "output"}, ...]}`` (Alpaca-ja seed tasks: one example per instance).
 * ``messages`` -- OpenAI ``{"messages": [{"role": "system"|"user"|"assistant", "content"}]}``.
+* ``dolly`` -- databricks-dolly-15k ``{"instruction", "context", "response", "category"}``: ``context``
+  becomes the input (empty context: no input block), ``category`` is not used. (kunishou's Dolly-ja
+  renames the fields to ``input``/``output``: read it with ``instruction``.)
+* ``flan`` -- FLAN ``{"inputs", "targets", ...}`` (Muennighoff/flan; the translated FLAN sets of
+  CohereForAI/aya_collection keep the two fields): ``inputs`` is the instruction, there is no input.
+* ``llm_japanese`` -- izumi-lab llm-japanese-dataset ``{"index", "instruction", "input", "output"}``;
+  the same fields as ``instruction``, under its own name so recipes say what they read. Its sections
+  are folders of JSON-array files (``datasets*/SECTION/data/000000.json``): give a section's folder.
+* ``hh_rlhf`` -- Anthropic HH-RLHF ``{"chosen", "rejected"}``: the ``chosen`` transcript
+  (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) becomes ユーザー/システム turns; ``rejected`` is not used.
+  The turns must alternate, start with Human and end with Assistant, each non-empty.
 * ``persona`` -- RealPersonaChat dialogues ``{"dialogue_id", "interlocutors": [a, b], "utterances":
   [{"interlocutor_id", "text"}]}`` with speaker personas from ``personas.jsonl`` (``{"interlocutor_id",
   "persona": [sentences]}``; by default the file of that name beside the dialogues). The speaker who
@@ -12,6 +23,9 @@ Shapes (``DatasetConfig.shape``)
   システム speaker's persona sentences, concatenated, become the dialogue's ``設定`` line -- so the
   chat model learns to keep the persona it is given, in the prompt shape users will send. Consecutive
   utterances of one speaker stay separate turns (none occur in the shared sample).
+
+A dataset ``path`` is a ``.jsonl`` file (``.jsonl.gz`` too), a ``.json`` file holding one JSON array of
+records, or a folder of such files (read in sorted order; not for ``persona``).
 
 Every record becomes a ``prompts.Instruction`` (kind ``instruction``) or a list of ``prompts.Turn``
 (kind ``chat``; instruction records become ``設定: instruction`` + ``ユーザー: input`` turns, see
@@ -36,13 +50,14 @@ packed batch against the unpacked ones.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
 
-from youri.io import DataError, SkipCounter, iter_jsonl, require_field, resolve_path
+from youri.io import DataError, SkipCounter, iter_jsonl, iter_records, require_field, resolve_path
 from youri.prompts import (
     SETTING,
     SYSTEM,
@@ -63,9 +78,11 @@ from youri.train.losses import IGNORE_INDEX
 @dataclass
 class DatasetConfig:
     path: str
-    """JSONL file (``builtin:NAME`` for the packaged samples)."""
-    shape: Literal["instruction", "messages", "persona"] = "instruction"
-    """Record shape: instruction/input/output, OpenAI messages, or RealPersonaChat dialogue."""
+    """A .jsonl (.jsonl.gz) file, a .json file holding one array of records, or a folder of them
+    (``builtin:NAME`` for the packaged samples)."""
+    shape: Literal["instruction", "messages", "persona", "dolly", "flan", "llm_japanese", "hh_rlhf"] = "instruction"
+    """Record shape: instruction/input/output, OpenAI messages, RealPersonaChat dialogue, Dolly
+    instruction/context/response, FLAN inputs/targets, llm-japanese-dataset, HH-RLHF chosen transcript."""
     epochs: float = 1.0
     """Passes over this dataset per SFT epoch: 2 = every example twice, 0.5 = a seeded random half."""
     personas: str = ""
@@ -86,17 +103,17 @@ class Record:
 def read_dataset(spec: DatasetConfig, kind: str, skip: SkipCounter | None = None) -> list[Record]:
     """All records of one dataset in the form ``kind`` trains on."""
     path = resolve_path(spec.path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset not found: {spec.path}")
     if spec.shape == "persona":
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset not found: {spec.path} (persona: a dialogues .jsonl file)")
         personas = _read_personas(Path(spec.personas) if spec.personas else path.with_name("personas.jsonl"), skip)
-        reader = _persona_records(path, personas, skip)
-    elif spec.shape == "messages":
-        reader = _message_records(path, skip)
+        readers = [_persona_records(path, personas, skip)]
+    elif spec.shape in READERS:
+        readers = [READERS[spec.shape](file, skip) for file in _dataset_files(path, spec.path)]
     else:
-        reader = _instruction_records(path, skip)
+        raise DataError(f"{spec.path}: unknown shape {spec.shape!r}; expected persona or one of {', '.join(READERS)}")
     records = []
-    for record in reader:
+    for record in (r for reader in readers for r in reader):
         try:
             example = _as_kind(record.example, kind)
         except PromptError as err:
@@ -106,6 +123,17 @@ def read_dataset(spec: DatasetConfig, kind: str, skip: SkipCounter | None = None
         if spec.max_examples and len(records) >= spec.max_examples:
             break
     return records
+
+
+def _dataset_files(path: Path, given: str) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(RECORD_SUFFIXES))
+        if not files:
+            raise FileNotFoundError(f"dataset folder {given} holds no {', '.join(RECORD_SUFFIXES)} files")
+        return files
+    raise FileNotFoundError(f"dataset not found: {given}")
 
 
 def _as_kind(example: Example, kind: str) -> Example:
@@ -121,7 +149,7 @@ def _bad(reason: str, skip: SkipCounter | None) -> None:
 
 
 def _records(path: Path, skip: SkipCounter | None, parse) -> Iterator[Record]:
-    for lineno, raw in iter_jsonl(path, skip_bad=skip):
+    for lineno, raw in iter_records(path, skip_bad=skip):
         try:
             for example in parse(raw, lineno):
                 yield Record(example, f"{path}:{lineno}")
@@ -144,6 +172,58 @@ def _instruction_records(path: Path, skip: SkipCounter | None) -> Iterator[Recor
             return out
         inp = require_field(raw, "input", path, lineno) if raw.get("input") is not None else ""
         return [Instruction(instruction, inp, require_field(raw, "output", path, lineno))]
+
+    return _records(path, skip, parse)
+
+
+def _dolly_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
+    def parse(raw: dict, lineno: int) -> list[Instruction]:
+        instruction = require_field(raw, "instruction", path, lineno)
+        context = require_field(raw, "context", path, lineno) if raw.get("context") is not None else ""
+        return [Instruction(instruction, context, require_field(raw, "response", path, lineno))]
+
+    return _records(path, skip, parse)
+
+
+def _flan_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
+    def parse(raw: dict, lineno: int) -> list[Instruction]:
+        return [
+            Instruction(require_field(raw, "inputs", path, lineno), "", require_field(raw, "targets", path, lineno))
+        ]
+
+    return _records(path, skip, parse)
+
+
+# A turn marker of an HH-RLHF transcript: "\n\nHuman: " / "\n\nAssistant: " (the space is sometimes missing).
+HH_MARKER = re.compile(r"\n\n(Human|Assistant): ?")
+HH_SPEAKERS = {"Human": USER, "Assistant": SYSTEM}
+
+
+def hh_turns(transcript: str) -> list[Turn]:
+    """An HH-RLHF transcript as ユーザー/システム turns; ``DataError`` (naming field 'chosen') if the turns
+    do not alternate Human/Assistant from a Human turn to an Assistant turn, or one is empty."""
+    parts = HH_MARKER.split(transcript)
+    if parts[0].strip() or len(parts) < 3:
+        raise DataError("field 'chosen': expected a transcript starting with '\\n\\nHuman: '")
+    turns = []
+    for number, (who, text) in enumerate(zip(parts[1::2], parts[2::2]), start=1):
+        expected = "Human" if number % 2 else "Assistant"
+        if who != expected:
+            raise DataError(
+                f"field 'chosen': turn {number} is {who}, expected {expected} "
+                "(turns alternate Human/Assistant, starting with Human)"
+            )
+        if not text.strip():
+            raise DataError(f"field 'chosen': turn {number} ({who}) is empty")
+        turns.append(Turn(HH_SPEAKERS[who], text.strip()))
+    if turns[-1].speaker != SYSTEM:
+        raise DataError(f"field 'chosen': the last turn (turn {len(turns)}) is Human; it must be the Assistant's")
+    return turns
+
+
+def _hh_records(path: Path, skip: SkipCounter | None) -> Iterator[Record]:
+    def parse(raw: dict, lineno: int) -> list[list[Turn]]:
+        return [hh_turns(require_field(raw, "chosen", path, lineno))]
 
     return _records(path, skip, parse)
 
@@ -193,6 +273,17 @@ def _persona_records(path: Path, personas: dict[str, str], skip: SkipCounter | N
         return [turns]
 
     return _records(path, skip, parse)
+
+
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
+READERS = {
+    "instruction": _instruction_records,
+    "messages": _message_records,
+    "dolly": _dolly_records,
+    "flan": _flan_records,
+    "llm_japanese": _instruction_records,
+    "hh_rlhf": _hh_records,
+}
 
 
 # ----------------------------------------------------------------------------- mixture and split
@@ -250,7 +341,8 @@ def split_long_chat(turns: list[Turn], tokenizer, seq_len: int) -> list[list[Tur
     head = [t for t in turns[:1] if t.speaker == SETTING]
     body = turns[len(head) :]
     lines = [f"{t.speaker}: {t.text}" for t in turns]
-    lengths = [len(ids) + 1 for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
+    encoded = tokenizer(lines, add_special_tokens=False, split_special_tokens=True)["input_ids"]  # as the renderer
+    lengths = [len(ids) + 1 for ids in encoded]
     budget = seq_len - sum(lengths[: len(head)]) - 4  # 4: the "▁" prefix and boundary slack
     if sum(lengths) + 4 <= seq_len or budget <= 0:
         return [turns]

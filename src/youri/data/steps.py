@@ -308,7 +308,8 @@ class TokenizeSketch(PipelineStep):
     """Batch-tokenises documents (no BOS/EOS) and sketches them; writes ``work/RANK/`` at the end.
 
     Tokens go through the fast tokenizer's ``encode_batch_fast`` (ids equal ``tokenizer(texts,
-    add_special_tokens=False)``, minus the offset bookkeeping we do not need) and are appended per
+    add_special_tokens=False, split_special_tokens=True)``, minus the offset bookkeeping we do not
+    need: a "</s>" in a document is text, not an EOS) and are appended per
     batch as one flat uint32 array, so no per-document Python lists survive the batch.
     """
 
@@ -416,7 +417,8 @@ def remember_tokenizer(folder: str | os.PathLike, tokenizer) -> None:
 
 
 def _batch_encoder(tokenizer_dir: str):
-    """``texts -> ids`` without special tokens: the tokenizers backend when there is one."""
+    """``texts -> ids`` with no special token added or read from the text: the tokenizers backend when
+    there is one."""
 
     tokenizer = _LOADED.get(str(tokenizer_dir))
     if tokenizer is None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
@@ -427,8 +429,11 @@ def _batch_encoder(tokenizer_dir: str):
         tokenizer = load_tokenizer(tokenizer_dir)
     backend = tokenizer if hasattr(tokenizer, "encode_batch_fast") else getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
+        # Document text is text: "</s>" or "<s>" in it (HTML strike-through, posts about LLMs) stays
+        # characters; the only EOS in a shard is the one packing puts after each document.
+        backend.encode_special_tokens = True
         return partial(_batch_encode_fast, backend)
-    return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return lambda texts: tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def load_counts(work_dir: Path) -> dict[int, dict]:

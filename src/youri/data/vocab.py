@@ -300,7 +300,9 @@ def check_same_tokenizer(base: Base, base_proto, texts: list[str]) -> None:
     if base.sp_model.parent == base.tokenizer_dir:
         return
     own = load_tokenizer(base.tokenizer_dir)
-    if own(texts, add_special_tokens=False)["input_ids"] != processor(base_proto).encode(texts):
+    # split_special_tokens: SentencePiece reads "</s>" in text as characters, and so must the comparison.
+    own_ids = own(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if own_ids != processor(base_proto).encode(texts):
         raise VocabError(f"vocab.base_tokenizer: {base.sp_model} does not encode like the tokenizer of {base.dir}")
 
 
@@ -335,7 +337,7 @@ def check_tokenizer(out_dir: Path, texts: list[str]) -> dict:
 
     slow = processor(load_proto(out_dir / "tokenizer.model"))
     fast = AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True)
-    fast_ids = fast(texts, add_special_tokens=False)["input_ids"]
+    fast_ids = fast(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]  # as SentencePiece
     mismatch = sum(a != b for a, b in zip(slow.encode(texts), fast_ids))
     not_restored = sum(fast.decode(ids) != text for ids, text in zip(fast_ids, texts))
     return {"checked_docs": len(texts), "slow_fast_mismatches": mismatch, "roundtrip_failures": not_restored}

@@ -4,5 +4,7 @@
 - ``metrics``        — the harness's metrics (exact match, MeCab F1, ROUGE-2, MGSM answer extraction).
 - ``lm_eval_bridge`` — youri's prompts as lm-eval tasks, and the lm-eval model wrappers.
 - ``leaderboard``    — lm-eval's own ``japanese_leaderboard`` tasks on the same local files.
+- ``averages``       — what an average may be called (JP-8 only when all eight ran; rinna's 4/6-task subsets).
+- ``download``       — ``youri eval --download``: every JP-8 dataset from the Hugging Face Hub, as local files.
 - ``evaluate``       — the ``youri eval`` stage.
 """

@@ -35,6 +35,8 @@ from youri.config import ConfigError, config_to_dict
 from youri.eval import leaderboard
 from youri.eval import lm_eval_bridge as bridge
 from youri.eval import metrics as jp_metrics
+from youri.eval.averages import averages
+from youri.eval.download import download
 from youri.eval.lm_eval_bridge import task_metrics
 from youri.eval.tasks import TASKS, Selected, select
 from youri.eval.tasks.base import RenderOptions, render
@@ -87,10 +89,16 @@ class Config:
     """XL-Sum ROUGE-2 tokens: the evaluated model's tokenizer (what the harness really computes) or MeCab."""
     cache: str = ""
     """lm-eval request cache (SQLite path prefix): a rerun answers cached requests without the model."""
+    download: str = ""
+    """Fetch every JP-8 dataset from the Hugging Face Hub (HF_ENDPOINT: a mirror) into this folder as
+    TASK/SPLIT.jsonl, with sources.json and eval-data.yaml (the data_dir/data settings that read it), and stop."""
 
 
 def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
-    """Render, check and (unless ``write_requests``) score the chosen tasks; returns metrics.json."""
+    """Render, check and (unless ``write_requests``) score the chosen tasks; returns metrics.json.
+    With ``download``: fetch the JP-8 datasets instead (``youri.eval.download``) and stop."""
+    if cfg.download:  # a data command: no model, no tasks
+        return download(cfg.download)
     plan = plan_tasks(cfg)  # every user error surfaces here, before any model is loaded
     tokenizer, max_length = _tokenizer_and_length(cfg)
     opts = render_options(tokenizer, max_length, cfg.max_gen_toks)
@@ -191,6 +199,9 @@ def _tokenizer_and_length(cfg: Config):
         raise ConfigError("eval: MODEL is required (a model folder)")
 
     tokenizer = load_tokenizer(cfg.model)
+    # Byte-exact jp-stable: the harness reads "<s>"/"</s>" in prompt text as the special ids (protocol 2.5;
+    # the Llama 2 prompts, 0.6, are written that way), while an SFT folder's tokenizer keeps them as text.
+    tokenizer.split_special_tokens = False
     max_length = cfg.max_length
     config_file = resolve_path(cfg.model) / "config.json"
     if not max_length and config_file.is_file():
@@ -292,7 +303,9 @@ def _score_leaderboard(cfg: Config, plan, tokenizer, max_length: int, *, overwri
             "not_run": not_run,
             "average": round(sum(scores) / len(scores), 2) if scores else None,
             "average_over": list(tasks),
-            "average_note": f"mean of {len(tasks)} of {len(plan)} lm-eval japanese_leaderboard tasks run"
+            # lm-eval's own tasks, never the jp-stable JP-8 number, whatever ran
+            "average_name": f"average of {len(tasks)} lm-eval japanese_leaderboard tasks ({', '.join(tasks)})",
+            "average_note": f"average of {len(tasks)} lm-eval japanese_leaderboard tasks ({', '.join(tasks)})"
             + (f"; not run: {', '.join(not_run)}" if not_run else ""),
             "wall_time_s": round(time.time() - start, 1),
             "config": config_to_dict(cfg),
@@ -342,20 +355,15 @@ def summarise(cfg: Config, plan, rendered: dict[str, list[dict]], results: dict,
             "first_continuations": first.get("continuations"),
             "render_stats": first.get("render_stats", {}),
         }
-    scores = [t["score"] for t in tasks.values()]
-    average = round(sum(scores) / len(scores), 2) if scores else None
+    named = averages({key: t["score"] for key, t in tasks.items()})
     return {
         "suite": cfg.suite,
         "model": cfg.model,
         "model_kind": model_kind(cfg),
         "tasks": tasks,
         "not_run": not_run,
-        "average": average,
-        "average_over": list(tasks),
-        "average_note": (
-            f"mean of {len(tasks)} of {len(plan)} tasks run ({', '.join(tasks)})"
-            + (f"; not run: {', '.join(not_run)}" if not_run else "")
-        ),
+        **named,  # average, average_name ("JP-8 average" only when all eight ran), average_over, subsets
+        "average_note": named["average_name"] + (f"; not run: {', '.join(not_run)}" if not_run else ""),
         "wall_time_s": round(seconds, 1),
         "config": config_to_dict(cfg),
     }
@@ -371,4 +379,8 @@ def print_table(metrics: dict[str, Any], file=sys.stdout) -> None:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)), file=file)
     avg = metrics["average"]
-    print(f"average: {avg if avg is not None else 'n/a'}  ({metrics['average_note']})", file=file)
+    print(f"{metrics.get('average_name', 'average')}: {avg if avg is not None else 'n/a'}", file=file)
+    for name, subset in metrics.get("subsets", {}).items():
+        print(f"{name}: {subset['value']}", file=file)
+    if metrics["not_run"]:
+        print(f"not run: {', '.join(metrics['not_run'])}", file=file)

@@ -91,7 +91,7 @@ def hf_lm(model, tokenizer, *, batch_size: int | str, max_length: int):
 
 def vllm_lm(model_path: str, tokenizer, *, batch_size: int | str, max_length: int, dtype: str):
     """lm-eval's ``vllm`` backend (needs ``pip install vllm`` and a GPU; lm-eval loads the path itself)."""
-    return _lm_class("vllm")(
+    lm = _lm_class("vllm")(
         pretrained=str(model_path),
         tokenizer=str(model_path),
         batch_size=batch_size,
@@ -100,6 +100,10 @@ def vllm_lm(model_path: str, tokenizer, *, batch_size: int | str, max_length: in
         add_bos_token=False,
         prefix_token_id=tokenizer.eos_token_id,
     )
+    # lm-eval loaded its own tokenizer from the folder: give it the harness's reading of "<s>" in prompt
+    # text that ``evaluate`` gives youri's (an SFT folder's tokenizer keeps such strings as text).
+    lm.tokenizer.split_special_tokens = tokenizer.split_special_tokens
+    return lm
 
 
 def evaluate(

@@ -25,6 +25,8 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from youri.quant import kernels
+
 SUPPORTED_BITS = (2, 3, 4, 8)
 
 
@@ -218,8 +220,19 @@ def packed_bytes(in_features: int, out_features: int, bits: int, group_size: int
     )
 
 
+KERNEL_MAX_ROWS = 256
+"""Above this many input rows (long prefills, eval batches) one dequantised dense matmul beats the int4
+kernel, which re-expands the weights for every block of rows (CPU crossover measured at 256-1024 rows)."""
+
+
 class QuantLinear(nn.Module):
-    """A GPTQ v1 linear layer kept packed in memory; each forward unpacks into a temporary dense weight."""
+    """A GPTQ v1 linear layer kept packed in memory.
+
+    ``prepare_kernel`` (``load_gptq_model`` calls it once the layer sits on its device) converts the
+    weights for PyTorch's int4 matmul (``youri.quant.kernels``). Without a kernel -- another device,
+    bits != 4, act-order groups, an odd shape -- each forward unpacks into a temporary dense weight.
+    ``kernel`` says which path runs, ``kernel_note`` why it is not the int4 one.
+    """
 
     def __init__(
         self, in_features: int, out_features: int, *, bits: int, group_size: int, bias: bool = False, device=None
@@ -235,14 +248,84 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", torch.zeros(in_features // group, out_features, dtype=torch.float16, **kw))
         self.register_buffer("g_idx", torch.arange(in_features, dtype=torch.int32, **kw) // group)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float16, **kw) if bias else None)
+        self.kernel, self.kernel_note = "dequant", "not prepared"
+        self._int4: kernels.Int4Weight | None = None  # not a buffer: the state dict stays GPTQ v1
+
+    def prepare_kernel(self, use_kernel: bool = True) -> str:
+        """Convert the GPTQ tensors once for the int4 kernel of the layer's device; returns the path taken.
+
+        ``use_kernel=False`` pins the dequantising path (the exact reference the kernel is tested against).
+        """
+        self._int4, self.kernel = None, "dequant"
+        kernel = kernels.kernel_for(self.qweight.device)
+        groups = torch.arange(self.in_features, device=self.g_idx.device) // self.group_size
+        if not use_kernel:
+            self.kernel_note = "int4 kernel switched off"
+        elif kernel is None:
+            self.kernel_note = f"no int4 kernel in this PyTorch for {self.qweight.device.type}"
+        elif self.bits != 4:
+            self.kernel_note = f"{self.bits}-bit weights"
+        elif not torch.equal(self.g_idx.long(), groups):
+            self.kernel_note = "act-order groups (g_idx)"
+        else:
+            self.kernel_note = kernels.unsupported(kernel, self.in_features, self.out_features, self.group_size)
+        if self.kernel_note:
+            return self.kernel
+        codes, zeros = unpack(self.qweight, self.qzeros, self.bits, self.in_features)
+        weight = kernels.convert(kernel, codes, zeros, self.scales, self.group_size)
+        if not self._kernel_agrees(weight, codes, zeros):
+            self.kernel_note = f"{kernel} failed its self-check"
+            return self.kernel
+        self._int4, self.kernel, self.kernel_note = weight, kernel, ""
+        return self.kernel
+
+    def _kernel_agrees(self, weight: kernels.Int4Weight, codes: torch.Tensor, zeros: torch.Tensor) -> bool:
+        """The kernel times a few unit vectors must give those columns of the dequantised weight (bf16 close):
+        a guard against a kernel whose packing differs on hardware the tests never ran on."""
+        picks = torch.linspace(0, self.in_features - 1, 8, device=codes.device).long()
+        probe = torch.zeros(len(picks), self.in_features, device=codes.device)
+        probe[torch.arange(len(picks)), picks] = 1
+        groups = picks // self.group_size
+        expected = self.scales[groups].float() * (codes[picks] - zeros[groups]).float()
+        got = kernels.matmul(probe, weight).float()
+        return bool(torch.allclose(got, expected, rtol=1e-2, atol=1e-2 * expected.abs().max().item() + 1e-6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits, dtype=x.dtype)
-        y = x @ weight.T
+        weight = self._int4
+        if weight is not None and weight.packed.device == x.device and x.numel() <= KERNEL_MAX_ROWS * self.in_features:
+            y = kernels.matmul(x, weight)
+        else:
+            y = x @ dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits, dtype=x.dtype).T
         return y + self.bias.to(x.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, "
+            f"kernel={self.kernel}"
+        )
+
+
+def prepare_kernels(model: nn.Module, use_kernel: bool = True) -> dict[str, int]:
+    """Convert every ``QuantLinear`` for its device's int4 kernel; how many layers take each path."""
+    paths: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            path = module.prepare_kernel(use_kernel)
+            paths[path] = paths.get(path, 0) + 1
+    return paths
+
+
+def kernel_summary(model: nn.Module) -> str | None:
+    """One line saying which matmul a GPTQ model's layers run (None for a model without GPTQ layers)."""
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    if not layers:
+        return None
+    counts: dict[str, int] = {}
+    for layer in layers:
+        counts[layer.kernel] = counts.get(layer.kernel, 0) + 1
+    paths = ", ".join(f"{name} on {n}/{len(layers)} layers" for name, n in sorted(counts.items()))
+    notes = sorted({layer.kernel_note for layer in layers if layer.kernel_note})
+    return "GPTQ matmul: " + paths + (f" (dequantising: {'; '.join(notes)})" if notes else "")
 
 
 def swap_linears(module: nn.Module, names: set[str], *, bits: int, group_size: int) -> None:
@@ -324,11 +407,12 @@ def gptq_settings(config: dict) -> dict | None:
     return quant
 
 
-def load_gptq_model(path, quant: dict, *, dtype=None):
+def load_gptq_model(path, quant: dict, *, dtype=None, device=None):
     """A GPTQ v1 folder as a transformers model with ``QuantLinear`` layers (weights stay packed).
 
     gpt-fast style: build on the meta device, swap the quantized linears, ``load_state_dict(assign=True)``
-    from safetensors; non-persistent buffers (rotary tables) are then rebuilt on the CPU.
+    from safetensors; non-persistent buffers (rotary tables) are then rebuilt on the CPU. On ``device``, each
+    layer's weights are converted once for PyTorch's int4 kernel where there is one (``prepare_kernels``).
     """
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -355,6 +439,9 @@ def load_gptq_model(path, quant: dict, *, dtype=None):
     if tied:
         model.tie_weights()
     _rebuild_meta_buffers(model, config)
+    if device:
+        model.to(device)
+    prepare_kernels(model)  # on the final device: each kernel's weight format is its own
     return model.eval()
 
 

@@ -203,7 +203,13 @@ def _calibration(cfg: Config, parent: Path, tokenizer) -> tuple[list[Path], str,
     manifest = _manifest(parent)
     if manifest.get("stage") == "sft":
         kind = manifest["config"].get("kind", "instruction")
-        specs = [DatasetConfig(**spec) for spec in manifest["config"].get("datasets", [])]
+        # Each dataset once (its mixture count does not matter for calibration); folders made before
+        # SFT's 'weight' became 'epochs' still carry the old key, so only the reading fields are taken.
+        reading = {"path", "shape", "personas", "max_examples"}
+        specs = [
+            DatasetConfig(**{k: v for k, v in spec.items() if k in reading})
+            for spec in manifest["config"].get("datasets", [])
+        ]
         ids: list[int] = []
         for spec in specs:
             for record in read_dataset(spec, kind):
@@ -275,7 +281,8 @@ def _token_rows(
             for lineno, record in iter_jsonl(source):
                 ids += _render(record, tokenizer, text_field, f"{source}:{lineno}")
         else:
-            ids += tokenizer(source.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+            text = source.read_text(encoding="utf-8")
+            ids += tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]  # text is text
             ids.append(tokenizer.eos_token_id)
     return _chunk(ids, count, length)
 
@@ -291,7 +298,8 @@ def _chunk(ids: list[int], count: int, length: int) -> torch.Tensor:
 def _render(record: dict, tokenizer, text_field: str, where: str) -> list[int]:
     """Token ids of one JSONL record: plain text, or an SFT example in its prompt format (youri.prompts)."""
     if isinstance(record.get(text_field), str):
-        return tokenizer(record[text_field], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = tokenizer(record[text_field], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return ids + [tokenizer.eos_token_id]  # the only EOS: "</s>" inside the text stays text
 
     if isinstance(record.get("messages"), list):
         return prompts.encode_training(prompts.messages_to_turns(record["messages"], where), tokenizer).input_ids

@@ -90,14 +90,17 @@ def write_model_card(folder: Path, *, eval_metrics: dict[str, Any] | None = None
     if eval_metrics:
         lines += [
             "",
-            "## Evaluation (JP-8, Stability jp-stable protocol)",
+            "## Evaluation (Stability jp-stable protocol)",
             "",
             "| task | score | ± | chance |",
             "|---|---|---|---|",
         ]
         for task, t in eval_metrics.get("tasks", {}).items():
             lines.append(f"| {task} | {t['score']:.2f} | {t['stderr']:.2f} | {t['chance']:.2f} |")
-        lines.append(f"| **average** | {eval_metrics.get('average')} | | |")
+        name = eval_metrics.get("average_name") or "average of the tasks above"  # older eval folders
+        lines.append(f"| **{name}** | {eval_metrics.get('average')} | | |")
+        for subset, value in eval_metrics.get("subsets", {}).items():
+            lines.append(f"| {subset} | {value['value']} | | |")
         lines += ["", eval_metrics.get("average_note", "")]
     lines += ["", "## License", "", license_text, ""]
     atomic_write_text(folder / "README.md", "\n".join(lines))
@@ -156,7 +159,8 @@ def _usage(kind: str, folder: Path) -> list[str]:
         example = chat_prompt([Turn("設定", first), Turn("ユーザー", second)])
     return [
         "The tokenizer's `chat_template` renders exactly this prompt "
-        "(`tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`):",
+        "(`tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`)"
+        + (", starting with a line break as in rinna's youri-7b-instruction card:" if kind == "instruction" else ":"),
         "",
         "```",
         example,

@@ -4,11 +4,16 @@
     youri report runs/demo --compare runs/old       # adds the old run's averages and the change
 
 Rows: base / instruction / chat x {full precision, GPTQ 4-bit}. Columns: JP-8 score per task and
-their average (``n/a`` where a task had no data or a stage was not run), Japanese and English
+their average (``n/a`` where a task had no data or a stage was not run; headed "JP-8 avg" only when all
+eight tasks ran, the notes name every average and rinna's 4/6-task subsets), Japanese and English
 held-out perplexity (on the data stage's ``val/ja`` and ``val/en`` rows), size on disk, generation
-tokens/s. Scores are read from the eval folders' ``metrics.json``; perplexity and speed are measured
-here once per model and cached in ``report/measures.json`` by the model folder's fingerprint.
-Outputs: ``report.md``, ``report.html``, ``report.json``, ``loss_curves.png``, ``scores.png``.
+tokens/s (greedy, one stream, through youri's own engine -- what chat and serve run -- so a GPTQ row shows
+its int4 kernel; ``measures.json`` also records which GPTQ matmul ran). Scores are read from the eval
+folders' ``metrics.json``; perplexity and speed are measured here once per model and cached in
+``report/measures.json`` by the model folder's fingerprint.
+Outputs: ``report.md``, ``report.html`` (every figure with alt text and its numbers in a table beneath
+it), ``report.json``, ``loss_curves.png``, ``scores.png`` and the figures of the release's claims
+(``youri.run.figures``): ``task_scores.png``, ``cost_of_4bit.png``, ``compare.png`` (with ``--compare``).
 """
 
 from __future__ import annotations
@@ -24,14 +29,20 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend to choose
 
 from youri.data.shards import TokenShards, read_index
+from youri.eval.averages import JP8_NAME
 from youri.eval.tasks import TASKS
 from youri.io import atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
+from youri.quant.gptq import kernel_summary
+from youri.run.figures import FigureSpec, loss_spec, scores_spec, write_figures
 from youri.run.layout import PRECISIONS, REPORT, TRAINING_STAGES, VARIANTS, eval_folder, model_folder
+from youri.serve.engine import Engine, SamplingParams, generate
 from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum
 
 JP8 = tuple(TASKS)  # the eight tasks in the harness's order
+GEN_ENGINE = "youri-engine-1"
+"""What measured ``gen_tokens_per_s``: cached figures from another generator (HF generate) are measured again."""
 
 
 @dataclass
@@ -66,11 +77,12 @@ def write_report(
     if old is not None:
         report["compare"] = {"run_dir": compare, "rows": old}
     atomic_write_json(out / "report.json", report)
-    markdown = render_markdown(report)
-    atomic_write_text(out / "report.md", markdown)
-    atomic_write_text(out / "report.html", render_html(report))
     plot_losses(run_dir, out / "loss_curves.png")
     plot_scores(rows, report["tasks"], out / "scores.png")
+    figures = [loss_spec(run_dir), scores_spec(report)] + write_figures(report, out)
+    markdown = render_markdown(report, figures)
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.html", render_html(report, figures))
     if echo:
         print(markdown)
     return report
@@ -98,7 +110,7 @@ def collect_rows(run_dir: Path, *, measure: bool, eval_rows: int) -> list[dict[s
                 row["size_mb"] = round(_weights_bytes(model_dir) / 2**20, 2)
                 if measure:
                     key = fingerprint(model_dir)
-                    if key not in cache:
+                    if key not in cache or cache[key].get("gen_engine") != GEN_ENGINE:  # older figures: HF generate
                         cache[key] = measure_model(model_dir, run_dir / "data", eval_rows=eval_rows)
                         atomic_write_json(cache_path, cache)
                     row.update(cache[key])
@@ -110,17 +122,28 @@ def _scores(eval_dir: Path) -> dict[str, Any]:
     """Scores keyed by JP-8 task name (``jcommonsenseqa-1.1-0.3`` -> ``jcommonsenseqa``), versions kept aside:
     the family table compares tasks, while each model kind is scored with its own prompt version."""
     if not is_complete(eval_dir) or _stale(eval_dir):
-        return {"scores": {}, "versions": {}, "average": None, "average_note": "not evaluated"}
+        return {
+            "scores": {},
+            "versions": {},
+            "chance": {},
+            "average": None,
+            "average_name": "",
+            "average_note": "not evaluated",
+        }
     metrics = read_metrics(eval_dir)
-    scores, versions = {}, {}
+    scores, versions, chance = {}, {}, {}
     for key, t in metrics.get("tasks", {}).items():
         task = next((name for name in JP8 if key == name or key.startswith(name + "-")), key)
-        scores[task], versions[task] = round(t["score"], 2), key
+        scores[task], versions[task], chance[task] = round(t["score"], 2), key, t.get("chance")
     return {
         "scores": scores,
         "versions": versions,
+        "chance": chance,
         "average": metrics.get("average"),
+        # an eval folder from before averages were named: say what it averaged, never "JP-8"
+        "average_name": metrics.get("average_name") or f"average of {len(scores)} tasks ({', '.join(scores)})",
         "average_note": metrics.get("average_note", ""),
+        "subsets": metrics.get("subsets", {}),
     }
 
 
@@ -159,21 +182,20 @@ def measure_model(model_dir: Path, data_dir: Path, *, eval_rows: int = 16, new_t
             with torch.no_grad():
                 loss, count = token_loss_sum(model(input_ids=ids).logits.float(), ids)
             result[f"ppl_{split.split('/')[-1]}"] = round(math.exp(loss.item() / max(count, 1)), 3)
-    prompt = tokenizer("日本の首都は", return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        model.generate(**prompt, max_new_tokens=2, do_sample=False)  # warm-up
-        start = time.perf_counter()
-        out = model.generate(
-            **prompt,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-        seconds = time.perf_counter() - start
-    generated = out.shape[1] - prompt["input_ids"].shape[1]
-    result["gen_tokens_per_s"] = round(generated / seconds, 1)
+    # Generation speed through youri's own engine (what chat and serve run): greedy, one stream, a fixed
+    # number of tokens (eos ignored: an early or random model may say </s> at once).
+    prompt = tokenizer("日本の首都は", add_special_tokens=False)["input_ids"]
+    engine = Engine(model, tokenizer, max_batch_size=1)
+    engine.eos_ids = set()
+    generate(model, tokenizer, prompt, SamplingParams(temperature=0, max_new_tokens=2), engine=engine)  # warm-up
+    start = time.perf_counter()
+    out = generate(model, tokenizer, prompt, SamplingParams(temperature=0, max_new_tokens=new_tokens), engine=engine)
+    seconds = time.perf_counter() - start
+    result["gen_tokens_per_s"] = round(len(out.token_ids) / seconds, 1)
+    result["gen_engine"] = GEN_ENGINE
+    result["gen_decoder"] = engine.stats["decoder"]
+    if kernel_summary(model):
+        result["gptq_kernel"] = kernel_summary(model)
     return result
 
 
@@ -193,9 +215,23 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def average_header(rows: list[dict[str, Any]]) -> str:
+    """ "JP-8 avg" only when every evaluated row averaged all eight tasks; the notes name each average."""
+    names = {r.get("average_name") for r in rows if r.get("average") is not None}
+    return "JP-8 avg" if names == {JP8_NAME} else "avg of tasks run"
+
+
+def average_notes(rows: list[dict[str, Any]]) -> list[str]:
+    notes = sorted({r["average_note"] for r in rows if r.get("average_note")})
+    for row in rows:
+        for name, subset in row.get("subsets", {}).items():
+            notes.append(f"{row['variant']} ({row['precision']}): {name} = {subset['value']:.2f}")
+    return notes
+
+
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     tasks = report["tasks"]
-    header = ["model", *tasks, "JP avg", "ppl ja", "ppl en", "size MB", "gen tok/s"]
+    header = ["model", *tasks, average_header(report["rows"]), "ppl ja", "ppl en", "size MB", "gen tok/s"]
     old = {(r["variant"], r["precision"]): r for r in report.get("compare", {}).get("rows", [])}
     if old:
         header.append("Δ avg vs old")
@@ -217,7 +253,7 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any], figures: list[FigureSpec] = ()) -> str:
     header, body = table(report)
     lines = [
         f"# youri report card — {report['run_dir']}",
@@ -226,30 +262,40 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    notes = sorted({r["average_note"] for r in report["rows"] if r.get("average_note")})
+    notes = average_notes(report["rows"])
     lines += [
         "",
-        "JP avg: " + ("; ".join(notes) if notes else "n/a"),
+        f"{average_header(report['rows'])}: " + ("; ".join(notes) if notes else "n/a"),
         "Perplexity on the data stage's held-out rows; `n/a`: stage not run or no data.",
         "",
-        "![loss curves](loss_curves.png) ![scores](scores.png)",
-        "",
     ]
+    lines += [f"![{f.title}]({f.file})" for f in figures] + [""]
     return "\n".join(lines)
 
 
-def render_html(report: dict[str, Any]) -> str:
-    header, body = table(report)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+def render_html(report: dict[str, Any], figures: list[FigureSpec] = ()) -> str:
+    """The family table, then every figure (with its alt text) and the numbers it plots in a table beneath."""
+    sections = "".join(
+        f"<h2>{html.escape(f.title)}</h2><figure><img src='{html.escape(f.file)}' alt='{html.escape(f.alt)}'>"
+        f"<figcaption>{html.escape(f.alt)}</figcaption></figure>{_html_table(f.header, f.rows)}"
+        for f in figures
+    )
     return (
         f"<!doctype html><meta charset='utf-8'><title>youri report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+        "img{max-width:100%}figcaption{color:#555;font-size:90%;max-width:60em}</style>"
         f"<h1>youri report card</h1><p>{html.escape(report['run_dir'])}</p>"
-        f"<table><tr>{head}</tr>{rows}</table>"
-        "<p><img src='loss_curves.png' width='640'> <img src='scores.png' width='640'></p>"
+        f"{_html_table(*table(report))}"
+        + "".join(f"<p>{html.escape(note)}</p>" for note in average_notes(report["rows"]))
+        + sections
     )
+
+
+def _html_table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+    return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 # ---------------------------------------------------------------------------- plots
@@ -285,7 +331,7 @@ def plot_scores(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Non
     ax = fig.subplots()
     ax.bar(range(len(rows)), averages, color=["#4c72b0" if r["precision"] == "fp" else "#dd8452" for r in rows])
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("JP average (tasks run)")
+    ax.set_ylabel(average_header(rows))
     ax.set_title("scores per variant")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

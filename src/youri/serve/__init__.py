@@ -1,6 +1,8 @@
 """Inference: talking to the models.
 
 - ``engine``    — the one place for sampling, streaming detokenisation and continuous batching.
+- ``api``       — the request contract of ``youri serve``: every field of every endpoint checked, OpenAI errors.
+- ``decoder``   — the engine's forward: a static KV cache and a lean Llama step (the model's own forward otherwise).
 - ``inference`` — loading a stage folder for inference and encoding conversations with its prompt format.
 - ``chat``      — the ``youri chat`` stage (terminal).
 - ``server``    — the ``youri serve`` stage (OpenAI-compatible HTTP API and the web chat page in ``web/``).

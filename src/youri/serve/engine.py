@@ -9,9 +9,11 @@ come from ``youri.prompts`` (never hand-built strings).
 * ``IncrementalDecoder`` -- streaming text from token ids. Japanese characters often arrive as 2-3
   SentencePiece byte-fallback pieces (``<0xE3><0x81><0x82>`` = "あ"); text is only emitted once it
   decodes without a trailing U+FFFD, and the streamed pieces always concatenate to the final text.
-* ``Engine`` -- continuous batching over a Hugging Face causal LM: one left-padded batch with a
-  KV cache; new requests are prefilled together and merged into the running batch between decode
-  steps, finished ones leave it at once. ``generate``/``stream`` run one request through the same code.
+* ``Engine`` -- continuous batching over a causal LM: one left-padded batch of rows on a static KV
+  cache (``youri.serve.decoder``: a lean Llama step, or the model's own forward for other
+  architectures); new requests are prefilled together in one forward and merged into the running
+  batch between decode steps, finished ones leave it at once. Per-step work does not grow with the
+  context (besides attention itself). ``generate``/``stream`` run one request through the same code.
 
 Tiny CPU use::
 
@@ -21,7 +23,7 @@ Tiny CPU use::
 
 from __future__ import annotations
 
-import inspect
+import math
 import random
 import threading
 from collections import deque
@@ -29,11 +31,23 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
-from transformers import DynamicCache
+
+from youri.serve.decoder import make_batch
 
 
 class GenerationError(ValueError):
-    """Sampling settings or a prompt that generation cannot honour."""
+    """Sampling settings or a prompt that generation cannot honour (``field``: the setting at fault)."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+# Ranges outside which sampling is undefined or its float32 numerics break (``logits / 1e-45`` is inf,
+# softmax of inf is NaN); 0.01 is also vLLM's temperature floor. Seeds: what torch.Generator accepts.
+TEMPERATURE_RANGE = (0.01, 100.0)
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass
@@ -46,31 +60,55 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> "SamplingParams":
-        if self.max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise GenerationError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        """Check every setting's type and range (finite numbers only), naming the field at fault."""
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        _check_number("temperature", self.temperature, *TEMPERATURE_RANGE, zero=True)
+        _check_number("top_p", self.top_p, 0.0, 1.0)
+        if self.top_p == 0:
+            raise GenerationError("top_p must be in (0, 1], got 0", field="top_p")
+        _check_int("top_k", self.top_k, 0)
+        _check_number("repetition_penalty", self.repetition_penalty, *REPETITION_PENALTY_RANGE)
+        if self.seed is not None:
+            _check_int("seed", self.seed, *SEED_RANGE)
         return self
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GenerationError(f"{name} must be an integer, got {value!r}", field=name)
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise GenerationError(f"{name} must be {bounds}, got {value}", field=name)
+
+
+def _check_number(name: str, value, low: float, high: float, *, zero: bool = False) -> None:
+    """A finite number in ``[low, high]`` (or exactly 0 when ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GenerationError(f"{name} must be a number, got {value!r}", field=name)
+    if not (math.isfinite(value) and (low <= value <= high or (zero and value == 0))):
+        bounds = f"0 or between {low} and {high}" if zero else f"between {low} and {high}"
+        raise GenerationError(f"{name} must be {bounds}, got {value}", field=name)
 
 
 # ----------------------------------------------------------------------------- sampling numerics
 
 
+def seen_mask(context: list[int], vocab_size: int, device=None) -> torch.Tensor:
+    """``[V]`` booleans: which ids occur in ``context`` (the repetition penalty's set, kept per request)."""
+    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    mask[torch.tensor(context, dtype=torch.long, device=device)] = True
+    return mask
+
+
 def next_token(
-    logits: torch.Tensor, context: list[int], params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, context: list[int] | torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> int:
-    """One token from one row of logits ``[V]`` (float32), given the ids seen so far."""
+    """One token from one row of logits ``[V]`` (float32), given the ids seen so far (a list or a ``seen_mask``)."""
     logits = logits.float().clone()
-    if params.repetition_penalty != 1.0 and context:
-        seen = torch.tensor(sorted(set(context)), device=logits.device)
-        scores = logits[seen]
-        logits[seen] = torch.where(scores < 0, scores * params.repetition_penalty, scores / params.repetition_penalty)
+    if params.repetition_penalty != 1.0 and len(context):
+        seen = context if isinstance(context, torch.Tensor) else seen_mask(context, logits.numel(), logits.device)
+        penalized = torch.where(logits < 0, logits * params.repetition_penalty, logits / params.repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
     if params.temperature == 0:
         return int(torch.argmax(logits))
     logits = logits / params.temperature
@@ -153,6 +191,7 @@ class Request:
     generated: list[int] = field(default_factory=list)
     decoder: IncrementalDecoder | None = None
     generator: torch.Generator | None = None
+    seen: torch.Tensor | None = None  # seen_mask of prompt + generated, updated per token (penalty only)
     cancelled: bool = False
     done: bool = False
 
@@ -171,28 +210,16 @@ class Completion:
 # ----------------------------------------------------------------------------- engine
 
 
-def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
 class Engine:
-    """Continuous batching over one HF causal LM (left padding + one ``DynamicCache``).
+    """Continuous batching over one causal LM, on a static KV cache (``youri.serve.decoder``).
 
     ``submit`` is thread-safe; ``step`` (or the background thread from ``start``) admits waiting
-    requests -- prefilled together, then merged into the running batch -- or advances every running
-    request by one token. ``max_batch_size=1`` serves one request at a time (the unbatched baseline).
+    requests -- prefilled together in one forward, their rows merged into the running batch -- or
+    advances every running request by one token. ``max_batch_size=1`` serves one request at a time
+    (the unbatched baseline).
     """
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_context: int | None = None):
-
-        self._cache_cls = DynamicCache
-        # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40).
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -200,20 +227,20 @@ class Engine:
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 4096
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.batch = make_batch(model, self.max_context)
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stop = False
         self._reset_batch()
-        self.stats = {"steps": 0, "prefills": 0, "max_batch": 0}
+        self.stats = {"steps": 0, "prefills": 0, "max_batch": 0, "decoder": type(self.batch).__name__}
 
     def _reset_batch(self) -> None:
         self.active: list[Request] = []
         self._admitting: list[Request] = []
-        self.cache = None
-        self.mask: torch.Tensor | None = None  # [B, cached length]: 1 = real token, 0 = left padding
-        self.last: torch.Tensor | None = None  # [B, 1]: the token each row feeds next
+        self.last: list[int] = []  # the token each row feeds next
+        self.batch.reset()
 
     # -- public -----------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]) -> Request:
@@ -224,7 +251,11 @@ class Engine:
             raise GenerationError(
                 f"the prompt has {len(prompt_ids)} tokens; the model's context is {self.max_context} tokens"
             )
+        vocab = getattr(self.model.config, "vocab_size", None)
+        if min(prompt_ids) < 0 or (vocab and max(prompt_ids) >= vocab):  # would fail the whole batch's forward
+            raise GenerationError(f"the prompt holds token ids outside the vocabulary [0, {vocab})")
         request = Request(list(prompt_ids), params, on_event)
+        request.on_event = _isolated(request, on_event)
         with self._wake:
             self._waiting.append(request)
             self._wake.notify()
@@ -235,7 +266,7 @@ class Engine:
         with self._lock:
             room = self.max_batch_size - len(self.active)
             newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-        newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
+        newcomers = [r for r in newcomers if not self._drop_if_cancelled(r) and self._prepared(r)]
         self._admitting = newcomers  # failed too if the step raises before they join the batch
         with torch.inference_mode():
             if newcomers:
@@ -277,11 +308,39 @@ class Engine:
                 self._fail_all(err)
 
     def _fail_all(self, err: Exception) -> None:
+        """A failure of the batch itself (the forward pass): every request in it ends with the error."""
         for request in {id(r): r for r in self.active + self._admitting}.values():
             if not request.done:
-                request.done = True
-                request.on_event(Event("", f"error: {type(err).__name__}: {err}"))
+                self._fail(request, err)
         self._reset_batch()
+
+    # -- one request's failure stays its own --------------------------------------------------
+    # What depends on a single request's settings (its generator, its sampling) runs under these
+    # guards: the request that raised ends with an error event and the batch goes on without it.
+    def _fail(self, request: Request, err: Exception) -> None:
+        request.done = True
+        request.on_event(
+            Event("", f"error: {type(err).__name__}: {err}", len(request.prompt_ids), len(request.generated))
+        )
+
+    def _prepared(self, request: Request) -> bool:
+        """Give a newcomer its decoder and seeded generator; False (after an error event) if that fails."""
+        try:
+            request.decoder = IncrementalDecoder(self.tokenizer)
+            request.generator = make_generator(request.params.seed, self.device)
+        except Exception as err:  # noqa: BLE001 -- this request's settings, not the engine's
+            self._fail(request, err)
+            return False
+        return True
+
+    def _sample(self, request: Request, logits: torch.Tensor, greedy: int) -> int:
+        if request.params.temperature == 0 and request.params.repetition_penalty == 1.0:
+            return greedy
+        if request.seen is None:  # kept per request: no per-step work that grows with the context
+            request.seen = seen_mask(request.prompt_ids, logits.shape[-1], logits.device)
+        token = next_token(logits, request.seen, request.params, request.generator)
+        request.seen[token] = True
+        return token
 
     def _drop_if_cancelled(self, request: Request) -> bool:
         if request.cancelled:
@@ -289,58 +348,21 @@ class Engine:
             request.on_event(Event("", "cancelled", len(request.prompt_ids), len(request.generated)))
         return request.cancelled
 
-    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=self.mask,
-            position_ids=position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_arg: self.cache},
-        )
-        return out.logits[:, -1, :]
+    def _forward(self, step: str, *args) -> torch.Tensor:
+        """The one place the engine runs the model: the batch's ``prefill`` or ``decode``."""
+        return getattr(self.batch, step)(*args)
 
     def _prefill(self, requests: list[Request]) -> None:
-        """Prefill newcomers as their own left-padded batch, then merge them into the running one."""
-        length = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((len(requests), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), length), dtype=torch.long)
-        for row, request in enumerate(requests):
-            ids[row, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
-            mask[row, length - len(request.prompt_ids) :] = 1
-            request.decoder = IncrementalDecoder(self.tokenizer)
-            request.generator = make_generator(request.params.seed, self.device)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        old = (self.active, self.cache, self.mask, self.last)
-        self.cache, self.mask = self._cache_cls(), mask
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self._forward(ids, positions)
-        new_cache, new_mask = self.cache, self.mask
+        """Prefill newcomers in one forward; the batch appends them as rows after the running ones."""
+        logits = self._forward("prefill", [r.prompt_ids for r in requests], self.pad_id)
         self.stats["prefills"] += 1
-        if old[0]:
-            self._merge(old, requests, new_cache, new_mask)
-        else:
-            self.active, self.cache, self.mask = list(requests), new_cache, new_mask
-            self.last = torch.zeros((len(requests), 1), dtype=torch.long, device=self.device)
+        self.active += requests
+        self.last += [0] * len(requests)
         offset = len(self.active) - len(requests)
         self._advance(logits, range(offset, offset + len(requests)))
 
-    def _merge(self, old, requests, new_cache, new_mask) -> None:
-        """Concatenate two left-padded batches along the batch axis (the shorter one padded left)."""
-        active, cache, mask, last = old
-        length = max(mask.shape[1], new_mask.shape[1])
-        for layer, new_layer in zip(cache.layers, new_cache.layers):
-            layer.keys = torch.cat([_pad_left(layer.keys, length, 2), _pad_left(new_layer.keys, length, 2)])
-            layer.values = torch.cat([_pad_left(layer.values, length, 2), _pad_left(new_layer.values, length, 2)])
-        self.active = active + list(requests)
-        self.cache = cache
-        self.mask = torch.cat([_pad_left(mask, length, 1), _pad_left(new_mask, length, 1)])
-        self.last = torch.cat([last, torch.zeros((len(requests), 1), dtype=torch.long, device=self.device)])
-
     def _decode(self) -> None:
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.active), 1))], dim=1)
-        positions = self.mask.sum(-1, keepdim=True) - 1
-        logits = self._forward(self.last, positions)
+        logits = self._forward("decode", torch.tensor(self.last, device=self.device))
         self._advance(logits, range(len(self.active)))
 
     def _advance(self, logits: torch.Tensor, rows) -> None:
@@ -350,13 +372,12 @@ class Engine:
             request = self.active[row]
             if request.cancelled:
                 continue
-            if request.params.temperature == 0 and request.params.repetition_penalty == 1.0:
-                token = argmax[logits_row]
-            else:
-                token = next_token(
-                    logits[logits_row], request.prompt_ids + request.generated, request.params, request.generator
-                )
-            self.last[row, 0] = token
+            try:
+                token = self._sample(request, logits[logits_row], argmax[logits_row])
+            except Exception as err:  # noqa: BLE001 -- this request's sampling settings: end it alone
+                self._fail(request, err)
+                continue
+            self.last[row] = token
             if token in self.eos_ids:
                 self._finish(request, "stop")
                 continue
@@ -378,17 +399,22 @@ class Engine:
         )
 
     def _select(self, keep: list[int]) -> None:
-        if not keep:
-            self._reset_batch()
-            return
-        index = torch.tensor(keep, device=self.device)
         self.active = [self.active[i] for i in keep]
-        self.mask, self.last = self.mask[index], self.last[index]
-        start = int((self.mask.sum(0) > 0).nonzero()[0])  # columns that are padding in every row go
-        self.mask = self.mask[:, start:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, start:]
-            layer.values = layer.values[index, :, start:]
+        self.last = [self.last[i] for i in keep]
+        self.batch.keep(keep)
+
+
+def _isolated(request: Request, on_event: Callable[[Event], None]) -> Callable[[Event], None]:
+    """``on_event`` that cannot raise into the engine: a consumer that fails (its client is gone)
+    cancels its own request and nobody else's."""
+
+    def emit(event: Event) -> None:
+        try:
+            on_event(event)
+        except Exception:  # noqa: BLE001 -- whatever the consumer does wrong stays with its request
+            request.cancelled = True
+
+    return emit
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -7,8 +7,11 @@ rendered by ``youri.prompts`` (``system/user/assistant -> 設定/ユーザー/�
 guard included); ``/v1/completions`` takes raw text. Extensions: ``top_k`` and ``repetition_penalty``.
 
 Binds 127.0.0.1 unless told otherwise; ``--api_key`` (or env ``YOURI_API_KEY``) requires
-``Authorization: Bearer KEY`` on ``/v1/*``. Over-limit or malformed requests get OpenAI-style error
-objects (``{"error": {"message", "type", "param", "code"}}``) with 400/401/404/413/422.
+``Authorization: Bearer KEY`` on ``/v1/*``. Every field of every request is checked before anything
+reaches the engine (``youri.serve.api``); an over-limit, malformed or hostile request gets an
+OpenAI-style error object (``{"error": {"message", "type", "param", "code"}}``) with 400/401/404/405/413,
+and never affects the requests generating beside it. Anything else that goes wrong still answers an
+error object (500), never plain text. ``stop`` strings are applied to the streamed text.
 
 Tiny CPU::
 
@@ -29,18 +32,31 @@ import os
 import threading
 import time
 import uuid
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import AsyncIterator, Iterator
 
 import uvicorn
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
-from youri.prompts import PromptError, messages_to_turns
-from youri.serve.engine import Engine, Event, GenerationError, SamplingParams
+from youri.prompts import PromptError
+from youri.serve.api import (
+    APIError,
+    Limits,
+    Options,
+    StopText,
+    chat_turns,
+    completion_text,
+    model_name,
+    params_for,
+    parse_options,
+    read_json,
+)
+from youri.serve.engine import Engine, SamplingParams
 from youri.serve.inference import ChatError, encode_turns, load_for_inference, prompt_kind
 
 
@@ -76,103 +92,6 @@ class Config:
     """Weights dtype: auto (as saved), float32, bfloat16 or float16."""
 
 
-class APIError(Exception):
-    """An error returned to the client as an OpenAI error object."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        type: str = "invalid_request_error",
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
-
-
-# ----------------------------------------------------------------------------- request parsing
-
-_SAMPLING_FIELDS = {
-    "temperature": (float, 1.0),
-    "top_p": (float, 1.0),
-    "top_k": (int, 0),
-    "repetition_penalty": (float, 1.0),
-    "seed": (int, None),
-    "n": (int, 1),
-}
-
-
-def _field(body: dict, name: str, kind: type, default: Any) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-    if isinstance(value, bool) or not ok:
-        raise APIError(
-            422,
-            f"'{name}' must be {'a number' if kind is float else 'an integer'}, got {value!r}",
-            param=name,
-            code="invalid_type",
-        )
-    return value
-
-
-@dataclass
-class Limits:
-    context: int
-    max_prompt_tokens: int
-    max_tokens_limit: int
-    default_max_tokens: int
-    max_n: int
-    max_body_bytes: int
-
-
-def parse_sampling(body: dict, prompt_tokens: int, limits: Limits) -> tuple[SamplingParams, int]:
-    """``(params, n)`` from an OpenAI request body, enforcing the server's limits."""
-    values = {name: _field(body, name, kind, default) for name, (kind, default) in _SAMPLING_FIELDS.items()}
-    max_tokens = _field(body, "max_completion_tokens", int, None)
-    max_tokens = _field(body, "max_tokens", int, max_tokens)
-    room = limits.context - prompt_tokens
-    if prompt_tokens > limits.max_prompt_tokens:
-        raise APIError(
-            400,
-            f"the prompt has {prompt_tokens} tokens; this server accepts at most {limits.max_prompt_tokens}",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    if max_tokens is None:
-        max_tokens = min(limits.default_max_tokens, room)
-    elif max_tokens > limits.max_tokens_limit:
-        raise APIError(
-            400,
-            f"max_tokens is {max_tokens}; this server accepts at most {limits.max_tokens_limit}",
-            param="max_tokens",
-            code="max_tokens_exceeded",
-        )
-    elif max_tokens > room:
-        raise APIError(
-            400,
-            f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the {limits.context}-token context",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    n = values.pop("n")
-    if not 1 <= n <= limits.max_n:
-        raise APIError(400, f"n is {n}; this server accepts 1 to {limits.max_n}", param="n", code="n_exceeded")
-    params = SamplingParams(max_new_tokens=max_tokens, **values)
-    try:
-        params.validate()
-    except GenerationError as err:
-        raise APIError(400, str(err)) from err
-    return params, n
-
-
 # ----------------------------------------------------------------------------- the app
 
 
@@ -191,7 +110,7 @@ class Server:
         self.created = int(time.time())
 
     def check_model(self, body: dict) -> None:
-        model = body.get("model")
+        model = model_name(body)
         if model != self.name:
             raise APIError(
                 404,
@@ -201,21 +120,15 @@ class Server:
             )
 
     def chat_prompt(self, body: dict) -> list[int]:
+        turns = chat_turns(body)
         try:
-            turns = messages_to_turns(body.get("messages") or [], where="messages")
-            if not turns:
-                raise PromptError("messages: give at least one message")
             return encode_turns(turns, self.tokenizer, self.kind)
-        except PromptError as err:
-            raise APIError(400, str(err), param="messages") from err
+        except PromptError as err:  # e.g. an instruction model sent a multi-turn chat
+            raise APIError(400, str(err), param="messages", code="invalid_value") from err
 
     def text_prompt(self, body: dict) -> list[int]:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise APIError(400, "'prompt' must be one non-empty string", param="prompt")
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        # Raw text is text: a literal "</s>" in it stays characters, never the eos id.
+        return self.tokenizer(completion_text(body), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, n: int) -> tuple[asyncio.Queue, list]:
         """Queue ``n`` generations; events arrive on one asyncio queue as ``(index, Event)``."""
@@ -223,33 +136,15 @@ class Server:
         queue: asyncio.Queue = asyncio.Queue()
         handles = []
         for index in range(n):
-            seeded = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + index})
+            # One seed per choice; torch takes seeds modulo 2**64 (negative ones too), so this never overflows.
+            seed = None if params.seed is None else (params.seed + index) % 2**64
+            seeded = SamplingParams(**{**params.__dict__, "seed": seed})
             handles.append(
                 self.engine.submit(
                     prompt_ids, seeded, lambda event, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, event))
                 )
             )
         return queue, handles
-
-
-async def _read_json(request, limit: int) -> dict:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise APIError(
-            413, f"the request body has {length} bytes; this server accepts at most {limit}", code="request_too_large"
-        )
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
-    try:
-        body = json.loads(bytes(raw))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise APIError(400, f"the request body is not valid JSON: {err}", code="invalid_json") from err
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
-    return body
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -260,25 +155,43 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-def _check_error(event: Event) -> None:
-    if event.finish_reason and event.finish_reason.startswith("error"):
-        raise APIError(500, f"generation failed: {event.finish_reason}", type="server_error")
-
-
-async def _collect(server: Server, prompt_ids: list[int], params: SamplingParams, n: int) -> tuple[list, int]:
-    queue, handles = server.submit(prompt_ids, params, n)
-    texts, reasons, completion = [""] * n, [None] * n, 0
+async def _choices(
+    server: Server, prompt_ids: list[int], params: SamplingParams, options: Options
+) -> AsyncIterator[tuple[int, str, str | None, int]]:
+    """``(choice, text, finish_reason, completion_tokens)`` as the engine reports, ``stop`` strings
+    applied; every generation is cancelled when this ends, also when the client went away."""
+    queue, handles = server.submit(prompt_ids, params, options.n)
+    stops = [StopText(options.stop) for _ in range(options.n)]
+    running = set(range(options.n))
     try:
-        while any(r is None for r in reasons):
+        while running:
             index, event = await queue.get()
-            _check_error(event)
-            texts[index] += event.text
-            if event.finish_reason is not None:
-                reasons[index] = event.finish_reason
-                completion += event.completion_tokens
+            if index not in running:
+                continue  # the "cancelled" echo of a choice that ended at a stop string
+            if event.finish_reason and event.finish_reason.startswith("error"):
+                raise APIError(500, f"generation failed: {event.finish_reason}", type="server_error")
+            text = stops[index].push(event.text)
+            if stops[index].hit:
+                running.discard(index)
+                handles[index].cancel()
+                yield index, text, "stop", len(handles[index].generated)
+            elif event.finish_reason is not None:
+                running.discard(index)
+                yield index, text + stops[index].flush(), event.finish_reason, event.completion_tokens
+            elif text:
+                yield index, text, None, 0
     finally:
         for handle in handles:
             handle.cancel()  # a no-op for finished ones; frees the batch when the client went away
+
+
+async def _collect(server: Server, prompt_ids: list[int], params: SamplingParams, options: Options):
+    texts, reasons, completion = [""] * options.n, [None] * options.n, 0
+    async with aclosing(_choices(server, prompt_ids, params, options)) as choices:
+        async for index, text, reason, tokens in choices:
+            texts[index] += text
+            reasons[index] = reason or reasons[index]
+            completion += tokens
     return list(zip(texts, reasons)), completion
 
 
@@ -286,7 +199,7 @@ def _sse(data: dict | str) -> str:
     return "data: " + (data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)) + "\n\n"
 
 
-async def _stream(server: Server, prompt_ids, params, n, *, chat: bool, include_usage: bool) -> Iterator[str]:
+async def _stream(server: Server, prompt_ids, params, options: Options, *, chat: bool) -> AsyncIterator[str]:
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     base = {
         "id": ident,
@@ -301,31 +214,29 @@ async def _stream(server: Server, prompt_ids, params, n, *, chat: bool, include_
             return {**base, "choices": [{"index": index, "delta": delta, "finish_reason": reason}]}
         return {**base, "choices": [{"index": index, "text": text or "", "finish_reason": reason}]}
 
-    queue, handles = server.submit(prompt_ids, params, n)
+    if chat:
+        for index in range(options.n):
+            yield _sse(chunk(index, None, None, role=True))
+    completion = 0
     try:
-        if chat:
-            for index in range(n):
-                yield _sse(chunk(index, None, None, role=True))
-        open_rows, completion = n, 0
-        while open_rows:
-            index, event = await queue.get()
-            if event.finish_reason and event.finish_reason.startswith("error"):
-                yield _sse(
-                    {"error": {"message": event.finish_reason, "type": "server_error", "param": None, "code": None}}
-                )
-                return
-            if event.text:
-                yield _sse(chunk(index, event.text, None))
-            if event.finish_reason is not None:
-                open_rows -= 1
-                completion += event.completion_tokens
-                yield _sse(chunk(index, None, event.finish_reason))
-        if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(len(prompt_ids), completion)})
-        yield _sse("[DONE]")
-    finally:
-        for handle in handles:
-            handle.cancel()
+        async with aclosing(_choices(server, prompt_ids, params, options)) as choices:
+            async for index, text, reason, tokens in choices:
+                if text:
+                    yield _sse(chunk(index, text, None))
+                if reason is not None:
+                    completion += tokens
+                    yield _sse(chunk(index, None, reason))
+    except Exception as err:  # noqa: BLE001 -- the headers are sent: any error travels as an event
+        error = (
+            err
+            if isinstance(err, APIError)
+            else APIError(500, f"internal server error ({type(err).__name__})", type="server_error")
+        )
+        yield _sse({"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}})
+        return
+    if options.include_usage:
+        yield _sse({**base, "choices": [], "usage": _usage(len(prompt_ids), completion)})
+    yield _sse("[DONE]")
 
 
 def create_app(server: Server):
@@ -341,6 +252,18 @@ def create_app(server: Server):
 
     app = FastAPI(title="youri", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
+
+    # Unknown routes, wrong methods and the server's own bugs answer OpenAI error objects too, never text.
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        return APIError(
+            err.status_code, str(err.detail), code="not_found" if err.status_code == 404 else None
+        ).response()
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, err: Exception):  # Starlette still logs the traceback
+        return APIError(500, f"internal server error ({type(err).__name__})", type="server_error").response()
+
     web = resources.files("youri.serve") / "web"
 
     def authorize(request: Request) -> None:
@@ -350,22 +273,18 @@ def create_app(server: Server):
     async def handle(request: Request, *, chat: bool):
         try:
             authorize(request)
-            body = await _read_json(request, server.limits.max_body_bytes)
+            body = await read_json(request, server.limits.max_body_bytes)
             server.check_model(body)
+            options = parse_options(body)
             prompt_ids = server.chat_prompt(body) if chat else server.text_prompt(body)
-            params, n = parse_sampling(body, len(prompt_ids), server.limits)
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise APIError(422, f"'stream' must be true or false, got {stream!r}", param="stream")
-            if stream:
-                options = body.get("stream_options") or {}
-                usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+            params = params_for(options, len(prompt_ids), server.limits)
+            if options.stream:
                 return StreamingResponse(
-                    _stream(server, prompt_ids, params, n, chat=chat, include_usage=usage),
+                    _stream(server, prompt_ids, params, options, chat=chat),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache"},
                 )
-            results, completion = await _collect(server, prompt_ids, params, n)
+            results, completion = await _collect(server, prompt_ids, params, options)
         except APIError as err:
             return err.response()
         if chat:

@@ -7,7 +7,7 @@ weights, the tokenizer with the Jinja ``chat_template`` of ``kind`` inside ``tok
 and a ``generation_config.json`` whose EOS is ``</s>``; ``metrics.json`` has the held-out response
 loss before and after training.
 
-Tiny, on CPU (the demo recipe's sections; the chat model starts from the instruction model)::
+Tiny, on CPU (the demo recipe's sections; both start from the base model, as Youri 7B Instruction and Chat did)::
 
     youri sft --recipe recipes/demo.yaml                       # section sft_instruction
     youri sft --recipe recipes/demo.yaml --section sft_chat
@@ -65,7 +65,8 @@ class Config:
     model: str = "runs/demo/pretrain"
     """Parent model: a youri stage folder or any local Hugging Face Llama folder."""
     datasets: list[DatasetConfig] = field(default_factory=_default_datasets)
-    """Mixture: [{path, shape: instruction|messages|persona, epochs, personas, max_examples}]."""
+    """Mixture: [{path, shape, epochs, personas, max_examples}]; shape: instruction|messages|persona|dolly|flan|
+    llm_japanese|hh_rlhf (youri.data.sft_data)."""
     out: str = "runs/demo/sft_instruction"
     """Output stage folder."""
     seq_len: int = 512

@@ -2,7 +2,8 @@
 
 A task is named as in the harness: ``jcommonsenseqa-1.1-0.3`` (name, task VERSION, prompt version),
 or by its bare name (``jnli``), which takes the default task VERSION and the prompt version chosen for
-the model kind. ``xwinograd_ja`` has no prompt version.
+the model kind. ``xwinograd_ja`` has no prompt version. ``base`` holds the shared prompt machinery and
+``formats`` the readers for the files the harness's datasets come in (JSON Lines, JSON array, CSV, Parquet).
 """
 
 from __future__ import annotations

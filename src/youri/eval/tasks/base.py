@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from youri.io import DataError, iter_jsonl
+from youri.eval.tasks.formats import iter_rows
+from youri.io import DataError
 
 # Literals shared by many prompt versions: the Alpaca-ja preamble (0.3) and the Llama 2 system turn (0.6).
 ALPACA = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n"
@@ -268,13 +268,10 @@ def task_key(task: TaskDef, variant_name: str, prompt_name: str) -> str:
 
 
 def read_records(path: str, fields: dict[str, type | tuple[type, ...]]) -> list[tuple[int, Doc]]:
-    """``(line, record)`` of a JSON Lines file, each checked to hold ``fields`` of the given types."""
-
-    path_obj = Path(path)
-    if not path_obj.is_file():
-        raise DataError(f"data file not found: {path}")
+    """``(position, record)`` of a JSON Lines, JSON array, CSV or Parquet file (``formats.iter_rows``), each
+    checked to hold ``fields`` of the given types."""
     out = []
-    for lineno, record in iter_jsonl(path_obj):
+    for lineno, record in iter_rows(path):
         for name, kind in fields.items():
             if name not in record:
                 present = ", ".join(sorted(record)) or "none"

@@ -4,22 +4,27 @@ scored by exact match / MeCab-token F1 against every reference (protocol 4.1, 6.
 Data: SQuAD-v1.1-style JSON ``{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``,
 questions taken in article -> paragraph -> qa order; ``eval`` = JGLUE ``valid-v1.x.json``,
 ``fewshot`` = ``train-v1.x.json`` (JGLUE ``test-v1.3.json`` is the stand-in pool when train is absent).
+Or the rows ``shunk031/JGLUE`` yields in that same order (``id, title, context, question,
+answers{text, answer_start}``; Parquet or JSON Lines, as ``youri eval --download`` writes them).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant
+from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
 from youri.io import DataError, read_json
 
 EXTRACT = "与えられた文脈から、質問に対する答えを抜き出してください。"
 
 
 def load(path: str) -> list[dict]:
-
+    """JGLUE's SQuAD JSON, or the Hub's flat rows (one question per record, as ``shunk031/JGLUE`` yields them)."""
     if not Path(path).is_file():
         raise DataError(f"data file not found: {path}")
+    if Path(path).suffix.lower() in (".parquet", ".csv", ".jsonl") or not _is_squad_object(path):
+        return _load_rows(path)
     root = read_json(path)
     docs = []
     articles = root.get("data") if isinstance(root, dict) else None
@@ -45,6 +50,43 @@ def load(path: str) -> list[dict]:
                 )
     if not docs:
         raise DataError(f"{path}: no questions")
+    return docs
+
+
+def _is_squad_object(path: str) -> bool:
+    """One JSON object with a ``data`` list (JGLUE's files) rather than JSON Lines."""
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    try:
+        record = json.loads(first)
+    except ValueError:  # the object spans lines: a pretty-printed SQuAD file
+        return True
+    return isinstance(record, dict) and "data" in record
+
+
+def _load_rows(path: str) -> list[dict]:
+    """``{id, title, context, question, answers: {text: [...], answer_start: [...]}}`` per record, file order."""
+    docs = []
+    for row, record in read_records(
+        path, {"id": str, "title": str, "context": str, "question": str, "answers": (dict, list)}
+    ):
+        answers = record["answers"]
+        texts = (
+            answers.get("text")
+            if isinstance(answers, dict)
+            else [a.get("text") if isinstance(a, dict) else None for a in answers]
+        )
+        if not texts or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise DataError(f"{path}:{row}: field 'answers' must hold a non-empty list of answer texts")
+        docs.append(
+            {
+                "id": record["id"],
+                "title": record["title"],
+                "context": record["context"],
+                "question": record["question"],
+                "answers": list(texts),
+            }
+        )
     return docs
 
 

@@ -1,8 +1,11 @@
 """MARC-ja (``marc_ja-1.1-*``): positive/negative review classification (protocol 3.3).
 
-Data (not in the shared folder; supported in its real schema): JGLUE ``marc_ja`` JSON Lines with
-``sentence``, ``label`` (``"positive"``/``"negative"`` or ClassLabel index 0/1) and ``review_id``;
-``eval`` = validation, ``fewshot`` = train. Few-shot is plain ``rnd.sample`` (never stratified).
+Data (not in the shared folder): what ``shunk031/JGLUE`` (config ``MARC-ja``) yields -- ``sentence``,
+``label`` (ClassLabel index 0 = positive, 1 = negative, or the name) and ``review_id``, in file order;
+``eval`` = validation, ``fewshot`` = train; JSON Lines, a JSON array, CSV or Parquet. The loader builds
+MARC-ja from the Amazon reviews download, which was withdrawn in 2023; its fallback is the Hub's
+Parquet export (``refs/convert/parquet``, ``MARC-ja/``), which is what ``youri eval --download``
+fetches while it exists. Few-shot is plain ``rnd.sample`` (never stratified).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """XL-Sum-ja (``xlsum_ja-1.0-*``): 1-shot news summarisation by greedy generation, ROUGE-2 (protocol 4.3,
 5.4, 6.3).
 
-Data (not in the shared folder; supported in its real schema): ``mkshing/xlsum_ja`` JSON Lines with
-``text`` and ``summary`` (also ``id``, ``url``, ``title``); ``eval`` = the **test** split, ``fewshot`` = train.
+Data (not in the shared folder; ``youri eval --download`` fetches it): the ``mkshing/xlsum_ja`` split files
+(CSV on the Hub; JSON Lines or Parquet work too) with ``text`` and ``summary`` (also ``id``, ``url``,
+``title``), in file order; ``eval`` = the **test** split, ``fewshot`` = train.
 Over-long contexts are shortened sentence by sentence with the model's tokenizer, as the harness does.
 """
 

@@ -1,7 +1,7 @@
 """XWinograd-ja (``xwinograd_ja``, no prompt version): 0-shot; each of the two whole sentences is scored
 after a single EOS token and the gold one must be **strictly** more likely (protocol 3.4).
 
-Data: JSON Lines with ``sentence1``, ``sentence2``, ``answer`` (``"1"``/``"2"``) -- the
+Data: JSON Lines (or Parquet/CSV) with ``sentence1``, ``sentence2``, ``answer`` (``"1"``/``"2"``) -- the
 ``polm-stability/xwinograd-ja`` form (``xwinograd_jp.jsonl`` in the shared folder); scored split ``test``.
 """
 

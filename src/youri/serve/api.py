@@ -1,0 +1,338 @@
+"""The request contract of ``youri serve``: every field of every endpoint is checked here.
+
+One careless or hostile request must never cost another request its reply, so nothing reaches the
+engine before its body passed these checks: JSON types (``"messages": 5``, ``"n": true``), ranges and
+finite numbers (``temperature`` NaN or 1e-45, ``seed`` beyond 64 bits, ``repetition_penalty``
+Infinity), string contents (lone surrogates), and the server's limits. A failure is an ``APIError``,
+answered as an OpenAI error object ``{"error": {"message", "type", "param", "code"}}`` with status 400
+(401/404/413 for the key, the model name and the body size). The sampling ranges themselves live in
+``SamplingParams.validate`` (shared with ``youri chat``); this module maps them to request fields.
+
+OpenAI fields youri does not implement (``logprobs``, ``tools``, ``presence_penalty`` ...) are accepted
+at their neutral value and refused otherwise, so a client never silently gets something it did not
+ask for; fields unknown to the API are ignored, as OpenAI-compatible servers do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from youri.prompts import PromptError, Turn, messages_to_turns
+from youri.serve.engine import GenerationError, SamplingParams
+
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+
+
+class APIError(Exception):
+    """An error returned to the client as an OpenAI error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+@dataclass
+class Limits:
+    context: int
+    max_prompt_tokens: int
+    max_tokens_limit: int
+    default_max_tokens: int
+    max_n: int
+    max_body_bytes: int
+
+
+@dataclass
+class Options:
+    """Everything about a request except its prompt, checked (``max_tokens`` None = the server default)."""
+
+    sampling: dict[str, Any]
+    max_tokens: int | None
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
+    stop: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- the body
+
+
+async def read_json(request, limit: int) -> dict:
+    """The request body as a JSON object, at most ``limit`` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise APIError(
+            413, f"the request body has {length} bytes; this server accepts at most {limit}", code="request_too_large"
+        )
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
+    try:
+        body = json.loads(bytes(raw))
+    except (ValueError, RecursionError) as err:  # also: nesting too deep, integers of over 4300 digits
+        raise APIError(400, f"the request body is not valid JSON: {str(err)[:200]}", code="invalid_json") from err
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _type_error(name: str, expected: str, value: Any) -> APIError:
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return APIError(400, f"'{name}' must be {expected}, got {shown}", param=name, code="invalid_type")
+
+
+def _value_error(name: str, message: str) -> APIError:
+    return APIError(400, message, param=name, code="invalid_value")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(value: Any, name: str) -> int | None:
+    if value is not None and not _is_int(value):
+        raise _type_error(name, "an integer", value)
+    return value
+
+
+def _number(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(name, "a number", value)
+    if not math.isfinite(value):
+        raise _value_error(name, f"'{name}' must be a finite number, got {value}")
+    return value
+
+
+def _boolean(value: Any, name: str) -> bool:
+    if value is not None and not isinstance(value, bool):
+        raise _type_error(name, "true or false", value)
+    return bool(value)
+
+
+def _text(value: Any, name: str) -> str:
+    """A string that is valid Unicode (JSON escapes can smuggle lone surrogates into Python strings)."""
+    if not isinstance(value, str):
+        raise _type_error(name, "a string", value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _value_error(name, f"'{name}' is not valid Unicode (a lone surrogate at character {err.start})") from err
+    return value
+
+
+# Implemented nowhere in youri: each is accepted at its neutral value(s) only (None is always neutral).
+UNSUPPORTED = {
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "logprobs": (False, 0),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "echo": (False,),
+    "best_of": (1,),
+    "suffix": ("",),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "response_format": ({"type": "text"},),
+}
+
+
+def _neutral(value: Any, neutral: tuple) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):  # False is not 0 here: JSON false and 0 are different values
+        return any(n is value for n in neutral)
+    return any(not isinstance(n, bool) and value == n for n in neutral)
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for name, neutral in UNSUPPORTED.items():
+        if not _neutral(body.get(name), neutral):
+            raise APIError(
+                400,
+                f"'{name}' is not supported by this server (leave it out or send its default)",
+                param=name,
+                code="unsupported_parameter",
+            )
+
+
+def _stop(body: dict) -> list[str]:
+    value = body.get("stop")
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not 1 <= len(stops) <= MAX_STOP_STRINGS:
+        raise _type_error("stop", f"a string or a list of 1 to {MAX_STOP_STRINGS} strings", value)
+    for stop in stops:
+        if not _text(stop, "stop"):
+            raise _value_error("stop", "'stop' strings must not be empty")
+    return stops
+
+
+def _stream_options(body: dict, stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise _value_error("stream_options", "'stream_options' is only allowed with \"stream\": true")
+    if not isinstance(options, dict):
+        raise _type_error("stream_options", 'an object such as {"include_usage": true}', options)
+    return _boolean(options.get("include_usage"), "stream_options.include_usage")
+
+
+# The request field behind each SamplingParams field (for error messages that name what the client sent).
+PARAM_OF = {
+    "max_new_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "repetition_penalty": "repetition_penalty",
+    "seed": "seed",
+}
+
+
+def parse_options(body: dict) -> Options:
+    """Every non-prompt field of a chat or text completion request, type-checked."""
+    _refuse_unsupported(body)
+    max_tokens = _integer(body.get("max_tokens"), "max_tokens")
+    if max_tokens is None:
+        max_tokens = _integer(body.get("max_completion_tokens"), "max_completion_tokens")
+    sampling = {name: _number(body.get(name), name) for name in ("temperature", "top_p", "repetition_penalty")}
+    sampling.update(top_k=_integer(body.get("top_k"), "top_k"), seed=_integer(body.get("seed"), "seed"))
+    n = _integer(body.get("n"), "n")
+    stream = _boolean(body.get("stream"), "stream")
+    return Options(
+        sampling={k: v for k, v in sampling.items() if v is not None},
+        max_tokens=max_tokens,
+        n=1 if n is None else n,
+        stream=stream,
+        include_usage=_stream_options(body, stream),
+        stop=_stop(body),
+    )
+
+
+def params_for(options: Options, prompt_tokens: int, limits: Limits) -> SamplingParams:
+    """The engine's settings for a request, within the server's limits and ``SamplingParams``' ranges."""
+    if prompt_tokens > limits.max_prompt_tokens:
+        raise APIError(
+            400,
+            f"the prompt has {prompt_tokens} tokens; this server accepts at most {limits.max_prompt_tokens}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    room = limits.context - prompt_tokens
+    max_tokens = options.max_tokens
+    if max_tokens is None:
+        max_tokens = min(limits.default_max_tokens, room)
+    elif max_tokens > limits.max_tokens_limit:
+        raise APIError(
+            400,
+            f"max_tokens is {max_tokens}; this server accepts at most {limits.max_tokens_limit}",
+            param="max_tokens",
+            code="max_tokens_exceeded",
+        )
+    elif max_tokens > room:
+        raise APIError(
+            400,
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the {limits.context}-token context",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    if not 1 <= options.n <= limits.max_n:
+        raise APIError(400, f"n is {options.n}; this server accepts 1 to {limits.max_n}", param="n", code="n_exceeded")
+    params = SamplingParams(max_new_tokens=max_tokens, **{"temperature": 1.0, **options.sampling})
+    try:
+        return params.validate()
+    except GenerationError as err:
+        param = PARAM_OF.get(err.field or "", err.field)
+        raise APIError(
+            400, str(err).replace("max_new_tokens", "max_tokens"), param=param, code="invalid_value"
+        ) from err
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def chat_turns(body: dict) -> list[Turn]:
+    """``messages``: a non-empty list of ``{"role", "content"}`` objects with valid Unicode text."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _type_error("messages", 'a non-empty list of {"role", "content"} objects', messages)
+    for i, message in enumerate(messages):
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            _text(message["content"], f"messages[{i}].content")
+    try:
+        return messages_to_turns(messages, where="messages")
+    except PromptError as err:
+        raise APIError(400, str(err), param="messages", code="invalid_value") from err
+
+
+def completion_text(body: dict) -> str:
+    """``prompt``: one non-empty string (or a list holding exactly one)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise _type_error("prompt", "one non-empty string", prompt)
+    return _text(prompt, "prompt")
+
+
+def model_name(body: dict) -> str:
+    name = body.get("model")
+    if not isinstance(name, str):
+        raise _type_error("model", "the served model's name (a string)", name)
+    return name
+
+
+# ----------------------------------------------------------------------------- stop strings
+
+
+class StopText:
+    """One choice's text cut at the first of its ``stop`` strings (which is not returned, as in OpenAI).
+
+    Streamed text that could still turn into a stop string is held back until it cannot, so no
+    delta ever has to be taken back.
+    """
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.held, self.hit = stops, "", False
+
+    def push(self, delta: str) -> str:
+        """What may be emitted now of the text so far (held back + ``delta``)."""
+        if self.hit or not self.stops:
+            return "" if self.hit else delta
+        text = self.held + delta
+        found = [at for at in (text.find(stop) for stop in self.stops) if at >= 0]
+        if found:
+            self.hit, self.held = True, ""
+            return text[: min(found)]
+        keep = max((k for stop in self.stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """The held-back text, at the end of the completion (it never became a stop string)."""
+        held, self.held = self.held, ""
+        return held

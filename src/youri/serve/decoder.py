@@ -1,0 +1,325 @@
+"""The forward passes behind ``youri.serve.engine``: a static KV cache and a lean Llama decode step.
+
+A batch is a set of rows (one request each) that share one column index: prompts are left-padded so
+that every row's newest token sits in the same column, and a decode step writes one new column for
+all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode``, ``keep``):
+
+* ``StaticLlama`` -- Llama-family models. K/V live in preallocated ``[rows, kv_heads, columns,
+  head_dim]`` buffers written in place (grown by doubling, compacted when padding piles up on the
+  left), validity is one boolean ``[rows, columns]`` mask, rotary tables are computed once. A step
+  calls the model's own modules -- norms, projections (fp weights or GPTQ ``QuantLinear``), activation,
+  rotary tables -- so the numerics stay Hugging Face's; only the attention wiring lives here.
+  Hugging Face's own forward rebuilds a 4-D mask, concatenates its cache and wraps outputs on every
+  step, which at youri's sizes costs as much as the matmuls (benchmarks/decode_speed.py).
+* ``DynamicHF`` -- any other causal LM, through its own forward and a ``DynamicCache`` (the engine's
+  previous path), so a model the lean step does not know still generates correctly.
+
+Prefill takes all newcomers in one call; newcomers are merged into the running batch by placing their
+K/V in the columns that line up with it (shifting the running rows right once when a prompt is longer).
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import rotate_half
+
+LEAN_MODEL_TYPES = ("llama",)
+
+
+def make_batch(model, max_context: int):
+    """The fastest batch implementation that supports ``model``."""
+    return StaticLlama(model, max_context) if StaticLlama.supports(model) else DynamicHF(model)
+
+
+# ----------------------------------------------------------------------------- static cache, lean step
+
+
+class StaticLlama:
+    """Rows of requests over preallocated K/V buffers; ``decode`` is one column for every row."""
+
+    def __init__(self, model, max_context: int, *, rows: int = 1, columns: int = 64):
+        self.model, self.inner = model, model.model
+        self.layers = list(self.inner.layers)
+        self._plan = [_layer_plan(layer) for layer in self.layers]
+        attention = self.layers[0].self_attn
+        self.heads = model.config.num_attention_heads
+        self.head_dim = attention.head_dim
+        self.kv_heads = model.config.num_key_value_heads
+        self.gqa = attention.num_key_value_groups > 1
+        embed = self.inner.embed_tokens.weight
+        self.device, self.dtype = embed.device, embed.dtype
+        self.max_context = max_context
+        positions = torch.arange(max_context + 1, device=self.device)[None]
+        cos, sin = self.inner.rotary_emb(embed[:1], positions)  # the model's own tables (rope scaling included)
+        self.cos, self.sin = cos[0], sin[0]
+        with torch.inference_mode():  # the buffers are only ever touched in inference mode
+            self._allocate(rows, columns)
+        self.reset()
+
+    @staticmethod
+    def supports(model) -> bool:
+        config = getattr(model, "config", None)
+        rope = getattr(config, "rope_parameters", None) or {}
+        return (
+            getattr(config, "model_type", None) in LEAN_MODEL_TYPES
+            and hasattr(model, "model")
+            and hasattr(model.model, "rotary_emb")
+            and rope.get("rope_type", "default") != "dynamic"
+        )
+
+    # -- state --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.rows = 0
+        self.length = 0  # columns in use: [low, length)
+        self.starts = []
+
+    @property
+    def starts(self) -> list[int]:
+        """Each row's first real column (left of it: padding)."""
+        return self._starts
+
+    @starts.setter
+    def starts(self, value: list[int]) -> None:
+        self._starts = list(value)
+        self._start_columns = torch.tensor(self._starts, dtype=torch.long, device=self.device)[:, None]  # per step
+
+    @property
+    def low(self) -> int:
+        return min(self.starts) if self.starts else self.length
+
+    def _allocate(self, rows: int, columns: int) -> None:
+        shape = (rows, self.kv_heads, columns, self.head_dim)
+        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.valid = torch.zeros((rows, columns), dtype=torch.bool, device=self.device)
+
+    def _reserve(self, rows: int, columns: int) -> None:
+        """Room for ``rows`` rows and column index ``columns - 1``: compact left padding first, then grow."""
+        capacity_rows, capacity_columns = self.valid.shape
+        if columns > capacity_columns and self.low > 0:
+            shift = self.low
+            self._move_columns(-shift)
+            columns -= shift
+        if rows <= capacity_rows and columns <= capacity_columns:
+            return
+        old = (self.keys, self.values, self.valid)
+        grow = lambda need, have: have if need <= have else max(need, 2 * have)  # noqa: E731 -- doubling: amortised
+        self._allocate(grow(rows, capacity_rows), grow(columns, capacity_columns))
+        used = slice(0, self.length)
+        for new, kept in zip(self.keys + self.values, old[0] + old[1]):
+            new[: self.rows, :, used] = kept[: self.rows, :, used]
+        self.valid[: self.rows, used] = old[2][: self.rows, used]
+
+    def _move_columns(self, shift: int) -> None:
+        """Move the running rows' columns ``[low, length)`` by ``shift`` (right when positive)."""
+        low, length, rows = self.low, self.length, self.rows
+        source, target = slice(low, length), slice(low + shift, length + shift)
+        for buffer in self.keys + self.values:
+            buffer[:rows, :, target] = buffer[:rows, :, source].clone()
+        moved = self.valid[:rows, source].clone()
+        self.valid[:rows, min(low, low + shift) : max(length, length + shift)] = False
+        self.valid[:rows, target] = moved
+        self.starts = [s + shift for s in self.starts]
+        self.length += shift
+
+    # -- steps ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
+        """Append one row per prompt (all prompts in one forward); logits ``[len(prompts), vocab]``."""
+        count, width = len(prompts), max(len(p) for p in prompts)
+        if self.rows and width > self.length:
+            self._reserve(self.rows, width + 1)
+            self._move_columns(width - self.length)  # the running rows move right once
+        end = max(self.length, width)
+        self._reserve(self.rows + count, end + 1)
+        first = end - width  # the newcomers' columns: [first, end)
+        rows = slice(self.rows, self.rows + count)
+        ids = torch.full((count, width), pad_id, dtype=torch.long)
+        starts = []
+        self.valid[rows] = False
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            starts.append(end - len(prompt))
+            self.valid[self.rows + row, end - len(prompt) : end] = True
+        start = torch.tensor(starts, device=self.device)
+        columns = torch.arange(first, end, device=self.device)
+        positions = (columns[None] - start[:, None]).clamp(min=0)
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        # Padding queries see only themselves (no row of the mask is empty, so no NaN); real tokens
+        # never see padding keys.
+        mask = (causal & self.valid[rows, None, first:end]) | torch.eye(width, dtype=torch.bool, device=self.device)
+        logits = self._forward(
+            ids.to(self.device), positions, rows, slice(first, end), slice(first, end), mask[:, None]
+        )
+        self.rows += count
+        self.starts += starts
+        self.length = end
+        return logits
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One new token per row (``tokens [rows]``) -> logits ``[rows, vocab]``."""
+        self._reserve(self.rows, self.length + 1)
+        column, rows = self.length, slice(0, self.rows)
+        self.valid[rows, column] = True
+        positions = column - self._start_columns
+        window = slice(self.low, column + 1)
+        mask = self.valid[rows, None, None, window]
+        logits = self._forward(tokens[:, None], positions, rows, slice(column, column + 1), window, mask)
+        self.length += 1
+        return logits
+
+    @torch.inference_mode()
+    def keep(self, rows: list[int]) -> None:
+        """Drop every row not in ``rows`` (finished or cancelled requests); order is kept."""
+        if not rows:
+            self.reset()
+            return
+        index = torch.tensor(rows, device=self.device)
+        used, count = slice(self.low, self.length), len(rows)
+        for buffer in self.keys + self.values:
+            buffer[:count, :, used] = buffer[index, :, used]
+        self.valid[:count] = self.valid[index]
+        self.starts = [self.starts[i] for i in rows]
+        self.rows = count
+
+    def _forward(self, ids, positions, rows: slice, write: slice, window: slice, mask) -> torch.Tensor:
+        """Llama's decoder over ``ids [n, T]``: K/V written to columns ``write``, attention over ``window``."""
+        count, width = ids.shape
+        x = self.inner.embed_tokens(ids)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        for keys, values, (norm1, q_proj, k_proj, v_proj, o_proj, scale, norm2, gate, up, act, down) in zip(
+            self.keys, self.values, self._plan
+        ):
+            h = norm1(x)
+            q = q_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
+            k = k_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
+            # Rotary embedding on queries and keys at once (Llama's formula, HF's rotate_half): half the ops.
+            qk = torch.cat([q, k], dim=1)
+            qk = qk * cos + rotate_half(qk) * sin
+            keys[rows, :, write] = qk[:, self.heads :]
+            values[rows, :, write] = v_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
+            out = F.scaled_dot_product_attention(
+                qk[:, : self.heads],
+                keys[rows, :, window],
+                values[rows, :, window],
+                attn_mask=mask,
+                scale=scale,
+                enable_gqa=self.gqa,
+            )
+            x = x + o_proj(out.transpose(1, 2).reshape(count, width, -1))
+            h = norm2(x)
+            x = x + down(act(gate(h)) * up(h))
+        return self.model.lm_head(self.inner.norm(x[:, -1]))
+
+
+def _call(module):
+    """A plain ``nn.Linear`` as a bare ``F.linear`` (the module-call machinery costs as much as a tiny matmul);
+    anything else -- a GPTQ ``QuantLinear``, a hooked module -- is called as the module it is."""
+    plain = type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    return partial(F.linear, weight=module.weight, bias=module.bias) if plain else module
+
+
+def _layer_plan(layer) -> tuple:
+    """One decoder layer's callables, resolved once (no ``nn.Module.__getattr__`` per step)."""
+    attention, mlp = layer.self_attn, layer.mlp
+    projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
+    return (
+        layer.input_layernorm,
+        *map(_call, projections),
+        attention.scaling,
+        layer.post_attention_layernorm,
+        _call(mlp.gate_proj),
+        _call(mlp.up_proj),
+        mlp.act_fn,
+        _call(mlp.down_proj),
+    )
+
+
+# ----------------------------------------------------------------------------- any causal LM
+
+
+def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class DynamicHF:
+    """The same interface over the model's own forward and a ``DynamicCache`` (left padding, cat/gather)."""
+
+    def __init__(self, model):
+        # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40).
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows = 0
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # [rows, cached length]: 1 = real token, 0 = left padding
+
+    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
+        return out.logits[:, -1, :]
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        logits = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+        if self.rows:
+            self._merge(cache, mask)
+        else:
+            self.cache, self.mask = cache, mask
+        self.rows += len(prompts)
+        return logits
+
+    def _merge(self, new_cache, new_mask) -> None:
+        """Concatenate two left-padded batches along the batch axis (the shorter one padded left)."""
+        length = max(self.mask.shape[1], new_mask.shape[1])
+        for layer, new_layer in zip(self.cache.layers, new_cache.layers):
+            layer.keys = torch.cat([_pad_left(layer.keys, length, 2), _pad_left(new_layer.keys, length, 2)])
+            layer.values = torch.cat([_pad_left(layer.values, length, 2), _pad_left(new_layer.values, length, 2)])
+        self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(new_mask, length, 1)])
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=1)
+        return self._forward(tokens[:, None], self.mask, self.mask.sum(-1, keepdim=True) - 1, self.cache)
+
+    @torch.inference_mode()
+    def keep(self, rows: list[int]) -> None:
+        if not rows:
+            self.reset()
+            return
+        index = torch.tensor(rows, device=self.device)
+        self.mask = self.mask[index]
+        start = int((self.mask.sum(0) > 0).nonzero()[0])  # columns that are padding in every row go
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+        self.rows = len(rows)
