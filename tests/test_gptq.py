@@ -596,8 +596,10 @@ def test_gptq_loaders_open_the_folder_as_is(twin, parent, tmp_path, loader):
     )
     theirs = torch.load(out, weights_only=True)
     for i, folder in enumerate(folders):
+        model = load_model(folder, dtype=torch.float32)
+        prepare_kernels(model, use_kernel=False)  # youri's exact dequantised path, not the int4 kernel
         with torch.no_grad():
-            ours = load_model(folder, dtype=torch.float32)(torch.arange(3, 60)[None]).logits
+            ours = model(torch.arange(3, 60)[None]).logits
         gap = (theirs[f"{i}:logits"] - ours).abs().max().item()
         agree = (theirs[f"{i}:logits"].argmax(-1) == ours.argmax(-1)).float().mean().item()
         print(f"{loader} {folder.name}: max |logit diff| {gap:.2e}, argmax agreement {agree:.3f}")
