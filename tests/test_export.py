@@ -17,6 +17,7 @@ from youri.config import ConfigError
 from youri.io import resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.quant.export import Config, run
+from youri.quant.gptq import prepare_kernels
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing
 from youri.testing import save_random_llama
 from youri.train.init_base import train_tokenizer
@@ -129,8 +130,10 @@ def test_gptq_twin_is_dequantised_before_export(model, tmp_path, capsys):
     assert metrics["source"].startswith("GPTQ 4-bit") and metrics["quality"] == {"skipped": "eval_samples is 0"}
     theirs = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="twin-f16.gguf", dtype=torch.float32)
     ids = torch.arange(3, 60)[None]
+    ours = load_model(twin, dtype=torch.float32)
+    prepare_kernels(ours, use_kernel=False)  # youri's exact dequantised path, not the bf16 int4 kernel
     with torch.no_grad():
-        a, b = load_model(twin, dtype=torch.float32)(ids).logits, theirs(ids).logits
+        a, b = ours(ids).logits, theirs(ids).logits
     torch.testing.assert_close(b, a, rtol=0, atol=2e-3 * a.abs().max().item())
 
 
