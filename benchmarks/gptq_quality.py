@@ -273,15 +273,25 @@ def write_data_folder(folder: Path, calib, heldout, vocab_size: int, eos_id: int
 
 
 def reference_python() -> tuple[str | None, str]:
-    candidates = [os.environ.get("YOURI_GPTQ_REFERENCE_PYTHON", ""), "/tmp/gptqref/bin/python", sys.executable]
+    """The python of a venv with GPTQModel: $YOURI_GPTQ_REFERENCE_PYTHON, the venv scripts/test.sh builds
+    ($YOURI_GPTQ_REF_VENV or ~/.cache/youri/gptqref), /tmp/gptqref, or this interpreter; paths that do not
+    exist are passed over, and none found means the reference is skipped with the reason."""
+    venv = Path(os.environ.get("YOURI_GPTQ_REF_VENV") or Path.home() / ".cache" / "youri" / "gptqref")
+    candidates = [
+        os.environ.get("YOURI_GPTQ_REFERENCE_PYTHON", ""),
+        str(venv / "bin" / "python"),
+        "/tmp/gptqref/bin/python",
+        sys.executable,
+    ]
     for python in filter(None, candidates):
+        if not Path(python).is_file():
+            continue
         probe = subprocess.run([python, "-c", "import gptqmodel, optimum"], capture_output=True)
         if probe.returncode == 0:
             return python, ""
     return None, (
-        "GPTQModel not installed (it pins numpy==2.2.6: install it in a venv, `python -m venv "
-        "--system-site-packages /tmp/gptqref && /tmp/gptqref/bin/pip install gptqmodel==7.6.0 "
-        "optimum==2.3.0 torch==2.13.0 transformers==5.24.0`)"
+        f"GPTQModel not installed (looked in $YOURI_GPTQ_REFERENCE_PYTHON, {venv}, /tmp/gptqref and this python; "
+        "`bash scripts/test.sh` builds the venv: GPTQModel 7.6.0 pins numpy==2.2.6)"
     )
 
 

@@ -156,7 +156,7 @@ def test_jsquad_flat_rows_equal_the_squad_json(tmp_path):
     "content, needle",
     [
         (b'[{"qid": 1}, 3]', "record 2 is not a JSON object"),
-        (b"\xff\xfe not utf-8", "not UTF-8"),
+        (b"\xff\xfe not utf-8", "not valid UTF-8"),
         (b"id,text\n1,a,b\n", "more cells than the header"),
     ],
 )

@@ -348,6 +348,18 @@ def test_quantize_folder_is_gptq_v1(twin, parent):
         "checkpoint_format": "gptq",
         "pack_dtype": "int32",
     }
+    loader_config = json.loads((twin / "quantize_config.json").read_text())  # AutoGPTQ / GPTQModel's own file
+    assert loader_config == {
+        **{k: config["quantization_config"][k] for k in ("bits", "group_size", "damp_percent", "desc_act", "sym")},
+        "static_groups": False,
+        "true_sequential": True,
+        "model_name_or_path": None,
+        "model_file_base_name": "model",
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+        "pack_dtype": "int32",
+    }
+    assert (twin / f"{loader_config['model_file_base_name']}.safetensors").is_file()
     state = load_file(str(twin / "model.safetensors"))
     assert state["model.layers.1.mlp.down_proj.qweight"].shape == (384 * 4 // 32, 128)
     assert state["model.layers.1.mlp.down_proj.qzeros"].shape == (3, 128 * 4 // 32)
@@ -581,3 +593,66 @@ def test_plain_transformers_reload_matches_youri(twin, parent, tmp_path):
             logits = ours(torch.arange(3, 60)[None]).logits
         torch.testing.assert_close(theirs[f"{i}:logits"], logits, rtol=0, atol=0.02 * logits.abs().max().item())
         assert (theirs[f"{i}:logits"].argmax(-1) == logits.argmax(-1)).float().mean() > 0.9
+
+
+NATIVE_LOADER_SCRIPT = """
+import sys, torch
+loader, out_file, folders = sys.argv[1], sys.argv[2], sys.argv[3:]
+out = {}
+for i, folder in enumerate(folders):
+    if loader == "autogptq":  # rinna's model cards: AutoGPTQForCausalLM.from_quantized(path, use_safetensors=True)
+        from auto_gptq import AutoGPTQForCausalLM
+        model = AutoGPTQForCausalLM.from_quantized(
+            folder, use_safetensors=True, device="cpu", torch_dtype=torch.float32, disable_exllama=True,
+            disable_exllamav2=True)
+    else:  # GPTQModel's own loader reads quantize_config.json
+        from gptqmodel import GPTQModel
+        model = GPTQModel.load(folder, device="cpu")
+    with torch.no_grad():
+        out[f"{i}:logits"] = model.model(torch.arange(3, 60)[None]).logits.float()
+assert "youri" not in sys.modules
+torch.save(out, out_file)
+"""
+
+
+@pytest.mark.parametrize("loader", ["autogptq", "gptqmodel"])
+def test_gptq_loaders_open_the_folder_as_is(twin, parent, tmp_path, loader):
+    """AutoGPTQ 0.7.1 (its 2024 dependency pins, own venv) and GPTQModel's native loader open the twin from
+    quantize_config.json alone and give youri's logits: AutoGPTQ's fp32 torch path exactly, for the 4-bit default
+    and a 3-bit asymmetric act-order twin; GPTQModel's bf16 CPU kernel within its tolerance, for the default
+    (GPTQModel.load refuses every asymmetric v1 checkpoint not written by GPTQModel >= 0.9, whatever its zeros)."""
+    variable = {"autogptq": "YOURI_AUTOGPTQ_PYTHON", "gptqmodel": "YOURI_GPTQ_REFERENCE_PYTHON"}[loader]
+    python = os.environ.get(variable, "")
+    if not python:
+        pytest.skip(
+            f"{loader} not installed: set {variable} to the python of the venv scripts/test.sh builds "
+            "(AutoGPTQ 0.7.1 does not import against transformers 5; GPTQModel pins numpy 2.2.6)"
+        )
+    from youri.model import load_model
+    from youri.quant.quantize import run
+
+    folders = [twin]
+    if loader == "autogptq":
+        folders.append(run(_config(parent, tmp_path, bits=3, sym=False, desc_act=True, group_size=64)))
+    out = tmp_path / f"{loader}.pt"
+    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(
+        [python, "-c", NATIVE_LOADER_SCRIPT, loader, str(out), *map(str, folders)],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    theirs = torch.load(out, weights_only=True)
+    for i, folder in enumerate(folders):
+        model = load_model(folder, dtype=torch.float32)
+        prepare_kernels(model, use_kernel=False)  # youri's exact dequantised path, not the int4 kernel
+        with torch.no_grad():
+            ours = model(torch.arange(3, 60)[None]).logits
+        gap = (theirs[f"{i}:logits"] - ours).abs().max().item()
+        agree = (theirs[f"{i}:logits"].argmax(-1) == ours.argmax(-1)).float().mean().item()
+        print(f"{loader} {folder.name}: max |logit diff| {gap:.2e}, argmax agreement {agree:.3f}")
+        if loader == "autogptq":
+            torch.testing.assert_close(theirs[f"{i}:logits"], ours, rtol=0, atol=1e-4)
+        else:
+            assert gap <= 0.02 * ours.abs().max().item() and agree > 0.9

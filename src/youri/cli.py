@@ -58,6 +58,7 @@ COMMANDS: list[Command] = [
     Command(
         "quantize", "youri.quant.quantize", "GPTQ 4-bit twin (GPTQ v1 checkpoint) of a model folder, with its cost"
     ),
+    Command("export", "youri.quant.export", "GGUF file of a model folder for llama.cpp / Ollama (f16 ... q4_0)"),
     Command(
         "eval",
         "youri.eval.evaluate",

@@ -1,6 +1,9 @@
-"""Quantization: the GPTQ 4-bit twins.
+"""Quantization: the GPTQ 4-bit twins and the GGUF files for llama.cpp.
 
-- ``gptq``     — GPTQ math, the GPTQ v1 tensor format and the packed runtime that loads it.
-- ``kernels``  — PyTorch's int4 weight-only matmuls (CPU, CUDA) that the packed runtime converts GPTQ layers for.
-- ``quantize`` — the ``youri quantize`` stage: calibrate on the model's own data, quantize layer by layer.
+- ``gptq``        — GPTQ math, the GPTQ v1 tensor format and the packed runtime that loads it.
+- ``kernels``     — PyTorch's int4 weight-only matmuls (CPU, CUDA) that the packed runtime converts GPTQ layers for.
+- ``quantize``    — the ``youri quantize`` stage: calibrate on the model's own data, quantize layer by layer.
+- ``gguf_writer`` — a Llama model as a GGUF file (metadata, SentencePiece vocab, tensors) via the ``gguf`` package.
+- ``llamacpp``    — llama.cpp itself (node-llama-cpp's prebuilt binaries) tokenising and scoring GGUF files.
+- ``export``      — the ``youri export`` stage: GGUF f16/bf16/q8_0/q4_0 with its llama.cpp KL and an Ollama Modelfile.
 """

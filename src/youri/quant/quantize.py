@@ -497,6 +497,28 @@ def quantization_config(cfg: Config) -> dict:
     }
 
 
+def loader_quantize_config(cfg: Config) -> dict:
+    """``quantize_config.json``: the settings as AutoGPTQ (0.7.1) and GPTQModel's own loaders read them.
+
+    AutoGPTQ's ``from_quantized`` opens this file before ``config.json`` (FileNotFoundError without it) and
+    looks for ``model_file_base_name``.safetensors; GPTQModel reads it too and rejects ``is_marlin_format``,
+    so that AutoGPTQ-only field (default false) is left out."""
+    return {
+        "bits": cfg.bits,
+        "group_size": cfg.group_size,
+        "damp_percent": cfg.damp_percent,
+        "desc_act": cfg.desc_act,
+        "static_groups": False,
+        "sym": cfg.sym,
+        "true_sequential": cfg.true_sequential,
+        "model_name_or_path": None,
+        "model_file_base_name": "model",
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+        "pack_dtype": "int32",
+    }
+
+
 def _save(folder: Path, parent: Path, model, packed, cfg: Config, tokenizer) -> None:
 
     swap_linears(model, set(packed), bits=cfg.bits, group_size=cfg.group_size)
@@ -516,6 +538,7 @@ def _save(folder: Path, parent: Path, model, packed, cfg: Config, tokenizer) -> 
     config = read_json(parent / "config.json")
     config.update({"quantization_config": quantization_config(cfg), "dtype": "float16", "torch_dtype": "float16"})
     (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / "quantize_config.json").write_text(json.dumps(loader_quantize_config(cfg), indent=2) + "\n")
     if (parent / "generation_config.json").is_file():
         shutil.copy(parent / "generation_config.json", folder / "generation_config.json")
     else:

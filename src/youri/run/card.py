@@ -83,6 +83,7 @@ def write_model_card(folder: Path, *, eval_metrics: dict[str, Any] | None = None
         lines.append(f"- `{path}` — {man.get('stage', 'base model (not a youri stage)')}")
     lines += ["", "## Training data", ""] + _data_lines(chain)
     lines += ["", "## Prompt format", ""] + _usage(kind, folder)
+    lines += _gguf_lines(folder)
     quant = _read_config(folder).get("quantization_config")
     if quant:
         lines += ["", "## Quantization", "", "```json", json.dumps(quant, indent=2, ensure_ascii=False), "```"]
@@ -182,3 +183,27 @@ def _read_config(folder: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError:
         return {}
+
+
+def _gguf_lines(folder: Path) -> list[str]:
+    """The GGUF files ``youri export`` made of this model (sibling export stages whose parent it is)."""
+    lines, modelfile = [], ""
+    for export in sorted(p for p in folder.parent.iterdir() if p.is_dir() and p != folder):
+        manifest = read_manifest(export) or {}
+        metrics = read_metrics(export) if manifest.get("stage") == "export" else {}
+        if manifest.get("parent") != str(folder) or not metrics.get("file"):
+            continue
+        quality = metrics.get("quality", {}).get("ja", {})
+        measured = f"; held-out Japanese KL {quality['kl']} ({quality['runtime']})" if "kl" in quality else ""
+        size = f"{metrics['bytes'] / 2**20:.1f} MiB, {metrics['size_ratio']:.2f} of fp16"
+        lines.append(f"- `{export.name}/{metrics['file']}` — {metrics['type']} ({size}){measured}")
+        if (export / "Modelfile").is_file():
+            modelfile = (export / "Modelfile").read_text(encoding="utf-8")
+    if not lines:
+        return []
+    lines = ["", "## GGUF (llama.cpp, Ollama, LM Studio)", ""] + lines
+    lines += ["", "llama.cpp (the GGUF carries the chat template): `llama-cli -m FILE.gguf --jinja -cnv`"]
+    if modelfile:
+        lines += ["", f"Ollama (`ollama create {folder.name} -f Modelfile` in the export folder):", "", "```"]
+        lines += [modelfile.rstrip("\n"), "```"]
+    return lines

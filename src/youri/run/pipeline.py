@@ -48,10 +48,12 @@ class Config:
     """Extend the vocabulary with Japanese pieces ('vocab' stage) before data and pretraining."""
     quantize: bool = True
     """Make a GPTQ twin of every model."""
+    export: bool = False
+    """GGUF file of every full-precision model for llama.cpp / Ollama ('export' section: type, eval_samples)."""
     evaluate: bool = True
     """Evaluate every model (full precision and GPTQ) on the JP-8 tasks that have data."""
     until: str = ""
-    """Stop after this stage (or stage group: data, pretrain, sft, quantize, eval)."""
+    """Stop after this stage (or stage group: data, pretrain, sft, quantize, export, eval)."""
     only: str = ""
     """Run only this stage (or stage group); its inputs must already exist."""
     report: bool = True
@@ -89,6 +91,9 @@ def plan(cfg: Config) -> list[Node]:
     if cfg.quantize:
         for variant, source in VARIANTS.items():
             nodes.append(Node(model_folder(variant, "gptq"), "youri.quant.quantize", "quantize", {"model": source}))
+    if cfg.export:
+        for variant, source in VARIANTS.items():
+            nodes.append(Node(f"export_{variant}", "youri.quant.export", "export", {"model": source}))
     if cfg.evaluate:
         for variant, source in VARIANTS.items():
             nodes.append(Node(eval_folder(variant), "youri.eval.evaluate", "eval", {"model": source}))
@@ -140,6 +145,8 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
         importlib.import_module(node.module).run(stage_cfg, overwrite=True)
         summary[node.name] = f"ran in {time.perf_counter() - started:.1f}s"
         _write_card(folders[node.name], None)
+        if node.group == "export":  # the exported model's card gains the GGUF file and its Modelfile
+            _write_card(folders[node.wiring["model"]], None)
     _refresh_cards_with_scores(nodes, folders)
     if cfg.report and not cfg.only:  # the report stage, run by name like every other stage
         report = importlib.import_module(REPORT_MODULE)

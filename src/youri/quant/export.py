@@ -1,0 +1,310 @@
+"""``youri export``: a GGUF file of a model folder for llama.cpp, Ollama and LM Studio, and what it cost.
+
+    youri export runs/demo/sft_chat --format gguf --type q4_0
+    youri export runs/demo/quantize_chat --type f16     # a GPTQ twin: dequantised first (said so)
+
+Types: ``f16``, ``bf16``, ``q8_0``, ``q4_0`` (see ``youri.quant.gguf_writer``; Q4_K_M needs llama.cpp's own
+quantizer: ``llama-quantize MODEL-f16.gguf MODEL-q4_k_m.gguf Q4_K_M`` on the f16 export).
+
+Output folder: ``MODEL-TYPE.gguf`` (Llama metadata, SentencePiece vocabulary with scores and token types,
+BOS/EOS ids, the chat template as ``tokenizer.chat_template``), an Ollama ``Modelfile`` (prompt format of
+the model's chat template), ``metrics.json`` (file size against fp16, held-out Japanese perplexity and
+KL(model ‖ GGUF) computed by a real llama.cpp runtime when one is installed, see ``youri.quant.llamacpp``)
+and ``youri.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+from safetensors import safe_open
+
+from youri.config import ConfigError
+from youri.data.shards import TokenShards
+from youri.io import DataError, atomic_write_text, iter_jsonl, read_json
+from youri.model import load_model, load_tokenizer
+from youri.prompts import INPUT_HEADER, INSTRUCTION_HEADER, INSTRUCTION_INTRO, RESPONSE_HEADER, SETTING, SYSTEM, USER
+from youri.prompts import chat_template as youri_chat_template
+from youri.quant.gguf_writer import GGUF_TYPES, llama_hparams, write_gguf
+from youri.quant.gptq import dequantize, gptq_settings
+from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing, runtime_name
+from youri.stage import StageWriter, read_manifest
+
+FORMATS = ("gguf",)
+GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+@dataclass
+class Config:
+    model: str = field(default="", metadata={"positional": True})
+    """Model folder: a youri model stage (fp or GPTQ twin) or a local HF Llama checkpoint."""
+    out: str = ""
+    """Output stage folder (default: MODEL-gguf-TYPE beside the model)."""
+    format: str = "gguf"
+    """Export format (gguf: llama.cpp, Ollama, LM Studio)."""
+    type: str = "q4_0"
+    """Weight type: f16, bf16, q8_0 or q4_0."""
+    heldout_ja: str = ""
+    """Japanese held-out text for the llama.cpp KL/perplexity (youri data folder, .jsonl 'text' or .txt);
+    default: the model's own data folder (val/ja), found through youri.json."""
+    eval_samples: int = 8
+    """Held-out rows scored by llama.cpp and by youri (0 skips the comparison)."""
+    seq_len: int = 128
+    """Tokens per held-out row."""
+    threads: int = 2
+    """CPU threads for llama.cpp."""
+
+
+def run(cfg: Config, *, overwrite: bool = False) -> Path:
+    folder, hf_config, sp_model = _validate(cfg)
+    quant = gptq_settings(hf_config)
+    out = Path(cfg.out) if cfg.out else folder.with_name(f"{folder.name}-gguf-{cfg.type}")
+    if quant is not None:
+        print(
+            f"youri export: {folder} is a GPTQ {quant['bits']}-bit twin; its weights are dequantised to fp32 "
+            f"before GGUF {cfg.type} (a {cfg.type} of a GPTQ model carries both roundings)"
+        )
+    with StageWriter(out, stage="export", config=cfg, inputs=[folder], parent=folder, overwrite=overwrite) as stage:
+        start = time.perf_counter()
+        gguf_file = stage.path / f"{folder.name}-{cfg.type}.gguf"
+        tensors = list(_tensor_sources(folder, quant))
+        counts = write_gguf(
+            gguf_file, hf_config, tensors, tokenizer_dir=folder, sp_model=sp_model, kind=cfg.type, name=folder.name
+        )
+        fp16_bytes = 2 * sum(int(np.prod(shape)) for _, shape, _ in tensors)
+        tokenizer = load_tokenizer(folder)
+        kind = _template_kind(tokenizer)
+        atomic_write_text(stage.path / "Modelfile", ollama_modelfile(gguf_file.name, kind))
+        metrics = {
+            "format": "gguf",
+            "type": cfg.type,
+            "file": gguf_file.name,
+            "prompt_format": kind,
+            "source": f"GPTQ {quant['bits']}-bit, dequantised to fp32 first" if quant else "full precision",
+            "bytes": gguf_file.stat().st_size,
+            "fp16_bytes": fp16_bytes,
+            "size_ratio": round(gguf_file.stat().st_size / fp16_bytes, 4),
+            "tensor_types": counts,
+            "write_time_s": round(time.perf_counter() - start, 2),
+        }
+        metrics["quality"] = _quality(folder, gguf_file, tokenizer, cfg)
+        stage.finish(metrics)
+    print(json.dumps(metrics, ensure_ascii=False, indent=2))
+    return out
+
+
+# ----------------------------------------------------------------------------- checks before any work
+
+
+def _validate(cfg: Config) -> tuple[Path, dict, Path]:
+    if not cfg.model:
+        raise ConfigError("export: give the model folder (youri export MODEL --type q4_0)")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"export: format {cfg.format!r} is not supported; choose one of {', '.join(FORMATS)}")
+    if cfg.type not in GGUF_TYPES:
+        hint = (
+            " (Q4_K_M: run llama.cpp's llama-quantize on the f16 export)" if cfg.type.lower().startswith("q4_k") else ""
+        )
+        raise ConfigError(f"export: type {cfg.type!r} is not supported; choose one of {', '.join(GGUF_TYPES)}{hint}")
+    if cfg.eval_samples < 0 or cfg.seq_len < 2 or cfg.threads < 1:
+        raise ConfigError("export: eval_samples must be >= 0, seq_len >= 2 and threads >= 1")
+    folder = Path(cfg.model)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a model folder (no config.json)")
+    hf_config = read_json(folder / "config.json")
+    try:
+        llama_hparams(hf_config, f"{folder}/config.json")
+        gptq_settings(hf_config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"{folder}: no *.safetensors weights")
+    return folder, hf_config, _sentencepiece_model(folder)
+
+
+def _sentencepiece_model(folder: Path) -> Path:
+    """The model's SentencePiece ``tokenizer.model``: in the folder, else in the nearest youri ancestor
+    (SFT and GPTQ stages keep only the HF tokenizer files), checked piece for piece against the folder's own."""
+    current, seen = folder, 0
+    while current is not None and seen < 16:
+        if (current / "tokenizer.model").is_file():
+            _check_same_vocab(folder, current / "tokenizer.model")
+            return current / "tokenizer.model"
+        parent = (read_manifest(current) or {}).get("parent")
+        current, seen = (Path(parent) if parent else None), seen + 1
+    raise ConfigError(
+        f"{folder}: no SentencePiece tokenizer.model here or in the folders it was made from; "
+        "GGUF export writes llama.cpp's SentencePiece vocabulary (scores and token types) from it"
+    )
+
+
+def _check_same_vocab(folder: Path, sp_model: Path) -> None:
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    vocab = load_tokenizer(folder).get_vocab()
+    pieces = {sp.id_to_piece(i): i for i in range(sp.vocab_size())}
+    differ = [p for p, i in pieces.items() if vocab.get(p) != i]
+    if differ:
+        raise ConfigError(
+            f"{sp_model}: its pieces differ from {folder}'s tokenizer ({len(differ)} pieces, e.g. "
+            f"{differ[0]!r}); put the model's own tokenizer.model into {folder}"
+        )
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def _tensor_sources(folder: Path, quant: dict | None):
+    """(name, shape, fp32 loader) of every weight; GPTQ layers become their dequantised dense weights."""
+    files = sorted(folder.glob("*.safetensors"))
+    where = {}
+    for file in files:
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                where[key] = (file, tuple(handle.get_slice(key).get_shape()))
+    for key, (file, shape) in where.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf in GPTQ_PARTS:
+            if leaf == "qweight":
+                out_features, in_features = shape[1], where[f"{module}.g_idx"][1][0]
+                yield f"{module}.weight", (out_features, in_features), _dequantizer(where, module, quant)
+            continue
+        yield key, shape, _loader(file, key)
+
+
+def _loader(file: Path, key: str):
+    def load() -> torch.Tensor:
+        with safe_open(str(file), "pt") as handle:
+            return handle.get_tensor(key).float()
+
+    return load
+
+
+def _dequantizer(where: dict, module: str, quant: dict):
+    def load() -> torch.Tensor:
+        parts = {}
+        for part in GPTQ_PARTS:
+            with safe_open(str(where[f"{module}.{part}"][0]), "pt") as handle:
+                parts[part] = handle.get_tensor(f"{module}.{part}")
+        return dequantize(**parts, bits=int(quant["bits"]))
+
+    return load
+
+
+# ----------------------------------------------------------------------------- what it cost
+
+
+def _quality(folder: Path, gguf_file: Path, tokenizer, cfg: Config) -> dict:
+    """Held-out Japanese: youri's runtime of the source model against llama.cpp running the GGUF file."""
+    if cfg.eval_samples == 0:
+        return {"skipped": "eval_samples is 0"}
+    missing = runtime_missing()
+    if missing:
+        return {"skipped": missing}
+    source = _heldout_source(folder, cfg.heldout_ja)
+    if source is None:
+        return {"skipped": "no held-out Japanese text (set heldout_ja)"}
+    rows = _heldout_rows(source, tokenizer, cfg.eval_samples, cfg.seq_len)
+    if not rows:
+        return {"skipped": f"{source}: not one held-out row of {cfg.seq_len} tokens"}
+    model = load_model(folder, dtype=torch.float32)
+    with torch.no_grad():
+        reference = [torch.log_softmax(model(torch.tensor([row])).logits[0].float(), -1).numpy() for row in rows]
+    scored = run_llama_cpp(gguf_file, rows=rows, threads=cfg.threads)
+    return {
+        "ja": {
+            "source": str(source),
+            "runtime": runtime_name(),
+            "reference": "youri runtime of the source model",
+            **next_token_agreement(reference, scored.logprobs, rows),
+        }
+    }
+
+
+def _heldout_source(folder: Path, explicit: str) -> Path | None:
+    if explicit:
+        if not Path(explicit).exists():
+            raise FileNotFoundError(f"heldout_ja not found: {explicit}")
+        return Path(explicit)
+    current = folder
+    for _ in range(8):  # follow the lineage to the data folder whose val/ja the model never trained on
+        manifest = read_manifest(current)
+        if manifest is None:
+            return None
+        for value in manifest.get("config", {}).values():
+            if isinstance(value, str) and value and (Path(value) / "index.json").is_file():
+                if "val/ja" in read_json(Path(value) / "index.json")["splits"]:
+                    return Path(value)
+        if not manifest.get("parent"):
+            return None
+        current = Path(manifest["parent"])
+    return None
+
+
+def _heldout_rows(source: Path, tokenizer, count: int, length: int) -> list[list[int]]:
+    if source.is_dir():
+        shards = TokenShards.open(source, "val/ja")
+        picks = np.linspace(0, len(shards) - 1, num=min(count, len(shards))).astype(int) if len(shards) else []
+        return [[int(t) for t in shards[int(i)][:length]] for i in picks]
+    if source.suffix == ".jsonl":
+        texts = []
+        for lineno, record in iter_jsonl(source):
+            if not isinstance(record.get("text"), str):
+                raise DataError(f"{source}:{lineno}: missing field 'text' (a held-out Japanese document)")
+            texts.append(record["text"])
+    else:
+        texts = [source.read_text(encoding="utf-8")]
+    ids = [
+        t for text in texts for t in [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    ]
+    rows = [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
+    picks = np.linspace(0, len(rows) - 1, num=min(count, len(rows))).astype(int) if rows else []
+    return [rows[int(i)] for i in picks]
+
+
+# ----------------------------------------------------------------------------- Ollama
+
+
+def _template_kind(tokenizer) -> str:
+    """Which of youri's prompt formats the tokenizer's chat template renders (``base`` when none)."""
+    return next((k for k in ("chat", "instruction") if tokenizer.chat_template == youri_chat_template(k)), "base")
+
+
+def ollama_modelfile(gguf_name: str, kind: str) -> str:
+    """An Ollama ``Modelfile`` for the GGUF file, its TEMPLATE rendering youri's prompt format.
+
+    Ollama's Go templates cannot apply youri's role-forging guard (a user line starting ``システム:``
+    keeps its colon); llama.cpp with ``--jinja`` uses the GGUF's own chat template, which does."""
+    lines = [f"FROM ./{gguf_name}"]
+    if kind == "chat":
+        speaker = (
+            f'{{{{ if eq $m.Role "system" }}}}{SETTING}{{{{ else if eq $m.Role "user" }}}}{USER}'
+            f"{{{{ else }}}}{SYSTEM}{{{{ end }}}}"
+        )
+        template = (
+            "{{- range $i, $m := .Messages }}{{ if $i }}\n{{ end }}"
+            + speaker
+            + ": {{ $m.Content }}"
+            + "{{ end }}\n"
+            + f"{SYSTEM}: "
+        )
+        lines += [f'TEMPLATE """{template}"""', 'PARAMETER stop "</s>"', f'PARAMETER stop "\\n{USER}:"']
+    elif kind == "instruction":
+        head = f"{INSTRUCTION_INTRO}\n\n{INSTRUCTION_HEADER}:\n"
+        template = (
+            head
+            + "{{ if .System }}{{ .System }}\n\n"
+            + f"{INPUT_HEADER}:\n"
+            + "{{ .Prompt }}{{ else }}"
+            + "{{ .Prompt }}{{ end }}\n\n"
+            + f"{RESPONSE_HEADER}:\n"
+        )
+        lines += [f'TEMPLATE """{template}"""', 'PARAMETER stop "</s>"']
+    else:
+        lines += ['TEMPLATE """{{ .Prompt }}"""']
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,223 @@
+"""``youri export``: GGUF files checked by real clients -- the gguf reader, transformers (``gguf_file=``) and
+llama.cpp itself (node-llama-cpp's prebuilt binaries; skipped with the reason when not installed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from youri.config import ConfigError
+from youri.io import resolve_path
+from youri.model import load_model, load_tokenizer
+from youri.quant.export import Config, run
+from youri.quant.gptq import prepare_kernels
+from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing
+from youri.testing import save_random_llama
+from youri.train.init_base import train_tokenizer
+
+SAMPLE_JA = [json.loads(line)["text"] for line in resolve_path("builtin:corpus_ja.jsonl").open(encoding="utf-8")]
+SHAPE = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A tiny random Llama with a SentencePiece BPE tokenizer (byte fallback) trained on the Japanese sample,
+    youri's chat template, and held-out Japanese text beside it."""
+    folder = tmp_path_factory.mktemp("export") / "chat"
+    english = resolve_path("builtin:corpus_en.txt").read_text(encoding="utf-8").split("\n\n")
+    train_tokenizer(SAMPLE_JA[:-8] + english, 4096, folder)
+    save_random_llama(folder, folder, chat_template="chat", seed=1, **SHAPE)
+    with torch.no_grad():  # sharper next-token distributions than the 0.02-std init gives
+        weights = load_model(folder, dtype=torch.float32)
+        for p in weights.parameters():
+            if p.dim() == 2:
+                p.mul_(5)
+        weights.save_pretrained(str(folder))
+    heldout = folder.parent / "heldout.jsonl"
+    heldout.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in SAMPLE_JA[-8:]), "utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exports(model) -> dict[str, Path]:
+    out = {}
+    for kind in ("f16", "bf16", "q8_0", "q4_0"):
+        folder = run(
+            Config(
+                model=str(model),
+                out=str(model.parent / f"gguf-{kind}"),
+                type=kind,
+                eval_samples=2,
+                seq_len=48,
+                heldout_ja=str(model.parent / "heldout.jsonl"),
+            )
+        )
+        out[kind] = folder / f"chat-{kind}.gguf"
+    return out
+
+
+def test_gguf_holds_llama_metadata_sentencepiece_vocab_and_chat_template(model, exports):
+    reader = gguf.GGUFReader(str(exports["q4_0"]))
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    assert field("general.architecture") == "llama" and field("llama.block_count") == 2
+    assert field("llama.embedding_length") == 128 and field("llama.attention.head_count_kv") == 2
+    assert field("general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_0
+    sp = spm.SentencePieceProcessor(model_file=str(model / "tokenizer.model"))
+    assert field("tokenizer.ggml.model") == "llama"
+    assert field("tokenizer.ggml.tokens") == [sp.id_to_piece(i) for i in range(sp.vocab_size())]
+    np.testing.assert_allclose(field("tokenizer.ggml.scores"), [sp.get_score(i) for i in range(sp.vocab_size())])
+    types = field("tokenizer.ggml.token_type")
+    assert types[0] == gguf.TokenType.UNKNOWN and types[1] == types[2] == gguf.TokenType.CONTROL
+    assert types[sp.piece_to_id("<0xE3>")] == gguf.TokenType.BYTE  # byte fallback pieces for rare kanji
+    assert (field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id")) == (1, 2)
+    assert field("tokenizer.ggml.add_bos_token") is True
+    assert field("tokenizer.chat_template") == load_tokenizer(model).chat_template
+    kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert kinds["blk.0.attn_q.weight"] == "Q4_0" and kinds["blk.1.ffn_down.weight"] == "Q4_0"
+    assert kinds["output.weight"] == "Q8_0" and kinds["blk.0.attn_norm.weight"] == "F32"
+    metrics = json.loads((exports["q4_0"].parent / "metrics.json").read_text())
+    assert metrics["size_ratio"] < 0.45 and metrics["bytes"] == exports["q4_0"].stat().st_size
+    modelfile = (exports["q4_0"].parent / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./chat-q4_0.gguf") and "設定" in modelfile and 'stop "</s>"' in modelfile
+
+
+@pytest.mark.parametrize("kind,tolerance", [("f16", 2e-3), ("bf16", 2e-2), ("q8_0", 5e-2), ("q4_0", None)])
+def test_transformers_loads_the_gguf_with_the_fp_models_logits(model, exports, kind, tolerance):
+    """transformers' own GGUF reader (dequantise + undo the RoPE permutation) gives back the model."""
+    path = exports[kind]
+    theirs = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    ours = load_model(model, dtype=torch.float32)
+    tok, gguf_tok = load_tokenizer(model), AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    ids = tok(SAMPLE_JA[0])["input_ids"]
+    assert gguf_tok(SAMPLE_JA[0])["input_ids"] == ids
+    with torch.no_grad():
+        a, b = ours(torch.tensor([ids])).logits, theirs(torch.tensor([ids])).logits
+    scale = a.abs().max().item()
+    agreement = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    print(f"transformers {kind}: max |logit diff| {(a - b).abs().max().item():.4f} of {scale:.2f}, argmax {agreement}")
+    if tolerance is not None:
+        torch.testing.assert_close(b, a, rtol=0, atol=tolerance * scale)
+    else:  # 4 bits of a random model: only the distributions stay close (a wrong RoPE order gives KL > 1)
+        kl = torch.nn.functional.kl_div(b.log_softmax(-1), a.log_softmax(-1), log_target=True, reduction="sum")
+        assert kl.item() / a.shape[1] < 0.5
+
+
+def test_gptq_twin_is_dequantised_before_export(model, tmp_path, capsys):
+    from youri.quant.quantize import Config as QuantizeConfig
+    from youri.quant.quantize import run as quantize
+
+    twin = quantize(
+        QuantizeConfig(
+            model=str(model),
+            out=str(tmp_path / "twin"),
+            calibration=str(model.parent / "heldout.jsonl"),
+            num_samples=4,
+            seq_len=32,
+            eval_samples=0,
+            device="cpu",
+        )
+    )
+    folder = run(Config(model=str(twin), out=str(tmp_path / "gguf"), type="f16", eval_samples=0))
+    assert "dequantised" in capsys.readouterr().out
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["source"].startswith("GPTQ 4-bit") and metrics["quality"] == {"skipped": "eval_samples is 0"}
+    theirs = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="twin-f16.gguf", dtype=torch.float32)
+    ids = torch.arange(3, 60)[None]
+    ours = load_model(twin, dtype=torch.float32)
+    prepare_kernels(ours, use_kernel=False)  # youri's exact dequantised path, not the bf16 int4 kernel
+    with torch.no_grad():
+        a, b = ours(ids).logits, theirs(ids).logits
+    torch.testing.assert_close(b, a, rtol=0, atol=2e-3 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["f16", "bf16", "q8_0", "q4_0"])
+def test_llama_cpp_tokenises_like_hf_and_scores_like_youri(model, exports, kind):
+    """llama.cpp itself loads each type, tokenises Japanese exactly as the HF tokenizer, and its next-token
+    distributions agree with youri's fp model (argmax agreement and max |log-prob| gap reported)."""
+    if runtime_missing():
+        pytest.skip(runtime_missing())
+    texts = SAMPLE_JA[:20] + [
+        "吾輩は猫である。名前はまだ無い。",
+        "ｶﾀｶﾅ　全角スペース と  二つの空白\n改行",
+        "絵文字🙂と記号①",
+    ]
+    tok = load_tokenizer(model)
+    rows = [tok(text, add_special_tokens=False)["input_ids"][:48] for text in SAMPLE_JA[-3:]]
+    scored = run_llama_cpp(exports[kind], texts=texts, rows=rows)
+    assert scored.tokens == [tok(text, add_special_tokens=False)["input_ids"] for text in texts]
+    assert (scored.bos, scored.eos, scored.vocab) == (1, 2, len(tok))
+    fp = load_model(model, dtype=torch.float32)
+    with torch.no_grad():
+        reference = [torch.log_softmax(fp(torch.tensor([row])).logits[0], -1).numpy() for row in rows]
+    stats = next_token_agreement(reference, scored.logprobs, rows)
+    print(f"llama.cpp {kind}: {stats}")
+    limits = {"f16": (0.05, 0.98, 1e-3), "bf16": (0.2, 0.95, 1e-2), "q8_0": (0.5, 0.9, 1e-2), "q4_0": (6.0, 0.2, 0.5)}[
+        kind
+    ]
+    assert stats["max_abs_logprob_diff"] < limits[0] and stats["argmax_agreement"] >= limits[1]
+    assert 0 <= stats["kl"] < limits[2]
+    quality = json.loads((exports[kind].parent / "metrics.json").read_text())["quality"]["ja"]
+    assert quality["runtime"].startswith("llama.cpp") and quality["tokens"] == 2 * 47 and quality["kl"] < limits[2]
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("no-folder", "not a model folder"),
+        ("q4_k_m", "llama-quantize"),
+        ("format", "format 'onnx' is not supported"),
+        ("gpt2", "model_type 'gpt2' is not supported"),
+        ("no-sentencepiece", "no SentencePiece tokenizer.model"),
+    ],
+)
+def test_bad_input_fails_before_any_work(model, tmp_path, case, match):
+    import shutil
+
+    from youri.cli import main
+
+    source, kw = model, {}
+    if case == "no-folder":
+        source = tmp_path / "missing"
+    elif case == "q4_k_m":
+        kw = {"type": "q4_k_m"}
+    elif case == "format":
+        kw = {"format": "onnx"}
+    else:
+        source = tmp_path / "copy"
+        shutil.copytree(model, source)
+        if case == "gpt2":
+            config = json.loads((source / "config.json").read_text())
+            (source / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+        else:
+            (source / "tokenizer.model").unlink()
+    with pytest.raises((ConfigError, FileNotFoundError), match=match):
+        run(Config(model=str(source), out=str(tmp_path / "out"), **kw))
+    flags = [item for key, value in kw.items() for item in (f"--{key}", value)]
+    assert main(["export", str(source), "--out", str(tmp_path / "out"), *flags]) == 2
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_model_card_lists_the_gguf_files_and_an_ollama_modelfile(model, exports):
+    from youri.run.card import write_model_card
+
+    card = write_model_card(model).read_text(encoding="utf-8")
+    assert "## GGUF (llama.cpp, Ollama, LM Studio)" in card
+    assert all(f"gguf-{kind}/chat-{kind}.gguf" in card for kind in exports)
+    assert "FROM ./chat-" in card and 'TEMPLATE """' in card and "ollama create chat -f Modelfile" in card
+
+
+def test_pipeline_export_step_is_optional():
+    from youri.run.pipeline import Config as PipelineConfig
+    from youri.run.pipeline import plan
+
+    assert not [n for n in plan(PipelineConfig(recipe="r.yaml")) if n.group == "export"]
+    nodes = {n.name: n for n in plan(PipelineConfig(recipe="r.yaml", export=True))}
+    assert nodes["export_chat"].module == "youri.quant.export" and nodes["export_chat"].wiring == {"model": "sft_chat"}
+    assert {"export_base", "export_instruction"} <= set(nodes)
