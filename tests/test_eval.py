@@ -12,6 +12,7 @@ from youri import cli
 from youri.config import ConfigError, build_config
 from youri.eval import metrics as jp_metrics
 from youri.eval.evaluate import Config, run
+from youri.eval.presets import PRESETS
 from youri.eval.tasks import select
 from youri.eval.tasks.base import RenderOptions, render
 from youri.io import DataError
@@ -326,16 +327,19 @@ def test_five_available_tasks_on_a_tiny_model(tmp_path, tiny_llama):
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert [k.split("-")[0] for k in metrics["tasks"]] == FIVE
-    assert set(metrics["not_run"]) == {"marc_ja-1.1-0.2", "jaqket_v2-0.2-0.1", "xlsum_ja-1.0-0.0"}
+    # a base model gets the rinna preset (models/rinna/*/harness.sh): its keys, hf-causal generation
+    assert list(metrics["tasks"]) == [k for k in PRESETS["rinna"].tasks if k.split("-")[0] in FIVE]
+    assert set(metrics["not_run"]) == {"marc_ja-1.1-0.2", "jaqket_v2-0.1-0.2", "xlsum_ja-1.0-0.0"}
+    assert metrics["preset"]["name"] == "rinna" and metrics["generation"] == "hf-causal"
     assert set(metrics["not_run"].values()) == {"n/a (no data)"}
     scores = [t["score"] for t in metrics["tasks"].values()]
     assert metrics["average"] == round(sum(scores) / 5, 2)
     assert metrics["average_name"] == f"average of 5 tasks ({', '.join(metrics['tasks'])})"  # never "JP-8"
     assert metrics["subsets"] == {} and "not run: marc_ja-1.1-0.2" in metrics["average_note"]
-    jcqa = metrics["tasks"]["jcommonsenseqa-1.1-0.1"]
+    jcqa = metrics["tasks"]["jcommonsenseqa-1.1-0.2"]
     assert jcqa["chance"] == 20.0 and jcqa["n"] == 2 and 0 <= jcqa["score"] <= 100 and jcqa["stderr"] >= 0
-    first = json.loads((out / "requests" / "jcommonsenseqa-1.1-0.1.jsonl").read_text(encoding="utf-8").split("\n")[0])
-    assert jcqa["first_prompt"] == first["prompt"] and jcqa["first_prompt"].startswith("[問題]に対する[答え]を")
+    first = json.loads((out / "requests" / "jcommonsenseqa-1.1-0.2.jsonl").read_text(encoding="utf-8").split("\n")[0])
+    assert jcqa["first_prompt"] == first["prompt"] and jcqa["first_prompt"].startswith("質問と回答の選択肢を入力として")
     assert metrics["config"]["limit"] == 2 and json.loads((out / "youri.json").read_text())["stage"] == "eval"
 
 
@@ -383,11 +387,13 @@ def test_model_kind_picks_the_default_prompt_version(tmp_path):
     (folder / "youri.json").write_text(json.dumps({"stage": "sft", "config": {"kind": "chat"}, "parent": None}))
     assert model_kind(_cfg(model=str(folder))) == "chat"
     keys = [sel.key for sel, _ in plan_tasks(_cfg(model=str(folder)))]
-    assert keys[:2] == ["jcommonsenseqa-1.1-0.5", "jnli-1.3-0.5"] and "xwinograd_ja" in keys
+    assert keys[:2] == ["jcommonsenseqa-1.1-0.5", "jnli-1.1-0.5"] and "xwinograd_ja" in keys  # rinna-bilingual
     keys = [sel.key for sel, _ in plan_tasks(_cfg(model=str(folder), model_kind="instruction"))]
     assert keys[0] == "jcommonsenseqa-1.1-0.3"
     keys = [sel.key for sel, _ in plan_tasks(_cfg(model=str(tmp_path), tasks=["jcommonsenseqa", "mgsm"]))]
-    assert keys == ["jcommonsenseqa-1.1-0.1", "mgsm-1.0-0.0"]  # base: what the bare harness names resolve to
+    assert keys == ["jcommonsenseqa-1.1-0.2", "mgsm-1.0-0.0"]  # base: the rinna preset's keys
+    keys = [sel.key for sel, _ in plan_tasks(_cfg(model=str(tmp_path), preset="ja8", tasks=["jcommonsenseqa"]))]
+    assert keys == ["jcommonsenseqa-1.1-0.1"]  # the ja8 suite file: what the bare harness names resolve to
 
 
 def test_japanese_leaderboard_suite_reads_the_same_local_files(tmp_path):

@@ -25,18 +25,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from youri.config import ConfigError, NonNegativeInt, PositiveInt, config_to_dict
-from youri.eval import leaderboard
+from youri.eval import leaderboard, presets
 from youri.eval import lm_eval_bridge as bridge
 from youri.eval import metrics as jp_metrics
 from youri.eval.averages import averages
 from youri.eval.download import download
+from youri.eval.generation import HF_CAUSAL
 from youri.eval.lm_eval_bridge import task_metrics
 from youri.eval.tasks import TASKS, Selected, select
 from youri.eval.tasks.base import RenderOptions, render
@@ -54,17 +55,24 @@ class Config:
     tokenizer folder is enough)."""
     out: str = ""
     """Eval stage folder to write (default: MODEL-eval beside the model)."""
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    """Tasks to run: bare names (jnli) or harness keys (jnli-1.1-0.3, mgsm-1.0-0.3-d4bdbfa, xwinograd_ja)."""
+    preset: str = "auto"
+    """A published harness run to mirror: tasks, versions, shots and generation rule (rinna, ja-alpaca,
+    llama2-7b, rinna-sft, rinna-bilingual, ja8; see youri.eval.presets). auto: the model kind's preset."""
+    tasks: list[str] = field(default_factory=list)
+    """Tasks to run (default: the preset's): bare names take the preset's versions (jnli), harness keys are
+    used as given (jnli-1.1-0.3, mgsm-1.0-0.3-d4bdbfa, xwinograd_ja)."""
     suite: Literal["jp-stable", "japanese_leaderboard"] = "jp-stable"
     """jp-stable: youri's byte-exact protocol; japanese_leaderboard: lm-eval's own group on the same files."""
     model_kind: Literal["auto", "base", "instruction", "chat"] = "auto"
-    """Picks the default prompt version: base -> the harness's base prompts, instruction -> 0.3 (Alpaca-ja),
-    chat -> 0.5 (ユーザー:/システム:). auto reads the model folder's youri.json."""
+    """Picks the default preset (presets.KIND_PRESETS): base -> rinna, instruction -> ja-alpaca (0.3),
+    chat -> rinna-bilingual (0.5). auto reads the model folder's youri.json."""
     prompt_version: str = ""
-    """Prompt version for tasks given by bare name (e.g. 0.3, or a harness alias such as rinna-bilingual)."""
+    """Prompt version for tasks given by bare name under the ja8 preset (e.g. 0.3, or an alias: ja-alpaca)."""
     shots: dict[str, NonNegativeInt] = field(default_factory=dict)
-    """Per-task shot overrides, e.g. {mgsm: 0}; default: the ja8 standard 3,3,3,2,1,1,0,5."""
+    """Per-task shot overrides, e.g. {mgsm: 0}; default: the preset's (3,3,3,2,1,1,0,5 in every preset)."""
+    generation: Literal["auto", "hf-causal", "hf-causal-experimental"] = "auto"
+    """Generation rule (youri.eval.generation): hf-causal caps each request at its own length (rinna's runs),
+    hf-causal-experimental gives every request max_gen_toks (the Llama-2 rows). auto: the preset's."""
     data_dir: str = ""
     """Base folder for relative paths in `data`."""
     data: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -84,7 +92,10 @@ class Config:
     max_length: NonNegativeInt = 0
     """Context window in tokens (0: the model config's max_position_embeddings)."""
     max_gen_toks: PositiveInt = 256
-    """New tokens per generation request (the harness default)."""
+    """New tokens per generation request without a cap of its own (both harness wrappers: 256)."""
+    bootstrap_iters: PositiveInt = 1000
+    """Resamples of the bootstrapped stderr (JNLI/MARC-ja mcc_stderr), drawn exactly as the harness draws them;
+    its runs used 100,000 (give that to reproduce mcc_stderr to the digit; ~0.5-3 ms a resample on a CPU)."""
     rouge2_tokenizer: Literal["model", "mecab"] = "model"
     """XL-Sum ROUGE-2 tokens: the evaluated model's tokenizer (what the harness really computes) or MeCab."""
     cache: str = ""
@@ -99,6 +110,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
     With ``download``: fetch the JP-8 datasets instead (``youri.eval.download``) and stop."""
     if cfg.download:  # a data command: no model, no tasks
         return download(cfg.download)
+    cfg = resolve_preset(cfg)  # the eval folder records the preset and rule actually used
     plan = plan_tasks(cfg)  # every user error surfaces here, before any model is loaded
     if cfg.write_requests:  # refused before any work: an existing file only with --overwrite
         check_new_file(cfg.write_requests, overwrite, "--write_requests")
@@ -119,14 +131,33 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- planning and data
 
 
+def resolve_preset(cfg: Config) -> Config:
+    """``cfg`` with ``preset`` and ``generation`` resolved (``auto`` -> the model kind's preset and its rule)."""
+    preset = presets.resolve(cfg.preset, model_kind(cfg), cfg.prompt_version)
+    generation = preset.generation if cfg.generation == "auto" else cfg.generation
+    if cfg.suite == "japanese_leaderboard":  # lm-eval's own tasks generate the lm-eval way
+        generation = "hf-causal-experimental"
+    if generation == HF_CAUSAL and cfg.backend == "vllm" and not cfg.write_requests:
+        raise ConfigError(
+            f"eval: preset {preset.name} generates with hf-causal, which youri implements on the hf "
+            "backend only; use --backend hf, or --generation hf-causal-experimental to keep vllm"
+        )
+    return replace(cfg, preset=preset.name, generation=generation)
+
+
 def plan_tasks(cfg: Config) -> list[tuple[Selected, dict[str, str] | None]]:
     """The selected tasks with their resolved data paths (``None``: no data given -> n/a)."""
-    if not cfg.tasks:
-        raise ConfigError("eval.tasks: no task selected")
     kind = model_kind(cfg)
+    preset = presets.resolve(cfg.preset, kind, cfg.prompt_version)
+    preset_shots = preset.shots_by_name()
     plan, seen = [], set()
-    for spec in cfg.tasks:
-        sel = select(spec, model_kind=kind, prompt_version=cfg.prompt_version, shots=cfg.shots.get(spec.split("-")[0]))
+    for spec in cfg.tasks or preset.tasks:
+        name = spec.split("-")[0]
+        if "-" not in spec and not cfg.prompt_version:  # a bare name takes the preset's versions
+            spec = preset.spec_for(name) or spec
+        sel = select(
+            spec, model_kind=kind, prompt_version=cfg.prompt_version, shots=cfg.shots.get(name, preset_shots.get(name))
+        )
         if sel.key in seen:
             raise ConfigError(f"eval.tasks: '{spec}' selects {sel.key} twice")
         seen.add(sel.key)
@@ -266,7 +297,11 @@ def _score(
             requests = stage.path / "requests" / f"{sel.key}.jsonl"
             write_jsonl(requests, rendered[sel.key])
             stops = rendered[sel.key][0].get("stop_sequences", [])
-            configs.append(bridge.task_config(sel, requests, stops, max_gen_toks=cfg.max_gen_toks))
+            configs.append(
+                bridge.task_config(
+                    sel, requests, stops, max_gen_toks=cfg.max_gen_toks, per_request_cap=cfg.generation == HF_CAUSAL
+                )
+            )
         start = time.time()
         results = {}
         if configs:
@@ -274,7 +309,12 @@ def _score(
                 jp_metrics.MecabTokenizer() if cfg.rouge2_tokenizer == "mecab" else tokenizer
             )
             lm = build_lm(cfg, tokenizer, max_length)
-            results = bridge.evaluate(lm, configs, cache=cfg.cache)
+            # one cache per rule: the same request (e.g. MGSM's) is answered differently by the two rules
+            cache = f"{cfg.cache}-{cfg.generation}" if cfg.cache else ""
+            output = bridge.evaluate(lm, configs, cache=cache, full=True, bootstrap_iters=cfg.bootstrap_iters)
+            results = output["results"]
+            for key, samples in output.get("samples", {}).items():
+                write_jsonl(stage.path / "samples" / f"{key}.jsonl", bridge.per_document(samples))
         metrics = summarise(cfg, plan, rendered, results, time.time() - start)
         print_table(metrics)
         stage.finish(metrics)
@@ -292,7 +332,12 @@ def _score_leaderboard(cfg: Config, plan, tokenizer, max_length: int, *, overwri
         start = time.time()
         output = (
             bridge.evaluate(
-                build_lm(cfg, tokenizer, max_length), configs, cache=cfg.cache, limit=cfg.limit or None, full=True
+                build_lm(cfg, tokenizer, max_length),
+                configs,
+                cache=cfg.cache,
+                limit=cfg.limit or None,
+                full=True,
+                bootstrap_iters=cfg.bootstrap_iters,
             )
             if configs
             else {"results": {}, "samples": {}}
@@ -333,7 +378,7 @@ def build_lm(cfg: Config, tokenizer, max_length: int):
     dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     model = load_model(cfg.model, dtype=dtype, device=device)
     model.eval()
-    return bridge.hf_lm(model, tokenizer, batch_size=batch, max_length=max_length)
+    return bridge.hf_lm(model, tokenizer, batch_size=batch, max_length=max_length, generation=cfg.generation)
 
 
 def summarise(cfg: Config, plan, rendered: dict[str, list[dict]], results: dict, seconds: float) -> dict[str, Any]:
@@ -364,6 +409,8 @@ def summarise(cfg: Config, plan, rendered: dict[str, list[dict]], results: dict,
         "suite": cfg.suite,
         "model": cfg.model,
         "model_kind": model_kind(cfg),
+        "preset": presets.PRESETS[cfg.preset].record(),
+        "generation": cfg.generation,
         "tasks": tasks,
         "not_run": not_run,
         **named,  # average, average_name ("JP-8 average" only when all eight ran), average_over, subsets

@@ -11,9 +11,10 @@ errors of the means. youri adds the minimum lm-eval cannot express:
    encodes the pair jointly; jp-stable encodes context and continuation **separately**, with no BOS,
    and scores an empty context after EOS (protocol 2.5). ``SeparatePairEncoding`` restores that.
 
-Generation follows the harness's ``hf-causal-experimental`` wrapper: stop strings + EOS, at most
-``max_gen_toks`` new tokens for every request (the ``hf-causal`` per-request gold-length cap is recorded
-in the requests as ``max_new_tokens`` but lm-eval has one generation setting per task).
+Generation follows the run's rule (``youri.eval.generation``): under ``hf-causal`` every request
+carries its own cap (the rendered ``max_new_tokens``) as a per-request lm-eval generation argument
+(``PerRequestCap``) and ``HfCausalGeneration`` answers it as the harness's hf-causal wrapper does;
+under ``hf-causal-experimental`` every request gets ``max_gen_toks`` and lm-eval's own generation.
 """
 
 from __future__ import annotations
@@ -24,37 +25,80 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval import simple_evaluate
+from lm_eval.api.task import ConfigurableTask
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
+from youri.eval import metrics
+from youri.eval.generation import HF_CAUSAL, hf_causal_generate
 from youri.eval.tasks import Selected
 
 YAML_DIR = Path(__file__).resolve().parent / "tasks" / "lm_eval_tasks"
 TEMPLATES = {"mc": "youri_jp_mc.yaml", "winograd": "youri_jp_winograd.yaml", "gen": "youri_jp_gen.yaml"}
-GEN_METRICS = {"exact_match": ("exact_match", "f1"), "acc": ("acc",), "rouge2": ("rouge2",)}
+BALANCED = {"jnli", "marc_ja"}  # the harness's BalancedMultipleChoiceTask subclasses (lm_eval/tasks/ja)
+# Generation metrics and their aggregation: JaSQuAD EM/F1 are means over the (unique) question ids,
+# XL-Sum's ROUGE-2 the harness's bootstrap median, MGSM's accuracy a mean.
+GEN_METRICS = {
+    "exact_match": {"exact_match": "mean", "f1": "mean"},
+    "acc": {"acc": "mean"},
+    "rouge2": {"rouge2": metrics.rouge2_bootstrap},
+}
+PER_REQUEST_CAP = "youri_per_request_cap"  # task-config key popped before lm-eval sees the config
 
 
 def offline_env() -> None:
-    """No hub access from lm-eval or datasets: every task reads local files."""
-    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    """No hub access from lm-eval or datasets: every task reads local files. Bootstrapped stderrs run in
+    this process (lm-eval's own switch; same seeds and draws as its pool): forking a process that holds
+    torch and tokenizer threads can deadlock."""
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DISABLE_MULTIPROC"):
         os.environ.setdefault(name, "1")
 
 
 def task_config(
-    selected: Selected, requests_path: str | os.PathLike, stops: list[str], *, max_gen_toks: int
+    selected: Selected,
+    requests_path: str | os.PathLike,
+    stops: list[str],
+    *,
+    max_gen_toks: int,
+    per_request_cap: bool = False,
 ) -> dict[str, Any]:
-    """The lm-eval task config (a dict, loaded from youri's YAML template) for one rendered task."""
-
-    cfg = dict(load_yaml(YAML_DIR / TEMPLATES[selected.task.kind], resolve_func=True))
+    """The lm-eval task config (a dict, loaded from youri's YAML template) for one rendered task.
+    ``per_request_cap``: each generation request asks for its own ``max_new_tokens`` (hf-causal)."""
+    template = TEMPLATES[selected.task.kind]
+    if selected.task.kind == "mc" and selected.task.name in BALANCED:
+        template = "youri_jp_mc_balanced.yaml"
+    cfg = dict(load_yaml(YAML_DIR / template, resolve_func=True))
     cfg["task"] = selected.key
     cfg["dataset_kwargs"] = {"data_files": {"test": str(requests_path)}}
     if selected.task.kind == "gen":
         cfg["generation_kwargs"] = {"until": list(stops), "do_sample": False, "max_gen_toks": max_gen_toks}
         cfg["metric_list"] = [
-            {"metric": m, "aggregation": "mean", "higher_is_better": True} for m in GEN_METRICS[selected.task.metric]
+            {"metric": m, "aggregation": agg, "higher_is_better": True}
+            for m, agg in GEN_METRICS[selected.task.metric].items()
         ]
+        cfg[PER_REQUEST_CAP] = per_request_cap
     return cfg
+
+
+class PerRequestCap(ConfigurableTask):
+    """A generation task whose every request carries its document's ``max_new_tokens`` as its own
+    ``max_gen_toks`` generation argument (hf-causal's DYNAMIC_MAX_LENGTH cap: JSQuAD/JAQKET the longest
+    gold answer, XL-Sum the summary + 10 tokens), instead of the task-wide setting."""
+
+    def construct_requests(self, doc: dict, ctx, **kwargs):
+        requests = super().construct_requests(doc, ctx, **kwargs)
+        for request in requests if isinstance(requests, list) else [requests]:
+            context, gen_kwargs, *rest = request.arguments
+            request.arguments = (context, {**gen_kwargs, "max_gen_toks": doc["max_new_tokens"]}, *rest)
+        return requests
+
+
+def _task(cfg: dict[str, Any]) -> ConfigurableTask | dict[str, Any]:
+    if PER_REQUEST_CAP not in cfg:
+        return cfg  # not one of youri's generation configs (e.g. lm-eval's japanese_leaderboard YAML)
+    cfg = dict(cfg)
+    return PerRequestCap(config=cfg) if cfg.pop(PER_REQUEST_CAP) else ConfigurableTask(config=cfg)
 
 
 class SeparatePairEncoding:
@@ -66,20 +110,48 @@ class SeparatePairEncoding:
         )
 
 
+class HfCausalGeneration:
+    """Mixin for lm-eval's ``hf`` LM: with ``generation_rule = "hf-causal"`` generation requests are
+    answered one by one as the harness's hf-causal wrapper does (``youri.eval.generation``), each with
+    its request's own ``max_gen_toks``; otherwise lm-eval's generation (= hf-causal-experimental)."""
+
+    generation_rule = "hf-causal-experimental"
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        if self.generation_rule != HF_CAUSAL:
+            return super().generate_until(requests, disable_tqdm)
+        out = []
+        for request in requests:
+            context, gen_kwargs = request.args[:2]
+            text = hf_causal_generate(
+                self.model,
+                self.tokenizer,
+                context,
+                gen_kwargs["until"],
+                gen_kwargs.get("max_gen_toks", self.max_gen_toks),
+                self.max_length,
+                self.device,
+            )
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out
+
+
 @lru_cache(maxsize=None)
 def _lm_class(backend: str):
     if backend == "hf":
-        base = HFLM
-    elif backend == "vllm":
-        from lm_eval.models.vllm_causallms import VLLM as base  # optional: vllm is not a youri dependency
-    else:
-        raise ValueError(f"unknown backend '{backend}' (hf or vllm)")
-    return type(f"JpStable{base.__name__}", (SeparatePairEncoding, base), {})
+        return type("JpStableHFLM", (SeparatePairEncoding, HfCausalGeneration, HFLM), {})
+    if backend == "vllm":
+        from lm_eval.models.vllm_causallms import VLLM  # optional: vllm is not a youri dependency
+
+        return type("JpStableVLLM", (SeparatePairEncoding, VLLM), {})
+    raise ValueError(f"unknown backend '{backend}' (hf or vllm)")
 
 
-def hf_lm(model, tokenizer, *, batch_size: int | str, max_length: int):
-    """lm-eval's ``hf`` backend around an already loaded model (youri.model.load_model: GPTQ included)."""
-    return _lm_class("hf")(
+def hf_lm(model, tokenizer, *, batch_size: int | str, max_length: int, generation: str = "hf-causal-experimental"):
+    """lm-eval's ``hf`` backend around an already loaded model (youri.model.load_model: GPTQ included),
+    generating by ``generation`` (``hf-causal`` or ``hf-causal-experimental``)."""
+    lm = _lm_class("hf")(
         pretrained=model,
         tokenizer=tokenizer,
         batch_size=batch_size,
@@ -87,6 +159,8 @@ def hf_lm(model, tokenizer, *, batch_size: int | str, max_length: int):
         add_bos_token=False,
         prefix_token_id=tokenizer.eos_token_id,
     )
+    lm.generation_rule = generation
+    return lm
 
 
 def vllm_lm(model_path: str, tokenizer, *, batch_size: int | str, max_length: int, dtype: str):
@@ -107,21 +181,28 @@ def vllm_lm(model_path: str, tokenizer, *, batch_size: int | str, max_length: in
 
 
 def evaluate(
-    lm, configs: list[dict[str, Any]], *, cache: str = "", limit: int | None = None, full: bool = False
+    lm,
+    configs: list[dict[str, Any]],
+    *,
+    cache: str = "",
+    limit: int | None = None,
+    full: bool = False,
+    bootstrap_iters: int = 1000,
 ) -> dict[str, Any]:
     """``lm_eval.simple_evaluate`` on task configs: its ``results`` by task (``full``: the whole output,
-    per-document ``samples`` included). youri's own tasks come pre-limited, so ``limit`` is for others."""
+    per-document ``samples`` included). youri's own tasks come pre-limited, so ``limit`` is for others.
+    ``bootstrap_iters``: resamples of bootstrapped stderrs (MCC); the harness's runs used 100,000."""
     offline_env()
 
     # The configs are complete; indexing lm-eval's thousands of built-in YAMLs would cost ~15 s a run.
     manager = TaskManager(include_path=str(YAML_DIR), include_defaults=False)
     out = simple_evaluate(
         model=lm,
-        tasks=configs,
+        tasks=[_task(cfg) for cfg in configs],
         task_manager=manager,
         use_cache=cache or None,
         limit=limit,
-        bootstrap_iters=1000,
+        bootstrap_iters=bootstrap_iters,
         log_samples=full,
         random_seed=1234,
         numpy_random_seed=1234,
@@ -139,3 +220,24 @@ def task_metrics(results: dict[str, Any], key: str) -> dict[str, float]:
         metric, _ = name.split(",", 1)
         metrics[metric] = float(value)
     return metrics
+
+
+def per_document(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON-ready record per scored document from lm-eval's logged samples: the log-likelihood
+    pairs ``[ll, is_greedy]`` of each continuation, or the generation and the cap it was asked with,
+    plus the document's metric values."""
+    out = []
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        doc = sample["doc"]
+        record: dict[str, Any] = {"doc_index": doc["doc_index"], "doc_id": doc["doc_id"]}
+        if "continuations" in doc:
+            record["loglikelihoods"] = [[float(ll), bool(greedy)] for ll, greedy in sample["filtered_resps"]]
+        else:
+            gen_kwargs = sample["arguments"][0][1]
+            record["generation"] = sample["filtered_resps"][0]
+            record["max_gen_toks"] = gen_kwargs.get("max_gen_toks")
+        for name in sample.get("metrics", []):
+            value = sample.get(name)
+            record[name] = [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
+        out.append(record)
+    return out

@@ -8,7 +8,11 @@
   ``LOAD_TOKENIZER = True``, really scores with **the evaluated model's tokenizer** pieces and no
   normalisation; ``rouge2(..., tokenizer=hf_tokenizer)`` reproduces that (the default of ``youri
   eval``), ``MecabTokenizer()`` is the named alternative (``rouge2_tokenizer: mecab``). Aggregation
-  here is the plain mean of per-document F (the harness's bootstrap median is not bit-reproducible).
+  as the harness's ``rouge2_mecab``: ``rouge_score``'s ``BootstrapAggregator`` (1,000 resamples from
+  NumPy's global RNG, seeded 1234 by ``simple_evaluate``), the median F of the resampled means.
+- ``balanced_mean`` / ``macro_f1``: JNLI and MARC-ja's ``balanced_acc`` and ``macro_f1``
+  (``lm_eval/metrics.py``); their ``mcc`` is lm-eval's ``matthews_corrcoef`` aggregation, the same
+  sklearn call, and lm-eval bootstraps its stderr exactly as the harness does.
 - ``mgsm_extract``: the last ASCII number of a completion, integral values only.
 """
 
@@ -22,8 +26,10 @@ from typing import Any, Sequence
 
 import emoji
 import neologdn
+import numpy as np
 from fugashi import Tagger
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, scoring
+from sklearn.metrics import f1_score
 
 _EMOJI_RANGES = re.compile(
     "[\U0001f600-\U0001f64f\U0001f300-\U0001f5ff\U0001f680-\U0001f6ff\U0001f1e0-\U0001f1ff\U00002702-\U000027b0]+",
@@ -92,13 +98,45 @@ class _Pieces:
         return self.hf_tokenizer.tokenize(text)
 
 
-def rouge2(reference: str, prediction: str, tokenizer: Any) -> float:
-    """ROUGE-2 F of one document with ``rouge_score``; ``tokenizer`` is an HF tokenizer or ``MecabTokenizer``."""
-
+def rouge2_score(reference: str, prediction: str, tokenizer: Any) -> tuple[float, float, float]:
+    """ROUGE-2 ``(precision, recall, F)`` of one document; ``tokenizer``: an HF tokenizer or ``MecabTokenizer``."""
     if not isinstance(tokenizer, MecabTokenizer):
         tokenizer = _Pieces(tokenizer)
-    scorer = rouge_scorer.RougeScorer(["rouge2"], tokenizer=tokenizer)
-    return scorer.score(reference, prediction)["rouge2"].fmeasure
+    score = rouge_scorer.RougeScorer(["rouge2"], tokenizer=tokenizer).score(reference, prediction)["rouge2"]
+    return score.precision, score.recall, score.fmeasure
+
+
+def rouge2_bootstrap(scores: Sequence[Sequence[float]]) -> float:
+    """XL-Sum's aggregate: ``BootstrapAggregator().aggregate()["rouge2"].mid.fmeasure`` over per-document
+    ``(P, R, F)``, drawing from NumPy's global RNG seeded 1234 as the harness's run does (state restored)."""
+    state = np.random.get_state()
+    np.random.seed(1234)
+    try:
+        aggregator = scoring.BootstrapAggregator()
+        for precision, recall, fmeasure in scores:
+            aggregator.add_scores({"rouge2": scoring.Score(precision, recall, fmeasure)})
+        return float(aggregator.aggregate()["rouge2"].mid.fmeasure)
+    finally:
+        np.random.set_state(state)
+
+
+def balanced_mean(items: Sequence[tuple[float, Any]]) -> float:
+    """Mean over gold classes of each class's accuracy; ``items``: ``(acc, gold)`` per document."""
+    by_class: dict[Any, list[float]] = {}
+    for acc, label in items:
+        by_class.setdefault(label, []).append(acc)
+    return sum(sum(v) / len(v) for v in by_class.values()) / len(by_class)
+
+
+def macro_f1(items: Sequence[tuple[int, int]]) -> float:
+    """sklearn's macro-averaged F1 over ``(gold, pred)`` per document."""
+    golds, preds = zip(*items)
+    return float(f1_score(golds, preds, average="macro"))
+
+
+def rouge2(reference: str, prediction: str, tokenizer: Any) -> float:
+    """ROUGE-2 F of one document with ``rouge_score``; ``tokenizer`` is an HF tokenizer or ``MecabTokenizer``."""
+    return rouge2_score(reference, prediction, tokenizer)[2]
 
 
 # XL-Sum's ROUGE-2 tokenizer for the current run. lm-eval's process_results has no handle on the LM,

@@ -92,7 +92,9 @@ def write_report(
 
 def _check_report_folder(out: Path) -> None:
     """The report is rewritten on every run, so its folder must be absent, empty or an earlier report."""
-    ours = out.is_dir() and not out.is_symlink() and (not any(out.iterdir()) or (out / "report.json").is_file())
+    # report.json, or the measures cache an interrupted report leaves first, marks a folder youri made
+    made_by_youri = any((out / name).is_file() for name in ("report.json", "measures.json"))
+    ours = out.is_dir() and not out.is_symlink() and (not any(out.iterdir()) or made_by_youri)
     if (out.exists() or out.is_symlink()) and not ours:
         raise StageExistsError(
             f"{out} is not a youri report folder (no report.json); youri never replaces it: move it away"
