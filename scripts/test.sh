@@ -2,8 +2,8 @@
 # Lint and format check (ruff), then the test suite, first fetching the optional tools some tests use (each test
 # skips with a reason when its tool is missing): headless Chromium for the web chat page, a separate venv with
 # GPTQModel for the plain-transformers GPTQ round trip (GPTQModel 7.6.0 pins numpy 2.2.6), one with
-# AutoGPTQ 0.7.1, llama.cpp (node-llama-cpp) for the GGUF export tests, and the jp-stable harness source
-# for the eval parity test.
+# AutoGPTQ 0.7.1, and llama.cpp (node-llama-cpp) for the GGUF export tests. (The eval parity test runs the
+# jp-stable harness's own code, kept verbatim in tests/reference/jp-stable-harness.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if { ! command -v chromium || ! command -v chromedriver; } >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -35,14 +35,4 @@ if [ ! -f "$YOURI_NODE_LLAMA_CPP/node_modules/node-llama-cpp/package.json" ] && 
 fi
 ruff check src tests benchmarks        # lint (rules in pyproject.toml)
 ruff format --check src tests benchmarks  # formatting, lines <= 120
-# The jp-stable harness's source (Stability-AI/lm-evaluation-harness at effdbea) for the eval parity test,
-# which runs the harness's own code on youri's requests (tests/jp_stable_reference.py).
-HARNESS=${YOURI_JPSTABLE_HARNESS:-$HOME/.cache/youri/jp-stable-harness}
-if [ ! -f "$HARNESS/lm_eval/base.py" ]; then
-  (rm -rf "$HARNESS.tmp" && git clone -q --filter=blob:none --no-checkout \
-     https://github.com/Stability-AI/lm-evaluation-harness "$HARNESS.tmp" \
-     && git -C "$HARNESS.tmp" checkout -q effdbeaf742e74ea1787871e99272c12146ba346 && mv "$HARNESS.tmp" "$HARNESS") \
-    || echo "test.sh: jp-stable harness source unavailable; the eval parity test will skip"
-fi
-export YOURI_JPSTABLE_HARNESS="$HARNESS"
 exec python -m pytest tests "$@"

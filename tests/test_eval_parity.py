@@ -4,8 +4,9 @@ The parity test runs ``youri eval`` on a tiny Llama for every task with local da
 generation rule, then runs the *harness's own code* (Stability-AI/lm-evaluation-harness, jp-stable,
 effdbea: its LM wrappers, ``construct_requests``, ``process_results`` and aggregations; see
 ``tests/jp_stable_reference.py``) on the same rendered requests, and compares document by document:
-log-likelihoods, generations and metrics. The harness's source is fetched by ``scripts/test.sh``
-(``YOURI_JPSTABLE_HARNESS``); without it that test skips. The other tests need nothing but the suite.
+log-likelihoods, generations and metrics. The harness's source is kept verbatim in
+``tests/reference/jp-stable-harness`` (``YOURI_JPSTABLE_HARNESS`` points elsewhere); a missing Python
+dependency of it makes that test skip with the reason. The other tests need nothing but the suite.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from youri.testing import random_llama
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jp_eval"
 REFERENCE = Path(__file__).parent / "jp_stable_reference.py"
-HARNESS = Path(os.environ.get("YOURI_JPSTABLE_HARNESS", Path.home() / ".cache/youri/jp-stable-harness"))
+# The harness's own code at effdbea, kept verbatim beside the tests (tests/reference/jp-stable-harness/README.md).
+HARNESS = Path(os.environ.get("YOURI_JPSTABLE_HARNESS", Path(__file__).parent / "reference" / "jp-stable-harness"))
 DATA = {
     "jcommonsenseqa": {
         "eval": "jglue-jcommonsenseqa/valid-v1.3.json",
@@ -320,7 +322,7 @@ def _harness_run(tmp_path, model, youri_out: Path, rule: str) -> dict:
 
 @pytest.mark.skipif(
     not (HARNESS / "lm_eval" / "base.py").is_file(),
-    reason=f"jp-stable harness source not found at {HARNESS} (scripts/test.sh fetches it)",
+    reason=f"jp-stable harness source not found at {HARNESS} (kept in tests/reference/jp-stable-harness)",
 )
 @pytest.mark.parametrize("rule", ["hf-causal", "hf-causal-experimental"])
 def test_per_document_parity_with_the_jp_stable_harness(tmp_path, biased_llama, rule):
