@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from youri.run import figures
-from youri.run.report import write_report
+from youri.run.report import GEN_ENGINE, write_report
 
 VARIANTS = {"base": "pretrain", "instruction": "sft_instruction", "chat": "sft_chat"}
 CHANCE = {"jcommonsenseqa": 20.0, "xwinograd_ja": 50.0}
@@ -37,6 +37,7 @@ def fake_run(root: Path, shift: float = 0.0) -> Path:
                 "ppl_ja": 10.0 + i + (0.5 if precision == "gptq" else 0),
                 "ppl_en": 20.0,
                 "gen_tokens_per_s": 5.0,
+                "gen_engine": GEN_ENGINE,  # measured by youri's engine: the report keeps the cached figures
             }
             tasks = {
                 "jcommonsenseqa-1.1-0.3": {

@@ -110,7 +110,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
     With ``download``: fetch the JP-8 datasets instead (``youri.eval.download``) and stop."""
     if cfg.download:  # a data command: no model, no tasks
         return download(cfg.download)
-    cfg = resolve_preset(cfg)  # the eval folder records the preset and rule actually used
+    asked, cfg = cfg, resolve_preset(cfg)  # youri.json keeps what was asked; its facts, what it resolved to
     plan = plan_tasks(cfg)  # every user error surfaces here, before any model is loaded
     if cfg.write_requests:  # refused before any work: an existing file only with --overwrite
         check_new_file(cfg.write_requests, overwrite, "--write_requests")
@@ -124,8 +124,8 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
         print(f"wrote {sum(map(len, rendered.values()))} requests of {len(rendered)} tasks to {cfg.write_requests}")
         return None
     if cfg.suite == "japanese_leaderboard":
-        return _score_leaderboard(cfg, plan, tokenizer, max_length, overwrite=overwrite)
-    return _score(cfg, plan, rendered, tokenizer, max_length, opts, overwrite=overwrite)
+        return _score_leaderboard(cfg, plan, tokenizer, max_length, overwrite=overwrite, asked=asked)
+    return _score(cfg, plan, rendered, tokenizer, max_length, opts, overwrite=overwrite, asked=asked)
 
 
 # ----------------------------------------------------------------------------- planning and data
@@ -280,16 +280,10 @@ def _score(
     opts: RenderOptions,
     *,
     overwrite: bool,
+    asked: Config,
 ) -> dict[str, Any]:
     data_files = sorted({p for _, paths in plan if paths for p in paths.values()})
-    with StageWriter(
-        out_folder(cfg),
-        stage="eval",
-        config=cfg,
-        inputs=[cfg.model, *data_files],
-        parent=cfg.model,
-        overwrite=overwrite,
-    ) as stage:
+    with _eval_folder(cfg, asked, [cfg.model, *data_files], overwrite) as stage:
         configs = []
         for sel, paths in plan:
             if not paths:
@@ -321,12 +315,12 @@ def _score(
     return metrics
 
 
-def _score_leaderboard(cfg: Config, plan, tokenizer, max_length: int, *, overwrite: bool) -> dict[str, Any]:
+def _score_leaderboard(
+    cfg: Config, plan, tokenizer, max_length: int, *, overwrite: bool, asked: Config
+) -> dict[str, Any]:
     """lm-eval's own japanese_leaderboard tasks on the same local files (``youri.eval.leaderboard``)."""
     data_files = sorted({p for _, paths in plan if paths for p in paths.values()})
-    with StageWriter(
-        out_folder(cfg), stage="eval", config=cfg, inputs=data_files, parent=cfg.model, overwrite=overwrite
-    ) as stage:
+    with _eval_folder(cfg, asked, data_files, overwrite) as stage:
         runnable = [(sel, paths) for sel, paths in plan if paths]
         configs = [leaderboard.task_config(sel, paths, stage.path / "leaderboard_data") for sel, paths in runnable]
         start = time.time()
@@ -362,6 +356,16 @@ def _score_leaderboard(cfg: Config, plan, tokenizer, max_length: int, *, overwri
         print_table(metrics)
         stage.finish(metrics)
     return metrics
+
+
+def _eval_folder(cfg: Config, asked: Config, inputs: list, overwrite: bool) -> StageWriter:
+    """The eval stage folder: ``youri.json`` records the config as asked (so that an unchanged recipe is
+    recognised as unchanged) and, as facts, the preset and generation rule it resolved to."""
+    stage = StageWriter(
+        out_folder(cfg), stage="eval", config=asked, inputs=inputs, parent=cfg.model, overwrite=overwrite
+    )
+    stage.facts.update(preset=cfg.preset, generation=cfg.generation)
+    return stage
 
 
 def out_folder(cfg: Config) -> Path:
