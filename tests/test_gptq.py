@@ -498,10 +498,11 @@ def test_cli_positional_model_and_sft_style_calibration(parent, tmp_path):
 def test_sft_parent_calibrates_on_its_datasets_in_its_prompt_format(parent, tmp_path):
     import shutil
 
+    from youri.data.rows import chunk as _chunk
     from youri.data.sft_data import DatasetConfig, read_dataset
     from youri.model import load_tokenizer
     from youri.prompts import encode_training
-    from youri.quant.quantize import _chunk, _rows_fingerprint, run
+    from youri.quant.quantize import _rows_fingerprint, run
 
     data = tmp_path / "dolly.jsonl"
     data.write_text(

@@ -155,8 +155,8 @@ def test_eval_reads_prompts_as_the_harness_does(saved):
 def test_calibration_text_and_vocab_checks_read_special_strings_as_sentencepiece_does(tok, llama2_tokenizer_dir):
     """GPTQ calibration rows get exactly one EOS per document; the vocab stage's slow/fast comparison
     reads "</s>" in text as SentencePiece does (as characters), so such text is no false mismatch."""
+    from youri.data.rows import render_record as _render
     from youri.data.vocab import check_tokenizer
-    from youri.quant.quantize import _render
 
     special = special_ids(tok)
     for text in HOSTILE:

@@ -5,6 +5,7 @@
 - ``filters``  — normalisation, quality filters and near-duplicate detection (pure functions).
 - ``processes`` — keeps the datatrove executor's processes from outliving ``youri data`` (kill -9, Ctrl-C).
 - ``shards``   — the packed token format between ``youri data`` and the training stages, and its progress log.
+- ``rows``     — calibration and held-out token rows, found through a model's lineage (quantize, export).
 - ``sft_data`` — SFT record readers (instruction, OpenAI messages, persona dialogues) into prompt turns.
 - ``vocab``    — the ``youri vocab`` stage: append Japanese SentencePiece pieces, resize the model.
 """

@@ -26,8 +26,8 @@ import torch
 from safetensors import safe_open
 
 from youri.config import ConfigError
-from youri.data.shards import TokenShards
-from youri.io import DataError, atomic_write_text, iter_jsonl, read_json
+from youri.data.rows import heldout_source, token_rows
+from youri.io import atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
 from youri.prompts import INPUT_HEADER, INSTRUCTION_HEADER, INSTRUCTION_INTRO, RESPONSE_HEADER, SETTING, SYSTEM, USER
 from youri.prompts import chat_template as youri_chat_template
@@ -206,10 +206,10 @@ def _quality(folder: Path, gguf_file: Path, tokenizer, cfg: Config) -> dict:
     missing = runtime_missing()
     if missing:
         return {"skipped": missing}
-    source = _heldout_source(folder, cfg.heldout_ja)
+    source = heldout_source(folder, cfg.heldout_ja, "ja")
     if source is None:
         return {"skipped": "no held-out Japanese text (set heldout_ja)"}
-    rows = _heldout_rows(source, tokenizer, cfg.eval_samples, cfg.seq_len)
+    rows = token_rows([source], tokenizer, cfg.eval_samples, cfg.seq_len, "val/ja").tolist()
     if not rows:
         return {"skipped": f"{source}: not one held-out row of {cfg.seq_len} tokens"}
     model = load_model(folder, dtype=torch.float32)
@@ -224,47 +224,6 @@ def _quality(folder: Path, gguf_file: Path, tokenizer, cfg: Config) -> dict:
             **next_token_agreement(reference, scored.logprobs, rows),
         }
     }
-
-
-def _heldout_source(folder: Path, explicit: str) -> Path | None:
-    if explicit:
-        if not Path(explicit).exists():
-            raise FileNotFoundError(f"heldout_ja not found: {explicit}")
-        return Path(explicit)
-    current = folder
-    for _ in range(8):  # follow the lineage to the data folder whose val/ja the model never trained on
-        manifest = read_manifest(current)
-        if manifest is None:
-            return None
-        for value in manifest.get("config", {}).values():
-            if isinstance(value, str) and value and (Path(value) / "index.json").is_file():
-                if "val/ja" in read_json(Path(value) / "index.json")["splits"]:
-                    return Path(value)
-        if not manifest.get("parent"):
-            return None
-        current = Path(manifest["parent"])
-    return None
-
-
-def _heldout_rows(source: Path, tokenizer, count: int, length: int) -> list[list[int]]:
-    if source.is_dir():
-        shards = TokenShards.open(source, "val/ja")
-        picks = np.linspace(0, len(shards) - 1, num=min(count, len(shards))).astype(int) if len(shards) else []
-        return [[int(t) for t in shards[int(i)][:length]] for i in picks]
-    if source.suffix == ".jsonl":
-        texts = []
-        for lineno, record in iter_jsonl(source):
-            if not isinstance(record.get("text"), str):
-                raise DataError(f"{source}:{lineno}: missing field 'text' (a held-out Japanese document)")
-            texts.append(record["text"])
-    else:
-        texts = [source.read_text(encoding="utf-8")]
-    ids = [
-        t for text in texts for t in [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-    ]
-    rows = [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
-    picks = np.linspace(0, len(rows) - 1, num=min(count, len(rows))).astype(int) if rows else []
-    return [rows[int(i)] for i in picks]
 
 
 # ----------------------------------------------------------------------------- Ollama

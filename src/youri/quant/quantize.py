@@ -31,15 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from youri import prompts
 from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
+from youri.data.rows import chunk, data_folder, heldout_source, token_rows
 from youri.data.sft_data import DatasetConfig, read_dataset
-from youri.data.shards import TokenShards
-from youri.io import DataError, iter_jsonl, read_json, read_text, resolve_path
+from youri.io import DataError, read_json, resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.prompts import encode_training
 from youri.quant.gptq import (
@@ -203,7 +201,7 @@ def _calibration(cfg: Config, parent: Path, tokenizer) -> tuple[list[Path], str,
         return (
             sources,
             "text",
-            _token_rows(sources, tokenizer, cfg.num_samples, cfg.seq_len, "train", text_field=cfg.calibration_field),
+            token_rows(sources, tokenizer, cfg.num_samples, cfg.seq_len, "train", text_field=cfg.calibration_field),
         )
     manifest = _manifest(parent)
     if manifest.get("stage") == "sft":
@@ -220,13 +218,13 @@ def _calibration(cfg: Config, parent: Path, tokenizer) -> tuple[list[Path], str,
             for record in read_dataset(spec, kind):
                 ids += encode_training(record.example, tokenizer).input_ids
         sources = [resolve_path(spec.path) for spec in specs]
-        return sources, kind, _chunk(ids, cfg.num_samples, cfg.seq_len)
-    data = _data_folder(parent)
+        return sources, kind, chunk(ids, cfg.num_samples, cfg.seq_len)
+    data = data_folder(parent)
     if data is None:
         raise ConfigError(
             f"{parent}/youri.json: stage {manifest.get('stage')!r} names no youri data folder; pass --calibration"
         )
-    return [data], "text", _token_rows([data], tokenizer, cfg.num_samples, cfg.seq_len, "train")
+    return [data], "text", token_rows([data], tokenizer, cfg.num_samples, cfg.seq_len, "train")
 
 
 def _manifest(parent: Path) -> dict:
@@ -237,86 +235,6 @@ def _manifest(parent: Path) -> dict:
             "(a youri data folder, .jsonl or .txt file of Japanese text)"
         )
     return manifest
-
-
-def _data_folder(model: Path, depth: int = 4) -> Path | None:
-    """The youri data folder a model was (pre)trained on, following SFT stages back to their parent."""
-    manifest = read_manifest(model) if depth > 0 else None
-    if manifest is None:
-        return None
-    config = manifest.get("config", {})
-    for value in config.values():
-        if isinstance(value, str) and value and (Path(value) / "index.json").is_file():
-            return Path(value)
-    above = manifest.get("parent") or config.get("model")
-    return _data_folder(Path(above), depth - 1) if isinstance(above, str) and above else None
-
-
-def _heldout_source(parent: Path, explicit: str, lang: str) -> Path | None:
-    if explicit:
-        return Path(explicit)
-    data = _data_folder(parent)
-    if data is not None and f"val/{lang}" in read_json(data / "index.json")["splits"]:
-        return data
-    return None
-
-
-# ----------------------------------------------------------------------------- token rows
-
-
-def _token_rows(
-    sources: list[Path], tokenizer, count: int, length: int, split: str, *, text_field: str = "text"
-) -> torch.Tensor:
-    """``count`` rows of ``length`` tokens, evenly spaced through ``sources`` (deterministic).
-
-    A youri data folder gives its packed rows of ``split``; text files are tokenised (JSONL instruction or
-    messages records rendered by youri.prompts), joined with EOS and cut into rows, as in pretraining.
-    """
-    for source in sources:
-        if not source.exists():
-            raise FileNotFoundError(f"calibration/held-out source not found: {source}")
-    if len(sources) == 1 and sources[0].is_dir():
-        shards = TokenShards.open(sources[0], split)
-        picks = np.linspace(0, len(shards) - 1, num=min(count, len(shards))).astype(int) if len(shards) else []
-        rows = [shards[int(i)][:length] for i in picks]
-        return torch.tensor(np.stack(rows)) if rows else torch.zeros(0, length, dtype=torch.long)
-    ids: list[int] = []
-    for source in sources:
-        if source.suffix == ".jsonl":
-            for lineno, record in iter_jsonl(source):
-                ids += _render(record, tokenizer, text_field, f"{source}:{lineno}")
-        else:
-            text = read_text(source)
-            ids += tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]  # text is text
-            ids.append(tokenizer.eos_token_id)
-    return _chunk(ids, count, length)
-
-
-def _chunk(ids: list[int], count: int, length: int) -> torch.Tensor:
-    """Concatenated ids cut into rows of ``length``; ``count`` of them, evenly spaced."""
-    rows = torch.tensor(ids[: len(ids) // length * length], dtype=torch.long).view(-1, length)
-    if len(rows) > count:
-        rows = rows[torch.linspace(0, len(rows) - 1, count).long()]
-    return rows
-
-
-def _render(record: dict, tokenizer, text_field: str, where: str) -> list[int]:
-    """Token ids of one JSONL record: plain text, or an SFT example in its prompt format (youri.prompts)."""
-    if isinstance(record.get(text_field), str):
-        ids = tokenizer(record[text_field], add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        return ids + [tokenizer.eos_token_id]  # the only EOS: "</s>" inside the text stays text
-
-    if isinstance(record.get("messages"), list):
-        return prompts.encode_training(prompts.messages_to_turns(record["messages"], where), tokenizer).input_ids
-    if isinstance(record.get("instruction"), str):
-        example = prompts.Instruction(
-            record["instruction"], str(record.get("input") or ""), str(record.get("output") or "")
-        )
-        return prompts.encode_training(example, tokenizer).input_ids
-    raise DataError(
-        f"{where}: no '{text_field}' text, 'messages' or 'instruction' field to calibrate on "
-        f"(fields present: {', '.join(sorted(record)) or 'none'})"
-    )
 
 
 def _rows_fingerprint(rows: torch.Tensor) -> str:
@@ -567,11 +485,11 @@ def _quality(parent: Path, folder: Path, tokenizer, cfg: Config, device=torch.de
     if cfg.eval_samples <= 0:
         return {"skipped": "eval_samples is 0"}
     sources = {
-        lang: _heldout_source(parent, explicit, lang)
+        lang: heldout_source(parent, explicit, lang)
         for lang, explicit in (("ja", cfg.heldout_ja), ("en", cfg.heldout_en))
     }
     rows = {
-        lang: _token_rows(
+        lang: token_rows(
             [src], tokenizer, cfg.eval_samples, cfg.seq_len, f"val/{lang}", text_field=cfg.calibration_field
         )
         for lang, src in sources.items()
