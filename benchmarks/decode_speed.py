@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from youri.model import load_tokenizer
 from youri.quant.gptq import QuantLinear, kernel_summary, pack, prepare_kernels, rtn_quantize
@@ -66,17 +66,13 @@ def clock() -> float:
 
 
 def big_llama(layers: int) -> LlamaForCausalLM:
-    """The 1.1B shape with random N(0, 0.02) weights: built on the meta device and filled in place, because
-    ``LlamaForCausalLM(config)``'s initialisation of 1.1B weights takes minutes on 2 cores."""
-    config = LlamaConfig(**{**LLAMA_1B, "num_hidden_layers": layers, "tie_word_embeddings": False})
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.fill_(1.0) if name.endswith("norm.weight") else param.normal_(0, 0.02, generator=generator)
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)  # its buffers were left on meta
+    """The 1.1B shape with random N(0, 0.02) weights (``youri.testing``'s fast init: no minutes-long HF init)."""
+    shape = {k: v for k, v in LLAMA_1B.items() if k != "vocab_size"}
+    model = random_llama(
+        LLAMA_1B["vocab_size"],
+        fast_init=True,
+        **{**shape, "num_hidden_layers": layers, "tie_word_embeddings": False},
+    )
     model.generation_config.eos_token_id = 2
     return model.eval()
 
