@@ -6,10 +6,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import SHARED_DATA
 
 from youri.config import ConfigError, build_config
+from youri.quant import kernels
 from youri.run.pipeline import Config, plan, run
 from youri.run.report import GEN_ENGINE
 from youri.stage import is_complete, read_manifest
@@ -84,7 +86,8 @@ def test_demo_pipeline_runs_skips_and_reruns_what_changed(tmp_path, monkeypatch)
             assert math.isfinite(row[key]) and row[key] > 0, (row["variant"], row["precision"], key)
         assert row["gen_engine"] == GEN_ENGINE and row["gen_decoder"] == "StaticLlama"  # youri's engine, lean path
         if row["precision"] == "gptq":  # its int4 kernel, and the card's row says so
-            assert row["gptq_kernel"] == "GPTQ matmul: int4-cpu on 7/7 layers", row["gptq_kernel"]
+            kernel = kernels.kernel_for(torch.device("cpu"))
+            assert row["gptq_kernel"] == f"GPTQ matmul: {kernel} on 7/7 layers", row["gptq_kernel"]
         if has_eval_data:
             assert math.isfinite(row["average"]) and set(row["scores"]) == {"jcommonsenseqa", "xwinograd_ja"}
     assert rows[("chat", "gptq")]["size_mb"] < rows[("chat", "fp")]["size_mb"]

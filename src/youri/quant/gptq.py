@@ -285,8 +285,9 @@ class QuantLinear(nn.Module):
     """A GPTQ v1 linear layer kept packed in memory.
 
     ``prepare_kernel`` (``load_gptq_model`` calls it once the layer sits on its device) converts the
-    weights for PyTorch's int4 matmul (``youri.quant.kernels``). Without a kernel -- another device,
-    bits != 4, act-order groups, an odd shape -- each forward unpacks into a temporary dense weight.
+    weights for an int4 matmul (``youri.quant.kernels``: youri's AVX2 kernel or PyTorch's). Without a
+    kernel -- another device, bits != 4, act-order groups, an odd shape -- each forward unpacks into a
+    temporary dense weight.
     ``kernel`` says which path runs, ``kernel_note`` why it is not the int4 one.
     """
 
@@ -312,19 +313,21 @@ class QuantLinear(nn.Module):
 
         ``use_kernel=False`` pins the dequantising path (the exact reference the kernel is tested against).
         """
-        self._int4, self.kernel = None, "dequant"
-        kernel = kernels.kernel_for(self.qweight.device)
+        self._int4, self.kernel, kernel = None, "dequant", None
+        candidates = kernels.candidates(self.qweight.device)
         groups = torch.arange(self.in_features, device=self.g_idx.device) // self.group_size
         if not use_kernel:
             self.kernel_note = "int4 kernel switched off"
-        elif kernel is None:
-            self.kernel_note = f"no int4 kernel in this PyTorch for {self.qweight.device.type}"
+        elif not candidates:
+            self.kernel_note = kernels.why_no_kernel(self.qweight.device)
         elif self.bits != 4:
             self.kernel_note = f"{self.bits}-bit weights"
         elif not torch.equal(self.g_idx.long(), groups):
             self.kernel_note = "act-order groups (g_idx)"
-        else:
-            self.kernel_note = kernels.unsupported(kernel, self.in_features, self.out_features, self.group_size)
+        else:  # the first kernel (fastest first) that takes this shape
+            why = {k: kernels.unsupported(k, self.in_features, self.out_features, self.group_size) for k in candidates}
+            kernel = next((k for k, reason in why.items() if reason is None), None)
+            self.kernel_note = "" if kernel else "; ".join(f"{k}: {reason}" for k, reason in why.items())
         if self.kernel_note:
             return self.kernel
         codes, zeros = unpack(self.qweight, self.qzeros, self.bits, self.in_features)
