@@ -8,14 +8,18 @@ Two random-weight Llamas with the Llama 2 tokenizer: the demo's tiny shape (hidd
 intermediate 5632, GQA 32/4 heads). Each is timed fp32, then as a GPTQ twin made in memory (round-to-nearest
 codes in GPTQ v1 format -- 4 bit, group 128, symmetric, no act-order -- loaded into youri's ``QuantLinear``
 and converted for the int4 kernel the way ``load_gptq_model`` does; the GPTQ solve itself does not change
-decode speed). Same prompt (24 tokens), same number of new tokens, eos ignored by both sides; youri's greedy
-tokens are checked against Hugging Face's. Runs interleave youri and HF; best of N. Time is this process's CPU
-time (``time.process_time``): with one torch thread (the default, as in serve_concurrency.py) it equals wall time
-on an idle machine, while on the shared 2-core machine wall time mostly measures the other tenants (a --quick run
-took 150 s of wall clock for 23 s of CPU). Last line: one JSON object.
+decode speed) -- youri's AVX2 kernel on x86 CPUs; the full run also times the same twin on PyTorch's
+int4 kernel (``gptq_vs_fp_1b_int4-cpu``). Same prompt (24 tokens), same number of new tokens, eos ignored by
+both sides; youri's greedy tokens are checked against Hugging Face's. Runs interleave youri and HF; best of N.
+Time is this process's CPU time (``time.process_time``): with one torch thread (the default, as in
+serve_concurrency.py) it equals wall time on an idle machine, while on the shared 2-core machine wall time
+mostly measures the other tenants (a --quick run took 150 s of wall clock for 23 s of CPU). Last line: one JSON object.
 
 torch.compile is not used: on this 2-core CPU compiling the lean step took ~90 s for a ~1.3x faster tiny step,
-and at 1.1B the step is bound by the weight matmuls that compile leaves to the same kernels.
+and at 1.1B the step is bound by the weight matmuls that compile leaves to the same kernels. At 1.1B the fp32 step
+reads 4.4 GB of weights per token, the GPTQ step 0.5 GB of codes plus the fp32 LM head (0.26 GB, unquantized as
+in every GPTQ twin); youri's int4 kernel is fast enough that the GPTQ step is bound by memory too (PyTorch's
+CPU kernel is bound by its own arithmetic, about 1.3x the fp32 step).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +37,7 @@ from transformers import LlamaForCausalLM
 
 from youri.model import load_tokenizer
 from youri.quant.gptq import QuantLinear, kernel_summary, pack, prepare_kernels, rtn_quantize
+from youri.quant.kernels import KERNEL_ENV, available_kernels, kernel_for
 from youri.serve.engine import Engine, SamplingParams, generate
 from youri.testing import random_llama
 
@@ -170,6 +176,12 @@ def main() -> None:
     gc.collect()
     kernels = kernel_summary(model)
     rows["1.1B GPTQ 4-bit"] = measure(model, tokenizer, big_new, big_repeats)
+    other = [k for k in available_kernels(DEVICE) if k != kernel_for(DEVICE)]
+    if other and not args.quick:  # the same twin on PyTorch's kernel: what youri's own kernel is worth
+        os.environ[KERNEL_ENV] = other[0]
+        prepare_kernels(model)
+        rows[f"1.1B GPTQ {other[0]}"] = measure(model, tokenizer, big_new, big_repeats, hf=False)
+        del os.environ[KERNEL_ENV]
     del model
     gc.collect()
 
@@ -180,16 +192,25 @@ def main() -> None:
     )
     print(f"{'model':<18}{'youri tok/s':>12}{'HF tok/s':>10}{'youri/HF':>10}{'same tokens':>13}  decoder")
     for name, r in rows.items():
-        print(
-            f"{name:<18}{r['youri_tokens_per_s']:>12.1f}{r['hf_tokens_per_s']:>10.1f}"
-            f"{r['youri_tokens_per_s'] / r['hf_tokens_per_s']:>10.2f}{str(r['same_tokens']):>13}  {r['decoder']}"
+        hf = (
+            f"{r['hf_tokens_per_s']:>10.1f}{r['youri_tokens_per_s'] / r['hf_tokens_per_s']:>10.2f}"
+            if "hf_tokens_per_s" in r
+            else f"{'-':>10}{'-':>10}"
         )
+        print(f"{name:<18}{r['youri_tokens_per_s']:>12.1f}{hf}{str(r.get('same_tokens', '-')):>13}  {r['decoder']}")
     result = {
         "ratio_vs_hf_tiny": round(rows["tiny fp32"]["youri_tokens_per_s"] / rows["tiny fp32"]["hf_tokens_per_s"], 2),
         "gptq_vs_fp_1b": round(
             rows["1.1B GPTQ 4-bit"]["youri_tokens_per_s"] / rows["1.1B fp32"]["youri_tokens_per_s"], 2
         ),
         "ratio_vs_hf_1b": round(rows["1.1B fp32"]["youri_tokens_per_s"] / rows["1.1B fp32"]["hf_tokens_per_s"], 2),
+        **{
+            f"gptq_vs_fp_1b_{name.split()[-1]}": round(
+                r["youri_tokens_per_s"] / rows["1.1B fp32"]["youri_tokens_per_s"], 2
+            )
+            for name, r in rows.items()
+            if name.startswith("1.1B GPTQ int4")
+        },
         "gptq_vs_fp_tiny": round(
             rows["tiny GPTQ 4-bit"]["youri_tokens_per_s"] / rows["tiny fp32"]["youri_tokens_per_s"], 2
         ),

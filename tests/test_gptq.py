@@ -202,6 +202,23 @@ def test_avx2_kernel_is_the_exact_product_with_int16_rounded_activations(monkeyp
     assert out[2].isnan().all() and out[[0, 1, 3, 4]].isfinite().all()
 
 
+def test_without_a_compiler_the_avx2_kernel_steps_aside(monkeypatch, tmp_path):
+    """No C compiler (or an unwritable cache): no int4-avx2, one line saying why, and PyTorch's kernel runs."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("YOURI_CACHE", str(tmp_path / "cache"))
+    kernels.avx2_library.cache_clear()
+    try:
+        library, why = kernels.avx2_library()
+        if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+            assert library is None and "AVX2" in why
+            return
+        assert library is None and "no-such-cc could not build int4_avx2.c" in why
+        assert "int4-avx2" not in kernels.available_kernels(torch.device("cpu"))
+        assert not list((tmp_path / "cache").rglob("*.so"))
+    finally:
+        kernels.avx2_library.cache_clear()  # the next caller builds or finds the real one again
+
+
 @pytest.mark.parametrize(
     "bits,out,group,act_order,kernel,note",
     [

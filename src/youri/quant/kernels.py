@@ -111,24 +111,26 @@ def avx2_library() -> tuple[ctypes.CDLL | None, str]:
         digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
         target = _cache_dir() / f"int4_avx2-{digest}.so"
         if target.exists() or _compile(compiler, flags, target):
-            return _bind(ctypes.CDLL(str(target))), ""
-    return None, f"{compiler} could not build {AVX2_SOURCE.name}"
+            try:
+                return _bind(ctypes.CDLL(str(target))), ""
+            except (OSError, AttributeError) as error:  # a foreign or truncated file under that name
+                return None, f"cannot load {target}: {error}"
+    return None, f"{compiler} could not build {AVX2_SOURCE.name} into {target.parent}"
 
 
 def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> bool:
-    """Build into a temporary file, then rename: concurrent first uses never load a half-written library."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        built = Path(work) / target.name
-        try:
-            done = subprocess.run(
-                [compiler, *flags, str(AVX2_SOURCE), "-o", str(built), "-lm"], capture_output=True, timeout=120
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        if done.returncode != 0:
-            return False
-        os.replace(built, target)
+    """Build into a temporary file, then rename: concurrent first uses never load a half-written library.
+    False when the cache folder cannot be written or the compiler refuses (the caller falls back)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as work:
+            built = Path(work) / target.name
+            command = [compiler, *flags, str(AVX2_SOURCE), "-o", str(built), "-lm"]
+            if subprocess.run(command, capture_output=True, timeout=120).returncode != 0:
+                return False
+            os.replace(built, target)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
     return True
 
 
