@@ -1,0 +1,140 @@
+"""The int4 kernels GPTQ layers run (``youri.quant.kernels``): youri's AVX2 kernel and PyTorch's, each against
+the exact dequantising path, which kernel a layer takes, and the fallbacks when one is missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from youri.quant import kernels
+from youri.quant.gptq import KERNEL_MAX_ROWS, QuantLinear, dequantize, kernel_summary, pack, rtn_quantize
+
+CPU_KERNELS = {
+    "int4-avx2": 2e-4,  # youri's: activations rounded to int16 per group (step = group max / 32767)
+    "int4-cpu": 0.01,  # PyTorch's: activations and scales enter as bf16 (8 mantissa bits)
+}
+"""Each CPU kernel's tolerance against the exact dequantised path, as a fraction of the largest output."""
+
+
+def _pin_kernel(monkeypatch, kernel: str) -> None:
+    monkeypatch.setenv(kernels.KERNEL_ENV, kernel)
+    if kernel not in kernels.available_kernels(torch.device("cpu")):
+        why = kernels.avx2_library()[1] if kernel == "int4-avx2" else "no aten._weight_int4pack_mm_for_cpu"
+        pytest.skip(f"{kernel} is not available on this machine: {why}")
+
+
+@pytest.mark.parametrize("kernel", sorted(CPU_KERNELS))
+@pytest.mark.parametrize("sym,group", [(True, 128), (False, 128), (True, 64), (False, 256)])
+def test_int4_kernel_equals_dequantized_path_within_its_rounding(monkeypatch, kernel, sym, group):
+    """Each CPU int4 kernel's output equals the dequantising path's within its stated rounding (table above),
+    for any number of rows (the AVX2 kernel tiles rows by 4); many rows still dequantise, exactly."""
+    _pin_kernel(monkeypatch, kernel)
+    torch.manual_seed(0)
+    W = torch.randn(96, 256)
+    layer = QuantLinear(256, 96, bits=4, group_size=group, bias=True)
+    layer.load_state_dict(
+        {**pack(*rtn_quantize(W, bits=4, group_size=group, sym=sym), bits=4), "bias": torch.randn(96).half()}
+    )
+    inputs = [torch.randn(rows, 256) * 3 for rows in (1, 2, 3, 4, 5, 9)] + [torch.randn(3, 5, 256)]
+    references, state = [layer(x) for x in inputs], {k: v.clone() for k, v in layer.state_dict().items()}
+    assert layer.kernel == "dequant" and layer.prepare_kernel() == kernel and layer.kernel_note == ""
+    for x, reference in zip(inputs, references):
+        fast = layer(x)
+        assert fast.shape == reference.shape and fast.dtype == reference.dtype
+        torch.testing.assert_close(fast, reference, rtol=0, atol=CPU_KERNELS[kernel] * reference.abs().max().item())
+        assert not torch.equal(fast, reference)  # the kernel really ran (its rounding shows)
+    many = torch.randn(KERNEL_MAX_ROWS + 1, 256)
+    torch.testing.assert_close(
+        layer(many),
+        many @ dequantize(**{k: state[k] for k in ("qweight", "qzeros", "scales", "g_idx")}, bits=4).T
+        + layer.bias.float(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert layer.state_dict().keys() == state.keys() and all(
+        torch.equal(v, state[k]) for k, v in layer.state_dict().items()
+    )
+    assert sum(b.numel() * b.element_size() for b in layer.buffers()) < W.numel() * 2 / 3  # no dense copy
+    assert f"{kernel} on 1/1 layers" in kernel_summary(layer)
+    assert layer.prepare_kernel(use_kernel=False) == "dequant"
+    torch.testing.assert_close(layer(inputs[-1]), references[-1], rtol=1e-6, atol=1e-6)
+
+
+def test_avx2_kernel_is_the_exact_product_with_int16_rounded_activations(monkeypatch):
+    """What the AVX2 kernel computes, exactly: the dequantised weight times activations rounded to int16 per
+    group; a NaN activation gives NaN (as the float path would), never a finite wrong number."""
+    _pin_kernel(monkeypatch, "int4-avx2")
+    torch.manual_seed(3)
+    layer = QuantLinear(512, 64, bits=4, group_size=128)
+    layer.load_state_dict(pack(*rtn_quantize(torch.randn(64, 512), bits=4, group_size=128, sym=False), bits=4))
+    dense = dequantize(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, 4).double()
+    layer.prepare_kernel()
+    x = torch.randn(5, 512) * torch.logspace(-3, 3, 512)  # groups of very different magnitudes
+    groups = x.view(5, 4, 128)
+    step = groups.abs().amax(-1, keepdim=True) / 32767
+    rounded = (torch.round(groups / step) * step).view(5, 512).double()
+    expected = rounded @ dense.T
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = layer(x)
+        torch.set_num_threads(2)
+        assert torch.equal(layer(x), one_thread)  # OpenMP splits the outputs; each is computed the same way
+    finally:
+        torch.set_num_threads(threads)
+    x[2, 7] = float("nan")
+    out = layer(x)
+    assert out[2].isnan().all() and out[[0, 1, 3, 4]].isfinite().all()
+
+
+def test_without_a_compiler_the_avx2_kernel_steps_aside(monkeypatch, tmp_path):
+    """No C compiler (or an unwritable cache): no int4-avx2, one line saying why, and PyTorch's kernel runs."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("YOURI_CACHE", str(tmp_path / "cache"))
+    kernels.avx2_library.cache_clear()
+    try:
+        library, why = kernels.avx2_library()
+        if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+            assert library is None and "AVX2" in why
+            return
+        assert library is None and "no-such-cc could not build int4_avx2.c" in why
+        assert "int4-avx2" not in kernels.available_kernels(torch.device("cpu"))
+        assert not list((tmp_path / "cache").rglob("*.so"))
+    finally:
+        kernels.avx2_library.cache_clear()  # the next caller builds or finds the real one again
+
+
+@pytest.mark.parametrize(
+    "bits,out,group,act_order,kernel,note",
+    [
+        (3, 128, 128, False, "", "3-bit weights"),
+        (4, 128, 128, True, "", "act-order groups"),
+        (4, 24, 128, False, "int4-cpu", "24 outputs"),
+        (4, 128, 32, False, "int4-avx2", "group size 32"),
+    ],
+)
+def test_layers_the_int4_kernel_cannot_take_keep_dequantizing(monkeypatch, bits, out, group, act_order, kernel, note):
+    if kernel:
+        _pin_kernel(monkeypatch, kernel)
+    torch.manual_seed(0)
+    W, x = torch.randn(out, 256), torch.randn(4, 256)
+    g_idx = torch.randperm(256) // group if act_order else torch.arange(256) // group
+    layer = QuantLinear(256, out, bits=bits, group_size=group)
+    layer.load_state_dict(pack(*rtn_quantize(W, bits=bits, group_size=group)[:3], g_idx.int(), bits=bits))
+    assert layer.prepare_kernel() == "dequant" and note in layer.kernel_note
+    assert note in kernel_summary(layer) and "dequant on 1/1 layers" in kernel_summary(layer)
+    torch.testing.assert_close(layer(x), x @ dequantize(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, bits).T)
+
+
+def test_a_layer_takes_the_first_kernel_that_fits_its_shape(monkeypatch):
+    """group 32: youri's AVX2 kernel cannot take it, PyTorch's can -- the layer falls to the next kernel, not
+    to dequantising; a pinned kernel that does not exist dequantises and says so."""
+    available = kernels.available_kernels(torch.device("cpu"))
+    if available[:2] != ["int4-avx2", "int4-cpu"]:
+        pytest.skip(f"needs both CPU kernels, this machine has {available}")
+    layer = QuantLinear(256, 64, bits=4, group_size=32)
+    layer.load_state_dict(pack(*rtn_quantize(torch.randn(64, 256), bits=4, group_size=32), bits=4))
+    assert layer.prepare_kernel() == "int4-cpu" and layer.kernel_note == ""
+    monkeypatch.setenv(kernels.KERNEL_ENV, "int4-nonsense")
+    assert layer.prepare_kernel() == "dequant" and "YOURI_INT4_KERNEL=int4-nonsense" in layer.kernel_note
