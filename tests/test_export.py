@@ -304,13 +304,26 @@ def test_model_card_lists_the_gguf_files_and_an_ollama_modelfile(model, exports)
     assert "## GGUF (llama.cpp, Ollama, LM Studio)" in card
     assert all(f"gguf-{kind}/chat-{kind}.gguf" in card for kind in exports)
     assert "FROM ./chat-" in card and 'TEMPLATE """' in card and "ollama create chat -f Modelfile" in card
+    assert "q4_0 (" in card and "RTN from full precision" in card  # how each file's weights were made
 
 
-def test_pipeline_export_step_is_optional():
+def test_pipeline_export_step_is_optional_and_exports_the_twin_as_q4_0():
     from youri.run.pipeline import Config as PipelineConfig
     from youri.run.pipeline import plan
 
     assert not [n for n in plan(PipelineConfig(recipe="r.yaml")) if n.group == "export"]
     nodes = {n.name: n for n in plan(PipelineConfig(recipe="r.yaml", export=True))}
-    assert nodes["export_chat"].module == "youri.quant.export" and nodes["export_chat"].wiring == {"model": "sft_chat"}
+    assert nodes["export_chat"].module == "youri.quant.export"
+    assert nodes["export_chat"].wiring == {"model": "quantize_chat"}  # q4_0 (default): the twin's own codes
     assert {"export_base", "export_instruction"} <= set(nodes)
+    names = [n.name for n in plan(PipelineConfig(recipe="r.yaml", export=True))]
+    assert names.index("quantize_chat") < names.index("export_chat")
+    fp_source = (
+        (PipelineConfig(recipe="r.yaml", export=True, quantize=False), {}),  # no twin
+        (PipelineConfig(recipe="r.yaml", export=True), {"export": {"type": "q8_0"}}),  # 8 bits: from fp
+        (PipelineConfig(recipe="r.yaml", export=True), {"quantize": {"sym": False}}),  # twin off Q4_0's grid
+        (PipelineConfig(recipe="r.yaml", export=True), {"quantize": {"bits": 3}}),
+    )
+    for cfg, recipe in fp_source:
+        nodes = {n.name: n for n in plan(cfg, recipe)}
+        assert nodes["export_chat"].wiring == {"model": "sft_chat"}, recipe

@@ -90,6 +90,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
             "tensor_types": written.tensor_types,
             "write_time_s": round(time.perf_counter() - start, 2),
         }
+        metrics["weights"] = _weights_word(quant, written)
         if quant:
             metrics["gptq_layers"] = _gptq_layers(written)
         metrics["quality"] = _quality(folder, gguf_file, tokenizer, cfg)
@@ -112,6 +113,16 @@ def _source_line(folder: Path, quant: dict | None, kind: str, written: WriteRepo
             f"(both roundings; e.g. {name}: {why}), {len(written.from_gptq_codes)} lossless from GPTQ codes"
         )
     return f"{twin}: dequantised to fp32, then {kind}"
+
+
+def _weights_word(quant: dict | None, written: WriteReport) -> str:
+    """How the weights were made, in a few words (the model card's GGUF line)."""
+    if quant is None:
+        block = any(name.startswith("Q") for name in written.tensor_types)
+        return "RTN from full precision" if block else "full precision"
+    if written.rounded_from_gptq:
+        return "RTN from dequantised GPTQ"
+    return "lossless from GPTQ codes" if written.from_gptq_codes else "dequantised GPTQ"
 
 
 def _gptq_layers(written: WriteReport) -> dict:
