@@ -1,10 +1,12 @@
 """``youri export``: a GGUF file of a model folder for llama.cpp, Ollama and LM Studio, and what it cost.
 
-    youri export runs/demo/sft_chat --format gguf --type q4_0
-    youri export runs/demo/quantize_chat --type f16     # a GPTQ twin: dequantised first (said so)
+    youri export runs/demo/quantize_chat --format gguf --type q4_0   # a GPTQ twin: its codes as Q4_0 blocks
+    youri export runs/demo/sft_chat --type q8_0                       # an fp model (q4_0 of it: RTN)
 
 Types: ``f16``, ``bf16``, ``q8_0``, ``q4_0`` (see ``youri.quant.gguf_writer``; Q4_K_M needs llama.cpp's own
-quantizer: ``llama-quantize MODEL-f16.gguf MODEL-q4_k_m.gguf Q4_K_M`` on the f16 export).
+quantizer: ``llama-quantize MODEL-f16.gguf MODEL-q4_k_m.gguf Q4_K_M`` on the f16 export). A GPTQ twin's
+layers on the type's grid (4-bit symmetric in-order codes for q4_0) are written as they are, lossless;
+others are dequantised and rounded again, and the one printed line (``source`` in metrics.json) says so.
 
 Output folder: ``MODEL-TYPE.gguf`` (Llama metadata, SentencePiece vocabulary with scores and token types,
 BOS/EOS ids, the chat template as ``tokenizer.chat_template``), an Ollama ``Modelfile`` (prompt format of
