@@ -192,22 +192,22 @@ def test_gptq_twin_becomes_q4_0_blocks_bit_for_bit(twin, exports, tmp_path, caps
 
 
 def test_gptq_layer_codes_as_ggml_blocks():
-    """Symmetric in-order 4-bit/8-bit GPTQ codes are Q4_0/Q8_0 blocks exactly; other layouts say why not."""
+    """Symmetric in-order GPTQ codes are Q4_0 (up to 4 bits) or Q8_0 (up to 8) blocks exactly; other layouts
+    say why not."""
     torch.manual_seed(0)
     weight = torch.randn(64, 256)
-    for bits, qtype in ((4, Q.Q4_0), (8, Q.Q8_0)):
+    for bits, qtype in ((4, Q.Q4_0), (3, Q.Q4_0), (2, Q.Q4_0), (8, Q.Q8_0), (4, Q.Q8_0)):
         parts = pack(*rtn_quantize(weight, bits=bits, group_size=128), bits=bits)
         assert gptq_grid_mismatch(parts, bits, qtype) == ""
         blocks = gptq_blocks(parts, bits, qtype)
         assert blocks.dtype == np.uint8 and blocks.shape == gguf.quant_shape_to_byte_shape((64, 256), qtype)
         assert np.array_equal(gguf.quants.dequantize(blocks, qtype), dequantize(**parts, bits=bits).numpy())
     parts = pack(*rtn_quantize(weight, bits=4, group_size=128), bits=4)
-    assert "Q8_0 (it holds 8-bit" in gptq_grid_mismatch(parts, 4, Q.Q8_0)
+    assert "8-bit codes do not fit Q4_0" in gptq_grid_mismatch(pack(*rtn_quantize(weight, bits=8), bits=8), 8, Q.Q4_0)
     assert "asymmetric" in gptq_grid_mismatch(pack(*rtn_quantize(weight, sym=False), bits=4), 4, Q.Q4_0)
     assert "group size 16" in gptq_grid_mismatch(pack(*rtn_quantize(weight, group_size=16), bits=4), 4, Q.Q4_0)
     shuffled = {**parts, "g_idx": parts["g_idx"].flip(0)}  # act-order: groups no longer follow the columns
     assert "act-order" in gptq_grid_mismatch(shuffled, 4, Q.Q4_0)
-    assert "3-bit codes" in gptq_grid_mismatch(pack(*rtn_quantize(weight, bits=3), bits=3), 3, Q.Q4_0)
 
 
 def test_asymmetric_twin_falls_back_to_rtn_and_says_so(model, tmp_path, capsys):

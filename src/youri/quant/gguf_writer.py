@@ -13,16 +13,17 @@ goes in, the way ``convert_hf_to_gguf.py`` does for ``LlamaForCausalLM``:
 Types: ``f16``, ``bf16``, ``q8_0`` (every 2-D weight, as ``convert_hf_to_gguf --outtype q8_0``) and ``q4_0``:
 the transformer blocks' weights Q4_0 (4.5 bits per weight), the token embedding Q8_0 and the LM head F16.
 The LM head stays 16-bit as in youri's GPTQ twins (``llama-quantize`` keeps it at Q6_K, which the ``gguf``
-package cannot write): on the tiny Japanese model of ``benchmarks/gguf_quality.py`` a Q8_0 head alone
-added 6.5e-6 to KL(fp ‖ GGUF), three times the rest of the 4-bit file's loss (the head's input vector is
-rounded to 8 bits too in llama.cpp's CPU matmul); the embedding is a row lookup, where Q8_0 cost 1e-7 and
-Q4_0 6.5e-6. On Llama-2-7B's shapes the file is then 4.04 GB instead of 3.79 GB with both at Q4_0 (+7 %).
+package cannot write): on the tiny Japanese model of ``benchmarks/gguf_quality.py`` a Q8_0 head made
+KL(fp ‖ GGUF) of the GPTQ twin's q4_0 file 8.0e-6 instead of 2.0e-6 (the head's input vector is rounded to
+8 bits too in llama.cpp's CPU matmul); the embedding is a row lookup, where Q8_0 cost 1e-7 and Q4_0 6.5e-6.
+On Llama-2-7B's shapes the file is then 4.04 GB instead of 3.79 GB with both at Q4_0 (+7 %).
 
 From a GPTQ twin (``TensorSource.gptq``), a type on the layer's grid takes its codes as they are: GPTQ v1
 4-bit symmetric codes ``scale * (q - 8)`` with one fp16 scale per group of 128 are exactly four Q4_0 blocks
-``d * (q - 8)`` with ``d`` the group's scale (8-bit codes and Q8_0 likewise), so ``q4_0`` of a twin is the
-twin, bit for bit, with no second rounding. Any other layout (act-order, asymmetric, 2/3 bits, a group that
-is not a multiple of 32) is dequantised and rounded again (RTN), and ``WriteReport`` says which and why.
+``d * (q - 8)`` with ``d`` the group's scale, so the q4_0 blocks of a twin are its layers, bit for bit, with no
+second rounding (2/3-bit codes sit on part of Q4_0's grid; Q8_0 holds codes of up to 8 bits). Any other
+layout (act-order, asymmetric, more bits than the type, a group that is not a multiple of 32) is
+dequantised and rounded again (RTN), and ``WriteReport`` says which and why.
 K-quants (Q4_K_M) need llama.cpp's own quantizer: the ``gguf`` package only reads them. A row length that
 is not a multiple of the block size (32) falls back to F16, as in ``convert_hf_to_gguf``.
 
@@ -70,8 +71,9 @@ GGUF_TYPES = {
 }
 
 GRID_BITS = {Q.Q4_0: 4, Q.Q8_0: 8}
-"""ggml types whose blocks of 32 decode as ``d * (q - 2^(b-1))`` with one fp16 ``d``: the grid of a symmetric
-GPTQ v1 layer of ``b`` bits (``scale * (q - zero)``, zero ``2^(b-1)``, fp16 scales), so its codes fit as they are."""
+"""ggml types whose blocks of 32 decode as ``d * (q - 2^(b-1))`` with one fp16 ``d`` and ``b``-bit ``q``: a
+symmetric GPTQ v1 layer of at most ``b`` bits (``scale * (c - zero)``, fp16 scales) is on that grid, its
+``c - zero`` as ``q - 2^(b-1)`` and its scale as ``d``, so its codes fit as they are."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def _tensor_data(source: TensorSource, qtype: Q, report: WriteReport) -> np.ndar
 
 def gptq_grid_mismatch(parts: dict[str, torch.Tensor], bits: int, qtype: Q) -> str:
     """Why a GPTQ v1 layer's codes cannot be ``qtype`` blocks as they are ("" when they can)."""
-    if GRID_BITS.get(qtype) != bits:
+    if bits > GRID_BITS.get(qtype, 0):
         return f"{bits}-bit codes do not fit {qtype.name} (it holds {GRID_BITS.get(qtype)}-bit codes)"
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
     in_features, groups = parts["g_idx"].shape[0], parts["scales"].shape[0]
@@ -245,19 +247,21 @@ def gptq_grid_mismatch(parts: dict[str, torch.Tensor], bits: int, qtype: Q) -> s
 
 def gptq_blocks(parts: dict[str, torch.Tensor], bits: int, qtype: Q) -> np.ndarray:
     """A symmetric, in-order GPTQ v1 layer as ``qtype`` blocks, uint8 [N, K/32 * bytes per block]: each group's
-    fp16 scale is the ``d`` of its blocks and each code its ``q``, so the block decodes to exactly
-    ``youri.quant.gptq.dequantize`` of the layer (checked by ``gguf.quants.dequantize`` in the tests)."""
+    fp16 scale is the ``d`` of its blocks and each code minus the zero point its signed ``q``, so the block
+    decodes to exactly ``youri.quant.gptq.dequantize`` of the layer (checked with ``gguf.quants.dequantize``)."""
     in_features = parts["g_idx"].shape[0]
     codes, _ = unpack(parts["qweight"], parts["qzeros"], bits, in_features)
+    signed = codes - 2 ** (bits - 1)  # c - zero, in [-2^(b-1), 2^(b-1)): inside the type's wider grid
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
     rows, blocks = codes.shape[1], in_features // block
-    q = codes.T.numpy().reshape(rows, blocks, block)
+    q = signed.T.numpy().reshape(rows, blocks, block)
     per_group = in_features // parts["scales"].shape[0] // block
     d = np.repeat(parts["scales"].to(torch.float16).T.numpy(), per_group, axis=1)  # [N, K/32] fp16
-    if qtype == Q.Q4_0:  # byte j: element j in the low nibble, element j + 16 in the high one
+    if qtype == Q.Q4_0:  # nibble q + 8; byte j: element j in the low nibble, element j + 16 in the high one
+        q = q + 8
         body = (q[..., : block // 2] | (q[..., block // 2 :] << 4)).astype(np.uint8)
-    else:  # Q8_0: int8 q - 128
-        body = (q - 128).astype(np.int8).view(np.uint8)
+    else:  # Q8_0: int8 q
+        body = q.astype(np.int8).view(np.uint8)
     return np.concatenate([d[..., None].view(np.uint8), body], axis=-1).reshape(rows, -1)
 
 
