@@ -11,14 +11,18 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from youri.config import ConfigError
 from youri.io import resolve_path
 from youri.model import load_model, load_tokenizer
-from youri.quant.export import Config, run
-from youri.quant.gptq import prepare_kernels
+from youri.quant.export import GPTQ_PARTS, Config, run
+from youri.quant.gguf_writer import Q, gptq_blocks, gptq_grid_mismatch, rope_permute
+from youri.quant.gptq import dequantize, pack, prepare_kernels, rtn_quantize
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing
+from youri.quant.quantize import Config as QuantizeConfig
+from youri.quant.quantize import run as quantize
 from youri.testing import save_random_llama
 from youri.train.init_base import train_tokenizer
 
@@ -81,9 +85,13 @@ def test_gguf_holds_llama_metadata_sentencepiece_vocab_and_chat_template(model, 
     assert field("tokenizer.chat_template") == load_tokenizer(model).chat_template
     kinds = {t.name: t.tensor_type.name for t in reader.tensors}
     assert kinds["blk.0.attn_q.weight"] == "Q4_0" and kinds["blk.1.ffn_down.weight"] == "Q4_0"
-    assert kinds["output.weight"] == "Q8_0" and kinds["blk.0.attn_norm.weight"] == "F32"
+    assert kinds["output.weight"] == "F16" and kinds["token_embd.weight"] == "Q8_0"  # as GPTQ keeps them: 16 bit
+    assert kinds["blk.0.attn_norm.weight"] == "F32"
+    blocks = [t for t in reader.tensors if t.name.startswith("blk.") and t.tensor_type.name == "Q4_0"]
+    assert len(blocks) == 14 and all(t.n_bytes * 32 == t.n_elements * 18 for t in blocks)  # 4.5 bits a weight
     metrics = json.loads((exports["q4_0"].parent / "metrics.json").read_text())
-    assert metrics["size_ratio"] < 0.45 and metrics["bytes"] == exports["q4_0"].stat().st_size
+    assert metrics["size_ratio"] < 0.7 and metrics["bytes"] == exports["q4_0"].stat().st_size
+    assert metrics["source"] == "full precision" and "gptq_layers" not in metrics
     modelfile = (exports["q4_0"].parent / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./chat-q4_0.gguf") and "設定" in modelfile and 'stop "</s>"' in modelfile
 
@@ -109,14 +117,13 @@ def test_transformers_loads_the_gguf_with_the_fp_models_logits(model, exports, k
         assert kl.item() / a.shape[1] < 0.5
 
 
-def test_gptq_twin_is_dequantised_before_export(model, tmp_path, capsys):
-    from youri.quant.quantize import Config as QuantizeConfig
-    from youri.quant.quantize import run as quantize
-
-    twin = quantize(
+@pytest.fixture(scope="module")
+def twin(model) -> Path:
+    """youri's GPTQ twin of the model: 4 bit, group 128, symmetric, in order (the layout Q4_0 holds as is)."""
+    return quantize(
         QuantizeConfig(
             model=str(model),
-            out=str(tmp_path / "twin"),
+            out=str(model.parent / "twin"),
             calibration=str(model.parent / "heldout.jsonl"),
             num_samples=4,
             seq_len=32,
@@ -124,10 +131,14 @@ def test_gptq_twin_is_dequantised_before_export(model, tmp_path, capsys):
             device="cpu",
         )
     )
+
+
+def test_gptq_twin_is_dequantised_before_a_float_export(twin, tmp_path, capsys):
     folder = run(Config(model=str(twin), out=str(tmp_path / "gguf"), type="f16", eval_samples=0))
     assert "dequantised" in capsys.readouterr().out
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["source"].startswith("GPTQ 4-bit") and metrics["quality"] == {"skipped": "eval_samples is 0"}
+    assert metrics["gptq_layers"] == {"lossless from GPTQ codes": 0, "RTN": 0, "dequantised": 14}
     theirs = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="twin-f16.gguf", dtype=torch.float32)
     ids = torch.arange(3, 60)[None]
     ours = load_model(twin, dtype=torch.float32)
@@ -135,6 +146,88 @@ def test_gptq_twin_is_dequantised_before_export(model, tmp_path, capsys):
     with torch.no_grad():
         a, b = ours(ids).logits, theirs(ids).logits
     torch.testing.assert_close(b, a, rtol=0, atol=2e-3 * a.abs().max().item())
+
+
+def test_gptq_twin_becomes_q4_0_blocks_bit_for_bit(twin, exports, tmp_path, capsys):
+    """Each GPTQ group of 128 is four Q4_0 blocks with the group's fp16 scale and the same codes: llama.cpp's
+    Q4_0 decoding (gguf.quants) of the file gives youri's dequantised GPTQ weights exactly, RoPE rows moved."""
+    folder = run(Config(model=str(twin), out=str(tmp_path / "gguf"), type="q4_0", eval_samples=0))
+    assert "lossless from GPTQ codes" in capsys.readouterr().out
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "lossless from GPTQ codes" in metrics["source"]
+    assert metrics["gptq_layers"] == {"lossless from GPTQ codes": 14, "RTN": 0, "dequantised": 0}
+    reader = gguf.GGUFReader(str(folder / "twin-q4_0.gguf"))
+    tensors = {t.name: t for t in reader.tensors}
+    assert (
+        tensors["token_embd.weight"].tensor_type.name == "Q8_0" and tensors["output.weight"].tensor_type.name == "F16"
+    )
+    state = load_file(str(twin / "model.safetensors"))
+    heads = {"q_proj": SHAPE["num_attention_heads"], "k_proj": SHAPE["num_key_value_heads"]}
+    checked = 0
+    for layer in range(2):
+        for hf, ours in (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("mlp.down_proj", "ffn_down")):
+            prefix = f"model.layers.{layer}.{hf}"
+            expected = dequantize(**{k: state[f"{prefix}.{k}"] for k in GPTQ_PARTS}, bits=4).numpy()
+            if hf.endswith(("q_proj", "k_proj")):
+                expected = rope_permute(expected, heads[hf[-6:]])
+            tensor = tensors[f"blk.{layer}.{ours}.weight"]
+            assert tensor.tensor_type.name == "Q4_0"
+            decoded = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            assert decoded.dtype == np.float32 and np.array_equal(decoded, expected)
+            checked += 1
+    assert checked == 6
+    if not runtime_missing():  # llama.cpp runs it as the twin: far closer to it than the fp model's q4_0 (RTN)
+        tok = load_tokenizer(twin)
+        rows = [tok(text, add_special_tokens=False)["input_ids"][:48] for text in SAMPLE_JA[-3:]]
+        ours = load_model(twin, dtype=torch.float32)
+        prepare_kernels(ours, use_kernel=False)  # the exact dequantised weights
+        with torch.no_grad():
+            reference = [torch.log_softmax(ours(torch.tensor([row])).logits[0], -1).numpy() for row in rows]
+        lossless, rtn = (
+            next_token_agreement(reference, run_llama_cpp(path, rows=rows).logprobs, rows)
+            for path in (folder / "twin-q4_0.gguf", exports["q4_0"])
+        )
+        print(f"llama.cpp vs youri's twin: q4_0 of the twin {lossless}, q4_0 of the fp model {rtn}")
+        assert lossless["kl"] < rtn["kl"] / 20 and lossless["argmax_agreement"] >= 0.9
+
+
+def test_gptq_layer_codes_as_ggml_blocks():
+    """Symmetric in-order GPTQ codes are Q4_0 (up to 4 bits) or Q8_0 (up to 8) blocks exactly; other layouts
+    say why not."""
+    torch.manual_seed(0)
+    weight = torch.randn(64, 256)
+    for bits, qtype in ((4, Q.Q4_0), (3, Q.Q4_0), (2, Q.Q4_0), (8, Q.Q8_0), (4, Q.Q8_0)):
+        parts = pack(*rtn_quantize(weight, bits=bits, group_size=128), bits=bits)
+        assert gptq_grid_mismatch(parts, bits, qtype) == ""
+        blocks = gptq_blocks(parts, bits, qtype)
+        assert blocks.dtype == np.uint8 and blocks.shape == gguf.quant_shape_to_byte_shape((64, 256), qtype)
+        assert np.array_equal(gguf.quants.dequantize(blocks, qtype), dequantize(**parts, bits=bits).numpy())
+    parts = pack(*rtn_quantize(weight, bits=4, group_size=128), bits=4)
+    assert "8-bit codes do not fit Q4_0" in gptq_grid_mismatch(pack(*rtn_quantize(weight, bits=8), bits=8), 8, Q.Q4_0)
+    assert "asymmetric" in gptq_grid_mismatch(pack(*rtn_quantize(weight, sym=False), bits=4), 4, Q.Q4_0)
+    assert "group size 16" in gptq_grid_mismatch(pack(*rtn_quantize(weight, group_size=16), bits=4), 4, Q.Q4_0)
+    shuffled = {**parts, "g_idx": parts["g_idx"].flip(0)}  # act-order: groups no longer follow the columns
+    assert "act-order" in gptq_grid_mismatch(shuffled, 4, Q.Q4_0)
+
+
+def test_asymmetric_twin_falls_back_to_rtn_and_says_so(model, tmp_path, capsys):
+    asym = quantize(
+        QuantizeConfig(
+            model=str(model),
+            out=str(tmp_path / "asym"),
+            calibration=str(model.parent / "heldout.jsonl"),
+            num_samples=4,
+            seq_len=32,
+            eval_samples=0,
+            device="cpu",
+            sym=False,
+        )
+    )
+    folder = run(Config(model=str(asym), out=str(tmp_path / "gguf"), type="q4_0", eval_samples=0))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("youri export:"))
+    assert "RTN q4_0" in line and "asymmetric" in line
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["gptq_layers"]["RTN"] == 14 and metrics["gptq_layers"]["lossless from GPTQ codes"] == 0
 
 
 @pytest.mark.parametrize("kind", ["f16", "bf16", "q8_0", "q4_0"])
@@ -211,13 +304,26 @@ def test_model_card_lists_the_gguf_files_and_an_ollama_modelfile(model, exports)
     assert "## GGUF (llama.cpp, Ollama, LM Studio)" in card
     assert all(f"gguf-{kind}/chat-{kind}.gguf" in card for kind in exports)
     assert "FROM ./chat-" in card and 'TEMPLATE """' in card and "ollama create chat -f Modelfile" in card
+    assert "q4_0 (" in card and "RTN from full precision" in card  # how each file's weights were made
 
 
-def test_pipeline_export_step_is_optional():
+def test_pipeline_export_step_is_optional_and_exports_the_twin_as_q4_0():
     from youri.run.pipeline import Config as PipelineConfig
     from youri.run.pipeline import plan
 
     assert not [n for n in plan(PipelineConfig(recipe="r.yaml")) if n.group == "export"]
     nodes = {n.name: n for n in plan(PipelineConfig(recipe="r.yaml", export=True))}
-    assert nodes["export_chat"].module == "youri.quant.export" and nodes["export_chat"].wiring == {"model": "sft_chat"}
+    assert nodes["export_chat"].module == "youri.quant.export"
+    assert nodes["export_chat"].wiring == {"model": "quantize_chat"}  # q4_0 (default): the twin's own codes
     assert {"export_base", "export_instruction"} <= set(nodes)
+    names = [n.name for n in plan(PipelineConfig(recipe="r.yaml", export=True))]
+    assert names.index("quantize_chat") < names.index("export_chat")
+    fp_source = (
+        (PipelineConfig(recipe="r.yaml", export=True, quantize=False), {}),  # no twin
+        (PipelineConfig(recipe="r.yaml", export=True), {"export": {"type": "q8_0"}}),  # 8 bits: from fp
+        (PipelineConfig(recipe="r.yaml", export=True), {"quantize": {"sym": False}}),  # twin off Q4_0's grid
+        (PipelineConfig(recipe="r.yaml", export=True), {"quantize": {"bits": 3}}),
+    )
+    for cfg, recipe in fp_source:
+        nodes = {n.name: n for n in plan(cfg, recipe)}
+        assert nodes["export_chat"].wiring == {"model": "sft_chat"}, recipe

@@ -1,10 +1,12 @@
 """``youri export``: a GGUF file of a model folder for llama.cpp, Ollama and LM Studio, and what it cost.
 
-    youri export runs/demo/sft_chat --format gguf --type q4_0
-    youri export runs/demo/quantize_chat --type f16     # a GPTQ twin: dequantised first (said so)
+    youri export runs/demo/quantize_chat --format gguf --type q4_0   # a GPTQ twin: its codes as Q4_0 blocks
+    youri export runs/demo/sft_chat --type q8_0                       # an fp model (q4_0 of it: RTN)
 
 Types: ``f16``, ``bf16``, ``q8_0``, ``q4_0`` (see ``youri.quant.gguf_writer``; Q4_K_M needs llama.cpp's own
-quantizer: ``llama-quantize MODEL-f16.gguf MODEL-q4_k_m.gguf Q4_K_M`` on the f16 export).
+quantizer: ``llama-quantize MODEL-f16.gguf MODEL-q4_k_m.gguf Q4_K_M`` on the f16 export). A GPTQ twin's
+layers on the type's grid (4-bit symmetric in-order codes for q4_0) are written as they are, lossless;
+others are dequantised and rounded again, and the one printed line (``source`` in metrics.json) says so.
 
 Output folder: ``MODEL-TYPE.gguf`` (Llama metadata, SentencePiece vocabulary with scores and token types,
 BOS/EOS ids, the chat template as ``tokenizer.chat_template``), an Ollama ``Modelfile`` (prompt format of
@@ -31,7 +33,7 @@ from youri.io import atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
 from youri.prompts import INPUT_HEADER, INSTRUCTION_HEADER, INSTRUCTION_INTRO, RESPONSE_HEADER, SETTING, SYSTEM, USER
 from youri.prompts import chat_template as youri_chat_template
-from youri.quant.gguf_writer import GGUF_TYPES, llama_hparams, write_gguf
+from youri.quant.gguf_writer import GGUF_TYPES, TensorSource, WriteReport, llama_hparams, write_gguf
 from youri.quant.gptq import dequantize, gptq_settings
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing, runtime_name
 from youri.stage import StageWriter, read_manifest
@@ -65,19 +67,16 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
     folder, hf_config, sp_model = _validate(cfg)
     quant = gptq_settings(hf_config)
     out = Path(cfg.out) if cfg.out else folder.with_name(f"{folder.name}-gguf-{cfg.type}")
-    if quant is not None:
-        print(
-            f"youri export: {folder} is a GPTQ {quant['bits']}-bit twin; its weights are dequantised to fp32 "
-            f"before GGUF {cfg.type} (a {cfg.type} of a GPTQ model carries both roundings)"
-        )
     with StageWriter(out, stage="export", config=cfg, inputs=[folder], parent=folder, overwrite=overwrite) as stage:
         start = time.perf_counter()
         gguf_file = stage.path / f"{folder.name}-{cfg.type}.gguf"
         tensors = list(_tensor_sources(folder, quant))
-        counts = write_gguf(
+        written = write_gguf(
             gguf_file, hf_config, tensors, tokenizer_dir=folder, sp_model=sp_model, kind=cfg.type, name=folder.name
         )
-        fp16_bytes = 2 * sum(int(np.prod(shape)) for _, shape, _ in tensors)
+        source = _source_line(folder, quant, cfg.type, written)
+        print(f"youri export: {source}")
+        fp16_bytes = 2 * sum(int(np.prod(t.shape)) for t in tensors)
         tokenizer = load_tokenizer(folder)
         kind = _template_kind(tokenizer)
         atomic_write_text(stage.path / "Modelfile", ollama_modelfile(gguf_file.name, kind))
@@ -86,17 +85,55 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
             "type": cfg.type,
             "file": gguf_file.name,
             "prompt_format": kind,
-            "source": f"GPTQ {quant['bits']}-bit, dequantised to fp32 first" if quant else "full precision",
+            "source": source,
             "bytes": gguf_file.stat().st_size,
             "fp16_bytes": fp16_bytes,
             "size_ratio": round(gguf_file.stat().st_size / fp16_bytes, 4),
-            "tensor_types": counts,
+            "tensor_types": written.tensor_types,
             "write_time_s": round(time.perf_counter() - start, 2),
         }
+        metrics["weights"] = _weights_word(quant, written)
+        if quant:
+            metrics["gptq_layers"] = _gptq_layers(written)
         metrics["quality"] = _quality(folder, gguf_file, tokenizer, cfg)
         stage.finish(metrics)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     return out
+
+
+def _source_line(folder: Path, quant: dict | None, kind: str, written: WriteReport) -> str:
+    """One line on how the weights got into the file (printed and kept in metrics.json as ``source``)."""
+    if quant is None:
+        return "full precision"
+    twin = f"GPTQ {quant['bits']}-bit twin {folder.name}"
+    if written.from_gptq_codes and not written.rounded_from_gptq:
+        return f"{twin}: lossless from GPTQ codes (each group's codes and fp16 scale are its {kind} blocks)"
+    if written.rounded_from_gptq:
+        name, why = next(iter(written.rounded_from_gptq.items()))
+        return (
+            f"{twin}: {len(written.rounded_from_gptq)} GPTQ layer(s) dequantised to fp32 then RTN {kind} "
+            f"(both roundings; e.g. {name}: {why}), {len(written.from_gptq_codes)} lossless from GPTQ codes"
+        )
+    return f"{twin}: dequantised to fp32, then {kind}"
+
+
+def _weights_word(quant: dict | None, written: WriteReport) -> str:
+    """How the weights were made, in a few words (the model card's GGUF line)."""
+    if quant is None:
+        block = any(name.startswith("Q") for name in written.tensor_types)
+        return "RTN from full precision" if block else "full precision"
+    if written.rounded_from_gptq:
+        return "RTN from dequantised GPTQ"
+    return "lossless from GPTQ codes" if written.from_gptq_codes else "dequantised GPTQ"
+
+
+def _gptq_layers(written: WriteReport) -> dict:
+    return {
+        "lossless from GPTQ codes": len(written.from_gptq_codes),
+        "RTN": len(written.rounded_from_gptq),
+        "dequantised": len(written.dequantised_gptq),
+        **({"RTN because": sorted(set(written.rounded_from_gptq.values()))} if written.rounded_from_gptq else {}),
+    }
 
 
 # ----------------------------------------------------------------------------- checks before any work
@@ -160,7 +197,7 @@ def _check_same_vocab(folder: Path, sp_model: Path) -> None:
 
 
 def _tensor_sources(folder: Path, quant: dict | None):
-    """(name, shape, fp32 loader) of every weight; GPTQ layers become their dequantised dense weights."""
+    """Every weight as a ``TensorSource``; a GPTQ layer carries its v1 tensors and its dequantised weight."""
     files = sorted(folder.glob("*.safetensors"))
     where = {}
     for file in files:
@@ -172,9 +209,16 @@ def _tensor_sources(folder: Path, quant: dict | None):
         if leaf in GPTQ_PARTS:
             if leaf == "qweight":
                 out_features, in_features = shape[1], where[f"{module}.g_idx"][1][0]
-                yield f"{module}.weight", (out_features, in_features), _dequantizer(where, module, quant)
+                parts = _gptq_parts(where, module)
+                yield TensorSource(
+                    f"{module}.weight",
+                    (out_features, in_features),
+                    _dequantizer(parts, int(quant["bits"])),
+                    gptq=parts,
+                    bits=int(quant["bits"]),
+                )
             continue
-        yield key, shape, _loader(file, key)
+        yield TensorSource(key, shape, _loader(file, key))
 
 
 def _loader(file: Path, key: str):
@@ -185,13 +229,20 @@ def _loader(file: Path, key: str):
     return load
 
 
-def _dequantizer(where: dict, module: str, quant: dict):
-    def load() -> torch.Tensor:
+def _gptq_parts(where: dict, module: str):
+    def load() -> dict[str, torch.Tensor]:
         parts = {}
         for part in GPTQ_PARTS:
             with safe_open(str(where[f"{module}.{part}"][0]), "pt") as handle:
                 parts[part] = handle.get_tensor(f"{module}.{part}")
-        return dequantize(**parts, bits=int(quant["bits"]))
+        return parts
+
+    return load
+
+
+def _dequantizer(parts, bits: int):
+    def load() -> torch.Tensor:
+        return dequantize(**parts(), bits=bits)
 
     return load
 

@@ -10,11 +10,22 @@ goes in, the way ``convert_hf_to_gguf.py`` does for ``LlamaForCausalLM``:
 - q_proj/k_proj rows permuted from Hugging Face's rotate-half order to llama.cpp's interleaved RoPE order;
 - 1-D tensors (norms) stay F32; 2-D weights get the export type.
 
-Types: ``f16``, ``bf16``, ``q8_0`` (every 2-D weight, as ``convert_hf_to_gguf --outtype q8_0``) and ``q4_0``
-(4.5 bits per weight; the LM head stays Q8_0 because ``llama-quantize`` keeps it at 6 bits (Q6_K), which
-the ``gguf`` package cannot write). K-quants (Q4_K_M) need llama.cpp's own quantizer: the ``gguf`` package
-only reads them. A row length that is not a multiple of the block size (32) falls back to F16, as in
-``convert_hf_to_gguf``.
+Types: ``f16``, ``bf16``, ``q8_0`` (every 2-D weight, as ``convert_hf_to_gguf --outtype q8_0``) and ``q4_0``:
+the transformer blocks' weights Q4_0 (4.5 bits per weight), the token embedding Q8_0 and the LM head F16.
+The LM head stays 16-bit as in youri's GPTQ twins (``llama-quantize`` keeps it at Q6_K, which the ``gguf``
+package cannot write): on the tiny Japanese model of ``benchmarks/gguf_quality.py`` a Q8_0 head made
+KL(fp ‖ GGUF) of the GPTQ twin's q4_0 file 8.0e-6 instead of 2.0e-6 (the head's input vector is rounded to
+8 bits too in llama.cpp's CPU matmul); the embedding is a row lookup, where Q8_0 cost 1e-7 and Q4_0 6.5e-6.
+On Llama-2-7B's shapes the file is then 4.04 GB instead of 3.79 GB with both at Q4_0 (+7 %).
+
+From a GPTQ twin (``TensorSource.gptq``), a type on the layer's grid takes its codes as they are: GPTQ v1
+4-bit symmetric codes ``scale * (q - 8)`` with one fp16 scale per group of 128 are exactly four Q4_0 blocks
+``d * (q - 8)`` with ``d`` the group's scale, so the q4_0 blocks of a twin are its layers, bit for bit, with no
+second rounding (2/3-bit codes sit on part of Q4_0's grid; Q8_0 holds codes of up to 8 bits). Any other
+layout (act-order, asymmetric, more bits than the type, a group that is not a multiple of 32) is
+dequantised and rounded again (RTN), and ``WriteReport`` says which and why.
+K-quants (Q4_K_M) need llama.cpp's own quantizer: the ``gguf`` package only reads them. A row length that
+is not a multiple of the block size (32) falls back to F16, as in ``convert_hf_to_gguf``.
 
 Tensors are written one at a time (header first, then each tensor as it is produced), so a 7B model never
 sits in memory whole.
@@ -32,6 +43,8 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from youri.quant.gptq import unpack
+
 Q = gguf.GGMLQuantizationType
 
 
@@ -43,20 +56,38 @@ class GGUFExportError(ValueError):
 class GGUFType:
     file_type: gguf.LlamaFileType
     weights: Q
-    """Type of every 2-D weight but the LM head."""
+    """Type of the transformer blocks' 2-D weights."""
     output: Q
     """Type of ``output.weight`` (the LM head)."""
+    embedding: Q
+    """Type of ``token_embd.weight``."""
 
 
 GGUF_TYPES = {
-    "f16": GGUFType(gguf.LlamaFileType.MOSTLY_F16, Q.F16, Q.F16),
-    "bf16": GGUFType(gguf.LlamaFileType.MOSTLY_BF16, Q.BF16, Q.BF16),
-    "q8_0": GGUFType(gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q8_0, Q.Q8_0),
-    "q4_0": GGUFType(gguf.LlamaFileType.MOSTLY_Q4_0, Q.Q4_0, Q.Q8_0),
+    "f16": GGUFType(gguf.LlamaFileType.MOSTLY_F16, Q.F16, Q.F16, Q.F16),
+    "bf16": GGUFType(gguf.LlamaFileType.MOSTLY_BF16, Q.BF16, Q.BF16, Q.BF16),
+    "q8_0": GGUFType(gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q8_0, Q.Q8_0, Q.Q8_0),
+    "q4_0": GGUFType(gguf.LlamaFileType.MOSTLY_Q4_0, Q.Q4_0, Q.F16, Q.Q8_0),  # why: the module docstring
 }
 
-TensorSource = tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]
-"""(Hugging Face tensor name, shape, loader of the dense fp32 tensor)."""
+GRID_BITS = {Q.Q4_0: 4, Q.Q8_0: 8}
+"""ggml types whose blocks of 32 decode as ``d * (q - 2^(b-1))`` with one fp16 ``d`` and ``b``-bit ``q``: a
+symmetric GPTQ v1 layer of at most ``b`` bits (``scale * (c - zero)``, fp16 scales) is on that grid, its
+``c - zero`` as ``q - 2^(b-1)`` and its scale as ``d``, so its codes fit as they are."""
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    name: str
+    """Hugging Face tensor name."""
+    shape: tuple[int, ...]
+    load: Callable[[], torch.Tensor]
+    """Loader of the dense fp32 tensor."""
+    gptq: Callable[[], dict[str, torch.Tensor]] | None = None
+    """For a GPTQ layer: loader of its v1 tensors (qweight, qzeros, scales, g_idx), so a type on its grid
+    (``GRID_BITS``) takes its codes and scales unchanged instead of rounding the dequantised weight again."""
+    bits: int = 0
+    """The GPTQ layer's bits."""
 
 
 def llama_hparams(config: dict, where: str = "config.json") -> dict:
@@ -119,11 +150,24 @@ def sentencepiece_vocab(model_file: Path, vocab_size: int) -> tuple[list[bytes],
     return tokens, scores, types
 
 
-def rope_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """Hugging Face q/k rows (rotate-half pairs i, i+d/2) -> llama.cpp's interleaved pairs (2i, 2i+1)."""
+def rope_permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Hugging Face q/k rows (rotate-half pairs i, i+d/2) -> llama.cpp's interleaved pairs (2i, 2i+1); any
+    array whose first axis is the output rows (dense weights or their encoded blocks)."""
     return (
         weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
     )
+
+
+@dataclass
+class WriteReport:
+    tensor_types: dict[str, int]
+    """ggml type name -> tensor count."""
+    from_gptq_codes: list[str]
+    """GPTQ layers whose codes and scales became the ggml blocks unchanged (no rounding)."""
+    rounded_from_gptq: dict[str, str]
+    """GPTQ layers dequantised and rounded again to a ggml block type (RTN), with the reason."""
+    dequantised_gptq: list[str]
+    """GPTQ layers written dequantised as floats (F16, BF16)."""
 
 
 def write_gguf(
@@ -135,8 +179,8 @@ def write_gguf(
     sp_model: Path,
     kind: str,
     name: str,
-) -> dict:
-    """Write ``out`` and return ``{ggml type name: tensor count}``. ``tensors`` yields fp32 loaders."""
+) -> WriteReport:
+    """Write ``out``; the report says which GPTQ layers kept their codes and which were rounded again."""
     hp = llama_hparams(config)
     gtype = GGUF_TYPES[kind]
     writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
@@ -144,27 +188,81 @@ def write_gguf(
     _add_vocab(writer, tokenizer_dir, sp_model, hp["vocab"])
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, hp["layers"])
     plan = []
-    for hf_name, shape, load in tensors:
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    for source in tensors:
+        gguf_name = names.get_name(source.name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise GGUFExportError(f"tensor {hf_name} has no llama.cpp name (not a Llama tensor)")
-        qtype = _tensor_type(gguf_name, shape, gtype)
-        plan.append((hf_name, gguf_name, qtype, load))
+            raise GGUFExportError(f"tensor {source.name} has no llama.cpp name (not a Llama tensor)")
+        qtype = _tensor_type(gguf_name, source.shape, gtype)
+        plan.append((source, qtype))
         nbytes = (
-            int(np.prod(gguf.quant_shape_to_byte_shape(shape, qtype)))
+            int(np.prod(gguf.quant_shape_to_byte_shape(source.shape, qtype)))
             if qtype not in (Q.F32, Q.F16)
-            else int(np.prod(shape)) * (4 if qtype == Q.F32 else 2)
+            else int(np.prod(source.shape)) * (4 if qtype == Q.F32 else 2)
         )
         dtype = {Q.F32: np.float32, Q.F16: np.float16}.get(qtype, np.uint8)
-        byte_shape = shape if dtype is not np.uint8 else gguf.quant_shape_to_byte_shape(shape, qtype)
+        byte_shape = source.shape if dtype is not np.uint8 else gguf.quant_shape_to_byte_shape(source.shape, qtype)
         writer.add_tensor_info(gguf_name, byte_shape, np.dtype(dtype), nbytes, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for hf_name, _, qtype, load in plan:
-        writer.write_tensor_data(_encode(_for_llama_cpp(hf_name, load(), hp), qtype))
+    report = WriteReport(dict(Counter(qtype.name for _, qtype in plan)), [], {}, [])
+    for source, qtype in plan:
+        writer.write_tensor_data(_for_llama_cpp(source.name, _tensor_data(source, qtype, report), hp))
     writer.close()
-    return dict(Counter(qtype.name for *_, qtype, _ in plan))
+    return report
+
+
+def _tensor_data(source: TensorSource, qtype: Q, report: WriteReport) -> np.ndarray:
+    """The tensor as ``qtype`` data: a GPTQ layer's own codes where they fit the type's grid, else encoded."""
+    if source.gptq is not None and qtype in GRID_BITS:
+        parts = source.gptq()
+        why_not = gptq_grid_mismatch(parts, source.bits, qtype)
+        if not why_not:
+            report.from_gptq_codes.append(source.name)
+            return gptq_blocks(parts, source.bits, qtype)
+        report.rounded_from_gptq[source.name] = why_not
+    elif source.gptq is not None and qtype in (Q.F32, Q.F16, Q.BF16):
+        report.dequantised_gptq.append(source.name)
+    elif source.gptq is not None:
+        report.rounded_from_gptq[source.name] = f"{qtype.name} blocks are not a GPTQ grid"
+    return _encode(source.load().float().numpy(), qtype)
+
+
+def gptq_grid_mismatch(parts: dict[str, torch.Tensor], bits: int, qtype: Q) -> str:
+    """Why a GPTQ v1 layer's codes cannot be ``qtype`` blocks as they are ("" when they can)."""
+    if bits > GRID_BITS.get(qtype, 0):
+        return f"{bits}-bit codes do not fit {qtype.name} (it holds {GRID_BITS.get(qtype)}-bit codes)"
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    in_features, groups = parts["g_idx"].shape[0], parts["scales"].shape[0]
+    group = in_features // groups
+    if group % block:
+        return f"group size {group} is not a multiple of {qtype.name}'s block of {block}"
+    if not torch.equal(parts["g_idx"].long(), torch.arange(in_features) // group):
+        return "act-order (g_idx out of order): a block of 32 inputs would need several scales"
+    _, zeros = unpack(parts["qweight"], parts["qzeros"], bits, in_features)
+    if not bool((zeros == 2 ** (bits - 1)).all()):
+        return f"asymmetric (zero points other than {2 ** (bits - 1)}): {qtype.name} has no zero point"
+    return ""
+
+
+def gptq_blocks(parts: dict[str, torch.Tensor], bits: int, qtype: Q) -> np.ndarray:
+    """A symmetric, in-order GPTQ v1 layer as ``qtype`` blocks, uint8 [N, K/32 * bytes per block]: each group's
+    fp16 scale is the ``d`` of its blocks and each code minus the zero point its signed ``q``, so the block
+    decodes to exactly ``youri.quant.gptq.dequantize`` of the layer (checked with ``gguf.quants.dequantize``)."""
+    in_features = parts["g_idx"].shape[0]
+    codes, _ = unpack(parts["qweight"], parts["qzeros"], bits, in_features)
+    signed = codes - 2 ** (bits - 1)  # c - zero, in [-2^(b-1), 2^(b-1)): inside the type's wider grid
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    rows, blocks = codes.shape[1], in_features // block
+    q = signed.T.numpy().reshape(rows, blocks, block)
+    per_group = in_features // parts["scales"].shape[0] // block
+    d = np.repeat(parts["scales"].to(torch.float16).T.numpy(), per_group, axis=1)  # [N, K/32] fp16
+    if qtype == Q.Q4_0:  # nibble q + 8; byte j: element j in the low nibble, element j + 16 in the high one
+        q = q + 8
+        body = (q[..., : block // 2] | (q[..., block // 2 :] << 4)).astype(np.uint8)
+    else:  # Q8_0: int8 q
+        body = q.astype(np.int8).view(np.uint8)
+    return np.concatenate([d[..., None].view(np.uint8), body], axis=-1).reshape(rows, -1)
 
 
 def _add_metadata(writer: gguf.GGUFWriter, hp: dict, gtype: GGUFType, name: str) -> None:
@@ -197,17 +295,18 @@ def _add_vocab(writer: gguf.GGUFWriter, tokenizer_dir: Path, sp_model: Path, voc
 def _tensor_type(gguf_name: str, shape: tuple[int, ...], gtype: GGUFType) -> Q:
     if len(shape) == 1:
         return Q.F32
-    qtype = gtype.output if gguf_name == "output.weight" else gtype.weights
+    qtype = {"output.weight": gtype.output, "token_embd.weight": gtype.embedding}.get(gguf_name, gtype.weights)
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
     return qtype if shape[-1] % block == 0 else Q.F16  # a partial block cannot be quantized
 
 
-def _for_llama_cpp(hf_name: str, tensor: torch.Tensor, hp: dict) -> np.ndarray:
+def _for_llama_cpp(hf_name: str, data: np.ndarray, hp: dict) -> np.ndarray:
+    """q/k rows in llama.cpp's RoPE order; rows are whole blocks, so encoded data permutes the same way."""
     if hf_name.endswith("self_attn.q_proj.weight"):
-        tensor = rope_permute(tensor, hp["heads"])
-    elif hf_name.endswith("self_attn.k_proj.weight"):
-        tensor = rope_permute(tensor, hp["kv_heads"])
-    return tensor.float().numpy()
+        return rope_permute(data, hp["heads"])
+    if hf_name.endswith("self_attn.k_proj.weight"):
+        return rope_permute(data, hp["kv_heads"])
+    return data
 
 
 def _encode(array: np.ndarray, qtype: Q) -> np.ndarray:

@@ -196,7 +196,8 @@ def _gguf_lines(folder: Path) -> list[str]:
         quality = metrics.get("quality", {}).get("ja", {})
         measured = f"; held-out Japanese KL {quality['kl']} ({quality['runtime']})" if "kl" in quality else ""
         size = f"{metrics['bytes'] / 2**20:.1f} MiB, {metrics['size_ratio']:.2f} of fp16"
-        lines.append(f"- `{export.name}/{metrics['file']}` — {metrics['type']} ({size}){measured}")
+        how = f", {metrics['weights']}" if metrics.get("weights") else ""
+        lines.append(f"- `{export.name}/{metrics['file']}` — {metrics['type']} ({size}{how}){measured}")
         if (export / "Modelfile").is_file():
             modelfile = (export / "Modelfile").read_text(encoding="utf-8")
     if not lines:

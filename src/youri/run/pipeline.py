@@ -34,6 +34,8 @@ from youri.run.layout import VARIANTS, eval_folder, model_folder
 from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
 
 REPORT_MODULE = "youri.run.report"
+EXPORT_MODULE = "youri.quant.export"
+QUANTIZE_MODULE = "youri.quant.quantize"
 
 
 @dataclass
@@ -49,7 +51,8 @@ class Config:
     quantize: bool = True
     """Make a GPTQ twin of every model."""
     export: bool = False
-    """GGUF file of every full-precision model for llama.cpp / Ollama ('export' section: type, eval_samples)."""
+    """GGUF file of every model for llama.cpp / Ollama ('export' section: type, eval_samples): of the GPTQ twin
+    when the type is q4_0 and the twins are on Q4_0's grid (their codes as they are), else of the fp model."""
     evaluate: bool = True
     """Evaluate every model (full precision and GPTQ) on the JP-8 tasks that have data."""
     until: str = ""
@@ -75,7 +78,7 @@ class Node:
         return self.name.split("_")[0]
 
 
-def plan(cfg: Config) -> list[Node]:
+def plan(cfg: Config, recipe: dict[str, Any] | None = None) -> list[Node]:
     """The stage graph for this recipe, in execution order."""
     nodes: list[Node] = []
     base = "init"
@@ -92,8 +95,10 @@ def plan(cfg: Config) -> list[Node]:
         for variant, source in VARIANTS.items():
             nodes.append(Node(model_folder(variant, "gptq"), "youri.quant.quantize", "quantize", {"model": source}))
     if cfg.export:
+        from_twin = cfg.quantize and _twin_exports_losslessly(recipe or {})
         for variant, source in VARIANTS.items():
-            nodes.append(Node(f"export_{variant}", "youri.quant.export", "export", {"model": source}))
+            model = model_folder(variant, "gptq") if from_twin else source
+            nodes.append(Node(f"export_{variant}", EXPORT_MODULE, "export", {"model": model}))
     if cfg.evaluate:
         for variant, source in VARIANTS.items():
             nodes.append(Node(eval_folder(variant), "youri.eval.evaluate", "eval", {"model": source}))
@@ -114,7 +119,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
         raise ConfigError("pipeline: give the recipe, e.g. 'youri pipeline recipes/demo.yaml'")
     recipe = load_recipe(cfg.recipe)
     run_dir = Path(cfg.run_dir)
-    nodes = plan(cfg)
+    nodes = plan(cfg, recipe)
     selected = _select(nodes, cfg)
     folders = {node.name: run_dir / node.name for node in nodes}
     if cfg.base:
@@ -160,6 +165,19 @@ def _missing_eval_data(configs: dict[str, Any]) -> str:
         if name.startswith("eval") and stage_cfg.data_dir and not Path(stage_cfg.data_dir).is_dir():
             return f"eval.data_dir {stage_cfg.data_dir} not found"
     return ""
+
+
+def _twin_exports_losslessly(recipe: dict[str, Any]) -> bool:
+    """Whether the recipe's export type is q4_0 and its GPTQ twins sit on Q4_0's grid (4 bit, symmetric, in
+    order, groups of whole 32-blocks): the twin's GGUF is then the twin itself, measured closer to the fp model
+    than q4_0 of the fp model (benchmarks/gguf_quality.py); any other setting exports the fp model."""
+    sections = {}
+    for name, module in (("export", EXPORT_MODULE), ("quantize", QUANTIZE_MODULE)):
+        stage_config = importlib.import_module(module).Config
+        sections[name] = build_config(stage_config, dict(recipe.get(name) or {}), {}, where=name)
+    quant = sections["quantize"]
+    grid = quant.bits == 4 and quant.sym and not quant.desc_act and quant.group_size > 0 and quant.group_size % 32 == 0
+    return sections["export"].type == "q4_0" and grid
 
 
 def _select(nodes: list[Node], cfg: Config) -> set[str]:
