@@ -156,3 +156,20 @@ def test_rms_norm_is_the_modules_own_result(dtype):
     x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)).mul(4).to(dtype)
     with torch.inference_mode():
         assert torch.equal(decoder._rms_norm(norm)(x), norm(x))
+
+
+def test_biased_projections_are_stacked_with_their_biases():
+    """Llama configs with ``attention_bias``/``mlp_bias``: the stacked matmul carries (rotated) biases too."""
+    model = random_llama(
+        300, seed=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True
+    ).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):  # Hugging Face initialises biases to zero: make them matter
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    batch = StaticLlama(model, 64)
+    assert batch.fused == [("qkv", "gate_up")] * 2
+    prompts = [[4, 5, 6, 7, 8], [9, 10]]
+    logits = _left_padded_run(batch, prompts, 2)
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)

@@ -6,11 +6,24 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
 
 * ``StaticLlama`` -- Llama-family models. K/V live in preallocated ``[rows, kv_heads, columns,
   head_dim]`` buffers written in place (grown by doubling, compacted when padding piles up on the
-  left), validity is one boolean ``[rows, columns]`` mask, rotary tables are computed once. A step
-  calls the model's own modules -- norms, projections (fp weights or GPTQ ``QuantLinear``), activation,
-  rotary tables -- so the numerics stay Hugging Face's; only the attention wiring lives here.
-  Hugging Face's own forward rebuilds a 4-D mask, concatenates its cache and wraps outputs on every
-  step, which at youri's sizes costs as much as the matmuls (benchmarks/decode_speed.py).
+  left), validity is one boolean ``[rows, columns]`` mask, rotary tables are computed once. A step is
+  Llama's math on the model's own weights, resolved once into bare calls (``LeanLayer``): at youri's
+  sizes a step costs what its op dispatches and ``nn.Module`` calls cost, not its FLOPs.
+
+  - RMSNorm runs as ``F.rms_norm`` (bit-identical to Hugging Face's module in fp32; half precision keeps
+    its rounding order), SiLU as ``F.silu``, the embedding as ``F.embedding``; activations stay 2-D.
+  - Small plain ``nn.Linear`` layers (``FUSE_MAX_ELEMENTS``) run as one matmul over a transposed copy:
+    q, k, v and copies of q and k with their output rows permuted as ``rotate_half`` permutes them, so
+    rotary is ``qk * cos + rotated * sin`` with no slicing; gate and up stacked; o, down and the LM head
+    alone. The copies are rebuilt when a parameter was changed or replaced (checked at each prefill).
+  - Anything else -- a GPTQ ``QuantLinear``, a hooked or wrapped module, a large layer -- is called as
+    the module it is, with Hugging Face's ``rotate_half``.
+  - Rows that started in the same column (a single stream) decode with a view of the rotary tables and
+    no attention mask.
+
+  Logits equal Hugging Face's forward up to fp32 rounding (tests/test_decoder.py). Hugging Face's own
+  forward rebuilds a 4-D mask, concatenates its cache and wraps outputs on every step; at the tiny demo
+  shape youri's greedy decode is ~2.7x its ``generate`` (benchmarks/decode_speed.py).
 * ``DynamicHF`` -- any other causal LM, through its own forward and a ``DynamicCache`` (the engine's
   previous path), so a model the lean step does not know still generates correctly.
 
