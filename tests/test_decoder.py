@@ -135,14 +135,21 @@ def test_gptq_and_hooked_layers_are_called_as_modules():
         torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)
 
 
-def test_weights_changed_after_the_batch_was_built_are_used():
-    """The stacked matmuls are copies: a weight changed in place (or replaced) is picked up at the next prefill."""
+def test_weights_and_hooks_changed_after_the_batch_was_built_are_used():
+    """The stacked matmuls are copies: a weight changed in place (or replaced), or a hook added, is picked up
+    at the next prefill."""
     model = random_llama(300, seed=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2).eval()
     batch = StaticLlama(model, 64)
     prompt = [5, 6, 7, 8]
     with torch.no_grad():
         model.model.layers[1].self_attn.k_proj.weight.mul_(3.0)
         model.model.layers[0].mlp.up_proj.weight = torch.nn.Parameter(torch.randn(128, 64) * 0.1)
+    with torch.inference_mode():
+        logits = batch.prefill([prompt], 0)
+    torch.testing.assert_close(logits[0], _reference(model, prompt), rtol=1e-4, atol=1e-4)
+    model.model.layers[1].mlp.down_proj.register_forward_hook(lambda module, args, out: out * 2)
+    assert batch.fused == [("qkv", "gate_up")] * 2  # the plan is refreshed at prefill, not before
+    batch.keep([])
     with torch.inference_mode():
         logits = batch.prefill([prompt], 0)
     torch.testing.assert_close(logits[0], _reference(model, prompt), rtol=1e-4, atol=1e-4)

@@ -15,7 +15,8 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
   - Small plain ``nn.Linear`` layers (``FUSE_MAX_ELEMENTS``) run as one matmul over a transposed copy:
     q, k, v and copies of q and k with their output rows permuted as ``rotate_half`` permutes them, so
     rotary is ``qk * cos + rotated * sin`` with no slicing; gate and up stacked; o, down and the LM head
-    alone. The copies are rebuilt when a parameter was changed or replaced (checked at each prefill).
+    alone. The plan is rebuilt when a parameter was changed or replaced or a hook was added or removed
+    (checked at each prefill).
   - Anything else -- a GPTQ ``QuantLinear``, a hooked or wrapped module, a large layer -- is called as
     the module it is, with Hugging Face's ``rotate_half``.
   - Rows that started in the same column (a single stream) decode with a view of the rotary tables and
@@ -91,15 +92,12 @@ class StaticLlama:
         self._plan = [LeanLayer(layer, self.heads, self.kv_heads, self.head_dim) for layer in self.layers]
         self._embed = _embedding(self.inner.embed_tokens)
         self._norm, self._lm_head = _rms_norm(self.inner.norm), _linear(self.model.lm_head)
-        self._built_from = _parameter_versions(self.model)
+        self._built_from = _model_state(self.model)
 
     def _refresh_plan(self) -> None:
-        """Rebuild the plan if a parameter was replaced or changed in place since it was built: the stacked
-        projections are copies. Checked once per prefill, not per token."""
-        current = _parameter_versions(self.model)
-        if len(current) != len(self._built_from) or any(
-            p is not q or v != w for (p, v), (q, w) in zip(current, self._built_from)
-        ):
+        """Rebuild the plan if, since it was built, a parameter was changed in place or replaced (the stacked
+        projections are copies) or a module gained or lost a hook. Checked once per prefill, not per token."""
+        if not _same_state(_model_state(self.model), self._built_from):
             self._build_plan()
 
     @property
@@ -282,9 +280,21 @@ class LeanLayer:
         self.fused = tuple(name for name, done in (("qkv", fused_qkv), ("gate_up", fused_mlp)) if done)
 
 
-def _parameter_versions(model) -> list[tuple[torch.Tensor, int | None]]:
+def _model_state(model) -> tuple[list, list]:
+    """Every parameter with its version counter (bumped by in-place writes), and every module's hook ids."""
     # Inference tensors keep no version counter (they cannot change outside inference mode anyway).
-    return [(p, None if p.is_inference() else p._version) for p in model.parameters()]
+    params = [(p, None if p.is_inference() else p._version) for p in model.parameters()]
+    hooks = [(tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()]
+    return params, hooks
+
+
+def _same_state(now: tuple[list, list], then: tuple[list, list]) -> bool:
+    (params, hooks), (old_params, old_hooks) = now, then
+    return (
+        hooks == old_hooks
+        and len(params) == len(old_params)
+        and all(p is q and v == w for (p, v), (q, w) in zip(params, old_params))
+    )
 
 
 def _hooked(module) -> bool:
