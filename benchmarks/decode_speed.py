@@ -14,12 +14,13 @@ time (``time.process_time``): with one torch thread (the default, as in serve_co
 on an idle machine, while on the shared 2-core machine wall time mostly measures the other tenants (a --quick run
 took 150 s of wall clock for 23 s of CPU). Last line: one JSON object.
 
-At the tiny shape a step is bound by op dispatch, not FLOPs: youri's lean step (``youri.serve.decoder``) runs
-~17 matmuls and ~100 ops per token (stacked q/k/v and gate/up, ``F.rms_norm``, no mask for one stream) where
-Hugging Face's forward runs several hundred. Measured on the shared 2-core CPU (best of runs, 1 thread): tiny fp32
-youri 916 vs HF 319 tokens/s = 2.87x in a full run, 2.40-2.77x with --quick (HF's figure moves most with load),
-the same greedy tokens; the per-token engine work outside the model step (argmax, stop check, detokenisation)
-is ~75 us of the ~1.1 ms. At 1.1B the matmuls dominate and both sides are within noise of each other.
+At the tiny shape a step is bound by op dispatch, not FLOPs: per token youri's lean step (``youri.serve.decoder``)
+dispatches 17 matmuls and 561 aten ops (nested ones counted; torch.profiler), Hugging Face's ``generate`` 29 and
+906 (youri before the lean step's stacking: 29 and 854). Measured on the shared 2-core CPU (1 thread): tiny fp32
+youri 880-916 vs HF 319-356 tokens/s = 2.48-2.87x over two full runs, 2.40-2.86x over five --quick runs (the
+other tenants' load moves it), the same greedy tokens; the engine's own per-token work outside the model step
+(argmax, stop check, detokenisation) is ~75 us of the ~1.1 ms. At 1.1B the matmuls dominate and both sides are
+within noise of each other.
 
 torch.compile is not used: on this 2-core CPU compiling the lean step took ~90 s for a ~1.3x faster tiny step
 (measured before the step's ops were cut), and at 1.1B the step is bound by the weight matmuls that compile

@@ -24,7 +24,7 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
 
   Logits equal Hugging Face's forward up to fp32 rounding (tests/test_decoder.py). Hugging Face's own
   forward rebuilds a 4-D mask, concatenates its cache and wraps outputs on every step; at the tiny demo
-  shape youri's greedy decode is ~2.7x its ``generate`` (benchmarks/decode_speed.py).
+  shape youri's greedy decode is 2.4-2.9x its ``generate`` (benchmarks/decode_speed.py).
 * ``DynamicHF`` -- any other causal LM, through its own forward and a ``DynamicCache`` (the engine's
   previous path), so a model the lean step does not know still generates correctly.
 
