@@ -1,11 +1,15 @@
 """youri.serve.decoder: the static-cache batch gives Hugging Face's logits for every row, through growth,
-merges of newcomers, dropped rows and compaction; the DynamicHF fallback gives the same."""
+merges of newcomers, dropped rows and compaction -- with its stacked matmuls and without them, around GPTQ
+layers and hooks, after weights change; the DynamicHF fallback gives the same."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+from youri.quant.gptq import QuantLinear, pack, rtn_quantize
+from youri.serve import decoder
 from youri.serve.decoder import DynamicHF, StaticLlama, make_batch
 from youri.testing import random_llama
 
@@ -27,12 +31,16 @@ def _check(model, batch, sequences: list[list[int]], logits: torch.Tensor, rows)
         torch.testing.assert_close(logits[logits_row], _reference(model, sequences[row]), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", [StaticLlama, DynamicHF])
-def test_every_row_gets_hf_logits_through_merges_drops_and_growth(model, kind):
+@pytest.mark.parametrize("kind", ["stacked", "per-module", "dynamic"])
+def test_every_row_gets_hf_logits_through_merges_drops_and_growth(model, kind, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     prompt = lambda n: torch.randint(3, 300, (n,), generator=gen).tolist()  # noqa: E731
+    if kind == "per-module":  # nothing is small enough to copy: every projection is the model's own F.linear
+        monkeypatch.setattr(decoder, "FUSE_MAX_ELEMENTS", 0)
     # A 4-column, 1-row start: the batch must grow in both directions and compact its left padding.
-    batch = StaticLlama(model, 256, rows=1, columns=4) if kind is StaticLlama else DynamicHF(model)
+    batch = StaticLlama(model, 256, rows=1, columns=4) if kind != "dynamic" else DynamicHF(model)
+    if kind != "dynamic":
+        assert batch.fused == [("qkv", "gate_up") if kind == "stacked" else ()] * 2
     sequences: list[list[int]] = []
 
     def admit(*lengths):
@@ -60,13 +68,17 @@ def test_every_row_gets_hf_logits_through_merges_drops_and_growth(model, kind):
     batch.keep([1, 2])  # the first and the longest row leave: every column left of the others is padding
     sequences[:] = [sequences[1], sequences[2]]
     decode(40)  # past the capacity: that padding is compacted away (then the buffers grow)
-    if kind is StaticLlama:
+    if kind != "dynamic":
         assert batch.low == 0 and batch.valid.shape[0] == 4  # rows grew only as far as needed
     batch.keep([])
     assert batch.rows == 0
     sequences.clear()
     admit(4)
     decode(2)
+    batch.keep([])
+    sequences.clear()
+    admit(6, 6)  # rows that start together: the step without a position gather or a mask
+    decode(3)
 
 
 def test_make_batch_takes_the_lean_path_for_llama_and_hf_otherwise(model):
@@ -74,3 +86,97 @@ def test_make_batch_takes_the_lean_path_for_llama_and_hf_otherwise(model):
     other = random_llama(300, hidden_size=64)
     other.config.model_type = "not-llama"
     assert isinstance(make_batch(other, 64), DynamicHF)
+
+
+def _left_padded_run(batch, prompts: list[list[int]], steps: int) -> list[torch.Tensor]:
+    """Logits of a left-padded batch's prefill and of ``steps`` decode steps fed fixed tokens (from empty)."""
+    batch.keep([])
+    with torch.inference_mode():
+        logits = [batch.prefill(prompts, 0)]
+        for step in range(steps):
+            logits.append(batch.decode(torch.tensor([7 + step] * len(prompts))))
+    return logits
+
+
+def test_stacked_matmuls_give_the_per_module_logits_on_left_padded_rows(model, monkeypatch):
+    prompts = [[5, 9, 14], [3, 8, 21, 40, 41, 42, 43], [11, 12, 13, 14, 15, 16, 17]]
+    stacked = StaticLlama(model, 64)
+    monkeypatch.setattr(decoder, "FUSE_MAX_ELEMENTS", 0)
+    separate = StaticLlama(model, 64)
+    assert stacked.fused == [("qkv", "gate_up")] * 2 and separate.fused == [()] * 2
+    for fast, slow in zip(_left_padded_run(stacked, prompts, 4), _left_padded_run(separate, prompts, 4)):
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)  # the same numerics up to fp32 rounding
+    sequences = [p + [7, 8, 9, 10] for p in prompts]
+    for row, sequence in enumerate(sequences):
+        torch.testing.assert_close(_left_padded_run(stacked, prompts, 4)[-1][row], _reference(model, sequence))
+
+
+def _quantized(linear: torch.nn.Linear) -> QuantLinear:
+    quant = QuantLinear(linear.in_features, linear.out_features, bits=4, group_size=64)
+    quant.load_state_dict(pack(*rtn_quantize(linear.weight.data, bits=4, group_size=64), bits=4))
+    return quant
+
+
+def test_gptq_and_hooked_layers_are_called_as_modules():
+    """A QuantLinear or a hooked linear is never copied: the lean step calls it, and the logits stay HF's."""
+    model = random_llama(300, seed=2, hidden_size=128, intermediate_size=256).eval()
+    first = model.model.layers[0]
+    first.self_attn.q_proj = _quantized(first.self_attn.q_proj)
+    first.mlp.down_proj = _quantized(first.mlp.down_proj)
+    calls = []
+    first.self_attn.q_proj.register_forward_hook(lambda *_: calls.append("q"))
+    first.mlp.up_proj.register_forward_hook(lambda *_: calls.append("up"))  # a plain linear with a hook
+    batch = StaticLlama(model, 64)
+    assert batch.fused == [(), ("qkv", "gate_up")]
+    prompts = [[4, 5, 6, 7, 8], [9, 10]]
+    logits = _left_padded_run(batch, prompts, 2)
+    assert calls.count("q") == calls.count("up") == 3  # the prefill and two steps
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)
+
+
+def test_weights_and_hooks_changed_after_the_batch_was_built_are_used():
+    """The stacked matmuls are copies: a weight changed in place (or replaced), or a hook added, is picked up
+    at the next prefill."""
+    model = random_llama(300, seed=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2).eval()
+    batch = StaticLlama(model, 64)
+    prompt = [5, 6, 7, 8]
+    with torch.no_grad():
+        model.model.layers[1].self_attn.k_proj.weight.mul_(3.0)
+        model.model.layers[0].mlp.up_proj.weight = torch.nn.Parameter(torch.randn(128, 64) * 0.1)
+    with torch.inference_mode():
+        logits = batch.prefill([prompt], 0)
+    torch.testing.assert_close(logits[0], _reference(model, prompt), rtol=1e-4, atol=1e-4)
+    model.model.layers[1].mlp.down_proj.register_forward_hook(lambda module, args, out: out * 2)
+    assert batch.fused == [("qkv", "gate_up")] * 2  # the plan is refreshed at prefill, not before
+    batch.keep([])
+    with torch.inference_mode():
+        logits = batch.prefill([prompt], 0)
+    torch.testing.assert_close(logits[0], _reference(model, prompt), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_is_the_modules_own_result(dtype):
+    norm = LlamaRMSNorm(64, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)).mul(4).to(dtype)
+    with torch.inference_mode():
+        assert torch.equal(decoder._rms_norm(norm)(x), norm(x))
+
+
+def test_biased_projections_are_stacked_with_their_biases():
+    """Llama configs with ``attention_bias``/``mlp_bias``: the stacked matmul carries (rotated) biases too."""
+    model = random_llama(
+        300, seed=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True
+    ).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):  # Hugging Face initialises biases to zero: make them matter
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    batch = StaticLlama(model, 64)
+    assert batch.fused == [("qkv", "gate_up")] * 2
+    prompts = [[4, 5, 6, 7, 8], [9, 10]]
+    logits = _left_padded_run(batch, prompts, 2)
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)

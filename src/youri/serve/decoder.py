@@ -6,11 +6,25 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
 
 * ``StaticLlama`` -- Llama-family models. K/V live in preallocated ``[rows, kv_heads, columns,
   head_dim]`` buffers written in place (grown by doubling, compacted when padding piles up on the
-  left), validity is one boolean ``[rows, columns]`` mask, rotary tables are computed once. A step
-  calls the model's own modules -- norms, projections (fp weights or GPTQ ``QuantLinear``), activation,
-  rotary tables -- so the numerics stay Hugging Face's; only the attention wiring lives here.
-  Hugging Face's own forward rebuilds a 4-D mask, concatenates its cache and wraps outputs on every
-  step, which at youri's sizes costs as much as the matmuls (benchmarks/decode_speed.py).
+  left), validity is one boolean ``[rows, columns]`` mask, rotary tables are computed once. A step is
+  Llama's math on the model's own weights, resolved once into bare calls (``LeanLayer``): at youri's
+  sizes a step costs what its op dispatches and ``nn.Module`` calls cost, not its FLOPs.
+
+  - RMSNorm runs as ``F.rms_norm`` (bit-identical to Hugging Face's module in fp32; half precision keeps
+    its rounding order), SiLU as ``F.silu``, the embedding as ``F.embedding``; activations stay 2-D.
+  - Small plain ``nn.Linear`` layers (``FUSE_MAX_ELEMENTS``) run as one matmul over a transposed copy:
+    q, k, v and copies of q and k with their output rows permuted as ``rotate_half`` permutes them, so
+    rotary is ``qk * cos + rotated * sin`` with no slicing; gate and up stacked; o, down and the LM head
+    alone. The plan is rebuilt when a parameter was changed or replaced or a hook was added or removed
+    (checked at each prefill).
+  - Anything else -- a GPTQ ``QuantLinear``, a hooked or wrapped module, a large layer -- is called as
+    the module it is, with Hugging Face's ``rotate_half``.
+  - Rows that started in the same column (a single stream) decode with a view of the rotary tables and
+    no attention mask.
+
+  Logits equal Hugging Face's forward up to fp32 rounding (tests/test_decoder.py). Hugging Face's own
+  forward rebuilds a 4-D mask, concatenates its cache and wraps outputs on every step; at the tiny demo
+  shape youri's greedy decode is 2.4-2.9x its ``generate`` (benchmarks/decode_speed.py).
 * ``DynamicHF`` -- any other causal LM, through its own forward and a ``DynamicCache`` (the engine's
   previous path), so a model the lean step does not know still generates correctly.
 
@@ -26,7 +40,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.models.llama.modeling_llama import rotate_half
+from transformers.activations import SiLUActivation
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, rotate_half
 
 LEAN_MODEL_TYPES = ("llama",)
 
@@ -45,12 +60,12 @@ class StaticLlama:
     def __init__(self, model, max_context: int, *, rows: int = 1, columns: int = 64):
         self.model, self.inner = model, model.model
         self.layers = list(self.inner.layers)
-        self._plan = [_layer_plan(layer) for layer in self.layers]
         attention = self.layers[0].self_attn
         self.heads = model.config.num_attention_heads
         self.head_dim = attention.head_dim
         self.kv_heads = model.config.num_key_value_heads
         self.gqa = attention.num_key_value_groups > 1
+        self._build_plan()
         embed = self.inner.embed_tokens.weight
         self.device, self.dtype = embed.device, embed.dtype
         self.max_context = max_context
@@ -72,6 +87,24 @@ class StaticLlama:
             and rope.get("rope_type", "default") != "dynamic"
         )
 
+    def _build_plan(self) -> None:
+        """Resolve every module the step calls into bare functions, stacking small projections (``LeanLayer``)."""
+        self._plan = [LeanLayer(layer, self.heads, self.kv_heads, self.head_dim) for layer in self.layers]
+        self._embed = _embedding(self.inner.embed_tokens)
+        self._norm, self._lm_head = _rms_norm(self.inner.norm), _linear(self.model.lm_head)
+        self._built_from = _model_state(self.model)
+
+    def _refresh_plan(self) -> None:
+        """Rebuild the plan if, since it was built, a parameter was changed in place or replaced (the stacked
+        projections are copies) or a module gained or lost a hook. Checked once per prefill, not per token."""
+        if not _same_state(_model_state(self.model), self._built_from):
+            self._build_plan()
+
+    @property
+    def fused(self) -> list[tuple[str, ...]]:
+        """Per layer, which projections run as one stacked matmul (empty: the model's own modules)."""
+        return [layer.fused for layer in self._plan]
+
     # -- state --------------------------------------------------------------------------------
     def reset(self) -> None:
         self.rows = 0
@@ -87,6 +120,9 @@ class StaticLlama:
     def starts(self, value: list[int]) -> None:
         self._starts = list(value)
         self._start_columns = torch.tensor(self._starts, dtype=torch.long, device=self.device)[:, None]  # per step
+        # Rows that start in the same column sit at the same position and see only real tokens in the window
+        # (each row's valid columns are [start, length)): a decode step then needs no gather and no mask.
+        self._same_start = len(set(self._starts)) == 1
 
     @property
     def low(self) -> int:
@@ -131,6 +167,7 @@ class StaticLlama:
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
         """Append one row per prompt (all prompts in one forward); logits ``[len(prompts), vocab]``."""
+        self._refresh_plan()
         count, width = len(prompts), max(len(p) for p in prompts)
         if self.rows and width > self.length:
             self._reserve(self.rows, width + 1)
@@ -167,9 +204,11 @@ class StaticLlama:
         self._reserve(self.rows, self.length + 1)
         column, rows = self.length, slice(0, self.rows)
         self.valid[rows, column] = True
-        positions = column - self._start_columns
         window = slice(self.low, column + 1)
-        mask = self.valid[rows, None, None, window]
+        if self._same_start:
+            positions, mask = column - self._starts[0], None
+        else:
+            positions, mask = column - self._start_columns, self.valid[rows, None, None, window]
         logits = self._forward(tokens[:, None], positions, rows, slice(column, column + 1), window, mask)
         self.length += 1
         return logits
@@ -189,56 +228,196 @@ class StaticLlama:
         self.rows = count
 
     def _forward(self, ids, positions, rows: slice, write: slice, window: slice, mask) -> torch.Tensor:
-        """Llama's decoder over ``ids [n, T]``: K/V written to columns ``write``, attention over ``window``."""
+        """Llama's decoder over ``ids [n, T]``: K/V written to columns ``write``, attention over ``window``.
+
+        ``positions``: ``[n, T]`` rotary positions, or one int when every row is at the same position (a
+        decode step of rows that started together: a view of the tables instead of a gather)."""
         count, width = ids.shape
-        x = self.inner.embed_tokens(ids)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        for keys, values, (norm1, q_proj, k_proj, v_proj, o_proj, scale, norm2, gate, up, act, down) in zip(
-            self.keys, self.values, self._plan
-        ):
-            h = norm1(x)
-            q = q_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
-            k = k_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
-            # Rotary embedding on queries and keys at once (Llama's formula, HF's rotate_half): half the ops.
-            qk = torch.cat([q, k], dim=1)
-            qk = qk * cos + rotate_half(qk) * sin
-            keys[rows, :, write] = qk[:, self.heads :]
-            values[rows, :, write] = v_proj(h).view(count, width, -1, self.head_dim).transpose(1, 2)
+        x = self._embed(ids.reshape(-1))  # [tokens, hidden]: 2-D all the way (3-D matmuls cost a reshape each)
+        cos, sin = self.cos[positions], self.sin[positions]
+        if not isinstance(positions, int):
+            cos, sin = cos[:, None], sin[:, None]  # [n, 1, T, head_dim]: broadcast over heads
+        heads = self.heads
+        for keys, values, layer in zip(self.keys, self.values, self._plan):
+            qk, v = layer.qkv(layer.norm1(x), cos, sin, count, width)  # rotary applied to queries and keys
+            keys[rows, :, write] = qk[:, heads:]
+            values[rows, :, write] = v
             out = F.scaled_dot_product_attention(
-                qk[:, : self.heads],
+                qk[:, :heads],
                 keys[rows, :, window],
                 values[rows, :, window],
                 attn_mask=mask,
-                scale=scale,
+                scale=layer.scale,
                 enable_gqa=self.gqa,
             )
-            x = x + o_proj(out.transpose(1, 2).reshape(count, width, -1))
-            h = norm2(x)
-            x = x + down(act(gate(h)) * up(h))
-        return self.model.lm_head(self.inner.norm(x[:, -1]))
+            x = x + layer.o_proj(out.transpose(1, 2).reshape(count * width, -1))
+            x = x + layer.mlp(layer.norm2(x))
+        return self._lm_head(self._norm(x.view(count, width, -1)[:, -1]))
+
+
+FUSE_MAX_ELEMENTS = 1 << 20
+"""Linears are copied (stacked, transposed) only while the copy has at most this many elements (4 MiB in fp32):
+past this size the matmul takes far longer than the dispatch and the copy would cost memory for nothing."""
+
+SILU = (torch.nn.SiLU, SiLUActivation)
+
+
+class LeanLayer:
+    """One decoder layer's callables, resolved once at build time (no ``nn.Module`` attribute lookups or calls
+    per step). Every callable takes 2-D ``[tokens, features]`` activations. ``fused`` names what became one
+    matmul: ``qkv`` (with the rotary halves, see ``_rotated``) and ``gate_up``."""
+
+    __slots__ = ("norm1", "qkv", "o_proj", "scale", "norm2", "mlp", "fused")
+
+    def __init__(self, layer, heads: int, kv_heads: int, head_dim: int):
+        attention, mlp = layer.self_attn, layer.mlp
+        self.norm1, self.norm2 = _rms_norm(layer.input_layernorm), _rms_norm(layer.post_attention_layernorm)
+        self.o_proj, self.scale = _linear(attention.o_proj), attention.scaling
+        fused_qkv = _fused_qkv(attention, heads, kv_heads, head_dim)
+        fused_mlp = _fused_mlp(mlp)
+        self.qkv = fused_qkv or _separate_qkv(attention, head_dim)
+        self.mlp = fused_mlp or _separate_mlp(mlp)
+        self.fused = tuple(name for name, done in (("qkv", fused_qkv), ("gate_up", fused_mlp)) if done)
+
+
+def _model_state(model) -> tuple[list, list]:
+    """Every parameter with its version counter (bumped by in-place writes), and every module's hook ids."""
+    # Inference tensors keep no version counter (they cannot change outside inference mode anyway).
+    params = [(p, None if p.is_inference() else p._version) for p in model.parameters()]
+    hooks = [(tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()]
+    return params, hooks
+
+
+def _same_state(now: tuple[list, list], then: tuple[list, list]) -> bool:
+    (params, hooks), (old_params, old_hooks) = now, then
+    return (
+        hooks == old_hooks
+        and len(params) == len(old_params)
+        and all(p is q and v == w for (p, v), (q, w) in zip(params, old_params))
+    )
+
+
+def _hooked(module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _plain(module) -> bool:
+    """A plain ``nn.Linear`` (not a GPTQ ``QuantLinear``, a LoRA wrapper or a hooked module)."""
+    return type(module) is torch.nn.Linear and not _hooked(module)
 
 
 def _call(module):
     """A plain ``nn.Linear`` as a bare ``F.linear`` (the module-call machinery costs as much as a tiny matmul);
     anything else -- a GPTQ ``QuantLinear``, a hooked module -- is called as the module it is."""
-    plain = type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
-    return partial(F.linear, weight=module.weight, bias=module.bias) if plain else module
+    return partial(F.linear, weight=module.weight, bias=module.bias) if _plain(module) else module
 
 
-def _layer_plan(layer) -> tuple:
-    """One decoder layer's callables, resolved once (no ``nn.Module.__getattr__`` per step)."""
-    attention, mlp = layer.self_attn, layer.mlp
-    projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
-    return (
-        layer.input_layernorm,
-        *map(_call, projections),
-        attention.scaling,
-        layer.post_attention_layernorm,
-        _call(mlp.gate_proj),
-        _call(mlp.up_proj),
-        mlp.act_fn,
-        _call(mlp.down_proj),
+@torch.no_grad()
+def _dense(weights: list[torch.Tensor], biases: list[torch.Tensor] | None):
+    """``h @ cat(weights).T (+ bias)`` with the stacked weight stored transposed: for one token (a matrix-vector
+    product) MKL's kernel over a contiguous ``[in, out]`` matrix runs ~1.5x faster than ``F.linear``'s."""
+    weight_t = torch.cat([w.detach() for w in weights]).t().contiguous()
+    if biases is None:
+        return partial(torch.mm, mat2=weight_t)
+    bias = torch.cat([b.detach() for b in biases])
+    return lambda h: torch.addmm(bias, h, weight_t)
+
+
+def _stacked(modules, extra: tuple = ()):
+    """One matmul over the outputs of plain linears (plus ``extra`` ``(weight, bias)`` rows), or None when a
+    module is not plain, the biases differ in kind or the copy would be too large."""
+    if not all(_plain(m) for m in modules) or len({m.bias is None for m in modules}) > 1:
+        return None
+    parts = [(m.weight, m.bias) for m in modules] + list(extra)
+    if sum(w.numel() for w, _ in parts) > FUSE_MAX_ELEMENTS:
+        return None
+    return _dense([w for w, _ in parts], None if modules[0].bias is None else [b for _, b in parts])
+
+
+def _linear(module):
+    """One linear as the fastest call that keeps its numerics: a transposed copy when small, else ``_call``."""
+    return _stacked((module,)) or _call(module)
+
+
+def _rms_norm(module):
+    """Llama's RMSNorm as ``F.rms_norm`` (one call instead of eight; bit-identical to the module in fp32).
+    Half precision keeps Hugging Face's order: normalise in fp32, round, then scale."""
+    if type(module) is not LlamaRMSNorm or _hooked(module):
+        return module
+    weight, eps = module.weight, module.variance_epsilon
+    shape = (weight.shape[-1],)
+    if weight.dtype == torch.float32:
+        return partial(F.rms_norm, normalized_shape=shape, weight=weight, eps=eps)
+    return lambda x: weight * F.rms_norm(x.float(), shape, eps=eps).to(x.dtype)
+
+
+def _embedding(module):
+    plain = type(module) is torch.nn.Embedding and not _hooked(module) and module.max_norm is None
+    return partial(F.embedding, weight=module.weight) if plain else module
+
+
+def _activation(module):
+    return F.silu if type(module) in SILU and not _hooked(module) else module
+
+
+def _rotated(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    """Output rows permuted and negated as ``rotate_half`` does to each head's outputs: ``x @ rotated(W).T ==
+    rotate_half(x @ W.T)`` (a permutation and a sign flip), so rotary needs no slicing and concatenation per step."""
+    halves = tensor.detach().reshape(heads, 2, -1, *tensor.shape[1:])
+    return torch.cat([-halves[:, 1], halves[:, 0]], dim=1).reshape(tensor.shape)
+
+
+def _fused_qkv(attention, heads: int, kv_heads: int, head_dim: int):
+    """q, k, v and the rotate_half of q and k from one matmul: rotary is then ``qk * cos + rotated * sin``."""
+    q, k = attention.q_proj, attention.k_proj
+    if not (_plain(q) and _plain(k)):
+        return None
+    rotations = (
+        (_rotated(q.weight, heads), None if q.bias is None else _rotated(q.bias, heads)),
+        (_rotated(k.weight, kv_heads), None if k.bias is None else _rotated(k.bias, kv_heads)),
     )
+    matmul = _stacked((q, k, attention.v_proj), rotations)
+    if matmul is None:
+        return None
+    qk, qkv = heads + kv_heads, heads + 2 * kv_heads  # output heads: [q | k | v | rotated q | rotated k]
+
+    def project(h, cos, sin, count: int, width: int):
+        out = matmul(h).view(count, width, -1, head_dim).transpose(1, 2)
+        return out[:, :qk] * cos + out[:, qkv:] * sin, out[:, qk:qkv]
+
+    return project
+
+
+def _separate_qkv(attention, head_dim: int):
+    """The per-module path (GPTQ ``QuantLinear``, hooks, large layers): Llama's rotary on q and k at once."""
+    q_proj, k_proj, v_proj = map(_linear, (attention.q_proj, attention.k_proj, attention.v_proj))
+
+    def project(h, cos, sin, count: int, width: int):
+        q = q_proj(h).view(count, width, -1, head_dim).transpose(1, 2)
+        k = k_proj(h).view(count, width, -1, head_dim).transpose(1, 2)
+        qk = torch.cat([q, k], dim=1)
+        return qk * cos + rotate_half(qk) * sin, v_proj(h).view(count, width, -1, head_dim).transpose(1, 2)
+
+    return project
+
+
+def _fused_mlp(mlp):
+    """Gate and up projections as one matmul, then Llama's ``down(act(gate) * up)``."""
+    matmul = _stacked((mlp.gate_proj, mlp.up_proj))
+    if matmul is None:
+        return None
+    act, down = _activation(mlp.act_fn), _linear(mlp.down_proj)
+
+    def forward(h):
+        gate, up = matmul(h).chunk(2, dim=-1)
+        return down(act(gate) * up)
+
+    return forward
+
+
+def _separate_mlp(mlp):
+    act, gate, up, down = _activation(mlp.act_fn), *map(_linear, (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    return lambda h: down(act(gate(h)) * up(h))
 
 
 # ----------------------------------------------------------------------------- any causal LM

@@ -147,18 +147,21 @@ class IncrementalDecoder:
         self.ids: list[int] = []
         self.text = ""  # everything emitted so far
         self._prefix = self._read = 0
+        self._before: str | None = None  # the text of ids[prefix:read], kept while that window stands
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        before = self._decode(self.ids[self._prefix : self._read])
+        if self._before is None:  # decoded once per window, not per token (a character's 2-3 byte pieces)
+            self._before = self._decode(self.ids[self._prefix : self._read])
+        before = self._before
         after = self._decode(self.ids[self._prefix :])
         if len(after) <= len(before) or after.endswith("\ufffd") or not after.startswith(before):
             return ""
         delta = after[len(before) :]
-        self._prefix, self._read = self._read, len(self.ids)
+        self._prefix, self._read, self._before = self._read, len(self.ids), None
         self.text += delta
         return delta
 
