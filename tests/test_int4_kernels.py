@@ -83,6 +83,9 @@ def test_avx2_kernel_is_the_exact_product_with_int16_rounded_activations(monkeyp
         assert torch.equal(layer(x), one_thread)  # OpenMP splits the outputs; each is computed the same way
     finally:
         torch.set_num_threads(threads)
+    half = layer(x[:, None].bfloat16())  # other dtypes and shapes: computed in fp32, returned as given
+    assert half.dtype == torch.bfloat16 and half.shape == (5, 1, 64)
+    torch.testing.assert_close(half[:, 0].double(), layer(x[:, None].bfloat16().float())[:, 0].bfloat16().double())
     x[2, 7] = float("nan")
     out = layer(x)
     assert out[2].isnan().all() and out[[0, 1, 3, 4]].isfinite().all()

@@ -36,6 +36,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -54,6 +55,9 @@ class Int4Weight:
     scales_and_zeros: torch.Tensor  # PyTorch's: [K/g, N, 2] bf16; int4-avx2: [2, N, K/g] fp32 (scale, scale * zero)
     group: int
     out_features: int
+    call: Callable[[int, int, int], None] | None = None
+    """int4-avx2: the C function bound to this weight's tensors -- ``call(x pointer, rows, output pointer)``.
+    Resolved once, at conversion: at tiny shapes the per-call Python work costs more than the matmul."""
 
 
 def kernel_for(device: torch.device) -> str | None:
@@ -181,7 +185,13 @@ def _convert_avx2(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor
     packed = (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
     scales = scales.float().T
     scales_and_zeros = torch.stack([scales, scales * zeros.float().T]).contiguous()
-    return Int4Weight("int4-avx2", packed, scales_and_zeros, group, n)
+    function, threads = avx2_library()[0].youri_int4_matmul, torch.get_num_threads
+    weight_args = (k, packed.data_ptr(), scales_and_zeros[0].data_ptr(), scales_and_zeros[1].data_ptr(), n, group)
+
+    def call(x: int, rows: int, out: int) -> None:  # the tensors behind the pointers live as long as the weight
+        function(x, rows, *weight_args, out, *_scratch_pointers(rows, k, k // group), threads())
+
+    return Int4Weight("int4-avx2", packed, scales_and_zeros, group, n, call)
 
 
 _scratch = threading.local()  # per thread: calls on different threads never share the activation scratch
@@ -199,23 +209,17 @@ def _scratch_pointers(count: int, k: int, groups: int) -> tuple[int, int, int]:
     return base, base + rounded, base + rounded + 4 * count * groups
 
 
-def _matmul_avx2(rows: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
-    count, k = rows.shape
-    out = torch.empty(count, weight.out_features)
-    scale, szero = weight.scales_and_zeros
-    avx2_library()[0].youri_int4_matmul(
-        rows.data_ptr(), count, k, weight.packed.data_ptr(), scale.data_ptr(), szero.data_ptr(),
-        weight.out_features, weight.group, out.data_ptr(), *_scratch_pointers(count, k, k // weight.group),
-        torch.get_num_threads(),
-    )  # fmt: skip
-    return out
-
-
 def matmul(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
     """``x @ W.T`` for ``x [..., K]`` through the kernel, in ``x``'s dtype (PyTorch's take bf16 inside)."""
-    if weight.kernel == "int4-avx2":
-        rows = x.reshape(-1, x.shape[-1]).to(torch.float32).contiguous()
-        return _matmul_avx2(rows, weight).to(x.dtype).reshape(*x.shape[:-1], weight.out_features)
+    if weight.call is not None:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.dtype != torch.float32 or not rows.is_contiguous():
+            rows = rows.to(torch.float32).contiguous()
+        out = torch.empty(rows.shape[0], weight.out_features)
+        weight.call(rows.data_ptr(), rows.shape[0], out.data_ptr())
+        if x.dim() != 2:
+            out = out.view(*x.shape[:-1], weight.out_features)
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
     rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
     op = (
         torch.ops.aten._weight_int4pack_mm_for_cpu
