@@ -164,6 +164,7 @@ def main() -> None:
     )
     parser.add_argument("--layers", type=int, help="decoder layers of the 1.1B shape (default 22, --quick 4)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA: wall time, synchronised)")
+    parser.add_argument("--tokenizer", default=str(SHARED / "llama2-tokenizer"), help="the Llama 2 tokenizer folder")
     args = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -171,7 +172,7 @@ def main() -> None:
     layers = args.layers or (4 if args.quick else 22)
     tiny_new, tiny_repeats = (32, 3) if args.quick else (64, 5)
     big_new, big_repeats = (8, 1) if args.quick else (16, 2)
-    tokenizer = load_tokenizer(SHARED / "llama2-tokenizer")
+    tokenizer = load_tokenizer(Path(args.tokenizer))
     rows = {}
 
     model = random_llama(5120, **TINY).eval().to(DEVICE)

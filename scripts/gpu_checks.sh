@@ -4,7 +4,8 @@
 #      and a Llama-2-7B shape with activation checkpointing (the youri-7b recipe's settings);
 #   2. `youri quantize` (GPTQ 4 bit, g128) of a 1.1B Llama shape, and of a Llama-2-7B shape cut to 2 layers
 #      (same peak GPU memory as the full 7B: one layer lives on the GPU at a time), time and peak memory;
-#   3. whether vLLM is importable there (it is not part of the machine image; too large to carry).
+#   3. single-stream decode (benchmarks/decode_speed.py --device cuda), fp32 vs the GPTQ twin's int4 kernel;
+#   4. whether vLLM is importable there (it is not part of the machine image; too large to carry).
 #
 #   DATA=folder-with-inputs bash scripts/gpu_checks.sh [CHECK ...]   # all checks, or the ones named;
 #                                                  # logs and JSON lines under $OUT (default /tmp/gpu_checks)
@@ -40,6 +41,8 @@ check quantize_1b 240 benchmarks/quantize_gpu.py --shape 1b --tokenizer "$DATA/l
     --calibration "$DATA/aozora_clean.jsonl" --heldout_ja "$DATA/wiki_dev.jsonl" --heldout_en "$DATA/shakespeare.txt"
 check quantize_7b_2layers 90 benchmarks/quantize_gpu.py --shape 7b --layers 2 --tokenizer "$DATA/llama2-tok" \
     --calibration "$DATA/aozora_clean.jsonl"
+# Issue 17: single-stream decode on the GPU, youri vs HF generate, fp32 vs GPTQ (int4-cuda, aten's tinygemm).
+check decode_cuda 150 benchmarks/decode_speed.py --device cuda --tokenizer "$DATA/llama2-tok"
 check mfu_3b_compile 130 benchmarks/pretrain_mfu.py --shape 3b --batch 2 --steps 12 --compile
 check mfu_1b_eager 60 benchmarks/pretrain_mfu.py --shape 1b --batch 4 --steps 10
 # The youri-7b recipe's own settings (compile + activation checkpointing) on one GPU, batch 1 x 4096:
