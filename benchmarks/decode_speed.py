@@ -29,8 +29,8 @@ torch.compile is not used: on this 2-core CPU compiling the lean step took ~90 s
 leaves to the same kernels. At 1.1B the fp32 step reads 4.4 GB of weights per token, the GPTQ step 0.5 GB of
 codes plus the fp32 LM head (0.26 GB, unquantized as in every GPTQ twin); youri's int4 kernel is fast enough that
 the GPTQ step is bound by memory too (PyTorch's CPU kernel is bound by its own arithmetic: about 1.2x the fp32
-step). At the tiny shape a GPTQ step is slower than fp32: its layers are called as modules (no stacking) and
-each int4 call costs more to dispatch than the tiny matmul itself.
+step). At the tiny shape both steps are bound by dispatch: the GPTQ step stacks its projections into int4-avx2
+calls as the fp32 step stacks its matmuls, and an int4 call still costs a little more to dispatch (ctypes).
 """
 
 from __future__ import annotations

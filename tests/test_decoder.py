@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from youri.quant.gptq import QuantLinear, pack, rtn_quantize
+from youri.quant import kernels
+from youri.quant.gptq import QuantLinear, pack, prepare_kernels, rtn_quantize
 from youri.serve import decoder
 from youri.serve.decoder import DynamicHF, StaticLlama, make_batch
 from youri.testing import random_llama
@@ -131,6 +132,35 @@ def test_gptq_and_hooked_layers_are_called_as_modules():
     prompts = [[4, 5, 6, 7, 8], [9, 10]]
     logits = _left_padded_run(batch, prompts, 2)
     assert calls.count("q") == calls.count("up") == 3  # the prefill and two steps
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)
+
+
+def test_small_gptq_layers_on_the_avx2_kernel_are_stacked_exactly(monkeypatch):
+    """A tiny GPTQ twin on youri's int4-avx2 kernel: q/k/v (+ their rotate_half rows, signs in the scales) and
+    gate/up become one kernel call each, with the per-module logits; a kernel switched after the batch was
+    built is followed at the next prefill."""
+    if "int4-avx2" not in kernels.available_kernels(torch.device("cpu")):
+        pytest.skip(f"int4-avx2 is not available here: {kernels.avx2_library()[1]}")
+    monkeypatch.delenv(kernels.KERNEL_ENV, raising=False)
+    model = random_llama(300, seed=4, hidden_size=128, num_attention_heads=4, num_key_value_heads=2).eval()
+    for layer in model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(parent, name, _quantized(child))
+    assert prepare_kernels(model) == {"int4-avx2": 14}
+    prompts = [[4, 5, 6, 7, 8], [9, 10]]
+    stacked = StaticLlama(model, 64)
+    assert stacked.fused == [("qkv", "gate_up")] * 2
+    monkeypatch.setattr(decoder, "FUSE_MAX_ELEMENTS", 0)
+    separate = StaticLlama(model, 64)
+    assert separate.fused == [()] * 2
+    for fast, slow in zip(_left_padded_run(stacked, prompts, 3), _left_padded_run(separate, prompts, 3)):
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    prepare_kernels(model, use_kernel=False)  # the exact dequantising path, picked up at the next prefill
+    logits = _left_padded_run(stacked, prompts, 2)
+    assert stacked.fused == [()] * 2
     for row, prompt in enumerate(prompts):
         torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)
 

@@ -141,3 +141,26 @@ def test_a_layer_takes_the_first_kernel_that_fits_its_shape(monkeypatch):
     assert layer.prepare_kernel() == "int4-cpu" and layer.kernel_note == ""
     monkeypatch.setenv(kernels.KERNEL_ENV, "int4-nonsense")
     assert layer.prepare_kernel() == "dequant" and "YOURI_INT4_KERNEL=int4-nonsense" in layer.kernel_note
+
+
+def test_stacked_avx2_weights_give_each_parts_rows_bit_for_bit(monkeypatch):
+    """``stack_rows``: several layers (rows reordered, some negated) as one kernel call, with exactly the outputs
+    the separate calls give; a PyTorch-kernel weight cannot be stacked."""
+    _pin_kernel(monkeypatch, "int4-avx2")
+    torch.manual_seed(5)
+    layers = []
+    for out in (64, 32):
+        layer = QuantLinear(256, out, bits=4, group_size=128)
+        layer.load_state_dict(pack(*rtn_quantize(torch.randn(out, 256), bits=4, group_size=128, sym=False), bits=4))
+        layer.prepare_kernel()
+        layers.append(layer)
+    order, sign = torch.randperm(32), torch.where(torch.rand(32) < 0.5, -1.0, 1.0)
+    a, b = (layer.kernel_weight for layer in layers)
+    stacked = kernels.stack_rows([(a, None, None), (b, order, sign)])
+    x = torch.randn(3, 256)
+    expected = torch.cat([kernels.matmul(x, a), kernels.matmul(x, b)[:, order] * sign], dim=1)
+    assert torch.equal(kernels.matmul(x, stacked), expected)
+    monkeypatch.setenv(kernels.KERNEL_ENV, "int4-cpu")
+    if "int4-cpu" in kernels.available_kernels(torch.device("cpu")):
+        layers[1].prepare_kernel()
+        assert kernels.stack_rows([(a, None, None), (layers[1].kernel_weight, None, None)]) is None

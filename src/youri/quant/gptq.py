@@ -357,6 +357,12 @@ class QuantLinear(nn.Module):
             y = x @ dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits, dtype=x.dtype).T
         return y + self.bias.to(x.dtype) if self.bias is not None else y
 
+    @property
+    def kernel_weight(self) -> kernels.Int4Weight | None:
+        """The weight in its int4 kernel's format (None on the dequantising path); replaced by each
+        ``prepare_kernel``, so its identity says which conversion is current."""
+        return self._int4
+
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, "

@@ -46,7 +46,7 @@ AVX2_FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
 KERNEL_ENV = "YOURI_INT4_KERNEL"
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a layer's plan knows which conversion it was built from
 class Int4Weight:
     """One layer's weight in a kernel's own format (``kernel`` names it: ``int4-cpu`` or ``int4-cuda``)."""
 
@@ -184,7 +184,11 @@ def _convert_avx2(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor
     blocks = codes.T.to(torch.uint8).reshape(n, k // 64, 2, 4, 8)[:, :, :, [0, 2, 1, 3]].reshape(n, k // 64, 2, 32)
     packed = (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
     scales = scales.float().T
-    scales_and_zeros = torch.stack([scales, scales * zeros.float().T]).contiguous()
+    return _avx2_weight(packed, torch.stack([scales, scales * zeros.float().T]).contiguous(), group)
+
+
+def _avx2_weight(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> Int4Weight:
+    n, k = packed.shape[0], packed.shape[1] * 2
     function, threads = avx2_library()[0].youri_int4_matmul, torch.get_num_threads
     weight_args = (k, packed.data_ptr(), scales_and_zeros[0].data_ptr(), scales_and_zeros[1].data_ptr(), n, group)
 
@@ -192,6 +196,23 @@ def _convert_avx2(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor
         function(x, rows, *weight_args, out, *_scratch_pointers(rows, k, k // group), threads())
 
     return Int4Weight("int4-avx2", packed, scales_and_zeros, group, n, call)
+
+
+def stack_rows(parts: list[tuple[Int4Weight, torch.Tensor | None, torch.Tensor | None]]) -> Int4Weight | None:
+    """One ``int4-avx2`` weight whose outputs are each part's rows ``order`` (None: all) times ``sign`` (None:
+    +1), in turn -- several projections as one call, exactly (a row's codes are copied, a sign goes into its
+    scale and scale * zero). None unless every part is an ``int4-avx2`` weight with the same inputs and group."""
+    weights = [weight for weight, _, _ in parts]
+    if any(w.kernel != "int4-avx2" for w in weights) or len({(w.group, w.packed.shape[1]) for w in weights}) > 1:
+        return None
+    packed, scales_and_zeros = [], []
+    for weight, order, sign in parts:
+        rows = slice(None) if order is None else order
+        packed.append(weight.packed[rows])
+        scaled = weight.scales_and_zeros[:, rows]
+        scales_and_zeros.append(scaled if sign is None else scaled * sign[None, :, None])
+    stacked = torch.cat(scales_and_zeros, dim=1).contiguous()
+    return _avx2_weight(torch.cat(packed).contiguous(), stacked, weights[0].group)
 
 
 _scratch = threading.local()  # per thread: calls on different threads never share the activation scratch

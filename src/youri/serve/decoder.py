@@ -15,10 +15,12 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
   - Small plain ``nn.Linear`` layers (``FUSE_MAX_ELEMENTS``) run as one matmul over a transposed copy:
     q, k, v and copies of q and k with their output rows permuted as ``rotate_half`` permutes them, so
     rotary is ``qk * cos + rotated * sin`` with no slicing; gate and up stacked; o, down and the LM head
-    alone. The plan is rebuilt when a parameter was changed or replaced or a hook was added or removed
-    (checked at each prefill).
-  - Anything else -- a GPTQ ``QuantLinear``, a hooked or wrapped module, a large layer -- is called as
-    the module it is, with Hugging Face's ``rotate_half``.
+    alone. Small bias-free GPTQ ``QuantLinear`` layers on youri's ``int4-avx2`` kernel are stacked the
+    same way into one kernel call (``youri.quant.kernels.stack_rows``: the same codes; a rotated row's
+    sign goes into its scale). The plan is rebuilt when a parameter was changed or replaced, a hook was
+    added or removed, or a GPTQ layer's kernel was re-prepared (checked at each prefill).
+  - Anything else -- another GPTQ layer, a hooked or wrapped module, a large layer -- is called as the
+    module it is, with Hugging Face's ``rotate_half``.
   - Rows that started in the same column (a single stream) decode with a view of the rotary tables and
     no attention mask.
 
@@ -42,6 +44,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, rotate_half
+
+from youri.quant import kernels
+from youri.quant.gptq import QuantLinear
 
 LEAN_MODEL_TYPES = ("llama",)
 
@@ -281,10 +286,14 @@ class LeanLayer:
 
 
 def _model_state(model) -> tuple[list, list]:
-    """Every parameter with its version counter (bumped by in-place writes), and every module's hook ids."""
+    """Every parameter with its version counter (bumped by in-place writes), and every module's hook ids and
+    GPTQ kernel weight (a new one after each ``prepare_kernel``: the stacked int4 copies follow it)."""
     # Inference tensors keep no version counter (they cannot change outside inference mode anyway).
     params = [(p, None if p.is_inference() else p._version) for p in model.parameters()]
-    hooks = [(tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()]
+    hooks = [
+        (tuple(m._forward_hooks), tuple(m._forward_pre_hooks), m.kernel_weight if type(m) is QuantLinear else None)
+        for m in model.modules()
+    ]
     return params, hooks
 
 
@@ -336,7 +345,34 @@ def _stacked(modules, extra: tuple = ()):
 
 def _linear(module):
     """One linear as the fastest call that keeps its numerics: a transposed copy when small, else ``_call``."""
-    return _stacked((module,)) or _call(module)
+    return _stacked((module,)) or _int4_stacked(((module, None),)) or _call(module)
+
+
+def _int4_stacked(parts):
+    """One int4-avx2 call over small GPTQ layers' outputs -- ``parts``: ``(module, rotate_half heads or None)``
+    -- or None when a layer is not a small bias-free ``QuantLinear`` on that kernel (it is then called as the
+    module it is). Exact: the stacked weight holds the same codes, a rotated row's sign in its scale."""
+    modules = [module for module, _ in parts]
+    if not all(type(m) is QuantLinear and not _hooked(m) and m.bias is None for m in modules):
+        return None
+    if sum(m.in_features * m.out_features for m in modules) > FUSE_MAX_ELEMENTS:
+        return None
+    weights = [m.kernel_weight for m in modules]
+    if any(w is None for w in weights):
+        return None
+    stacked = kernels.stack_rows([(w, *_rotation(w.out_features, heads)) for w, (_, heads) in zip(weights, parts)])
+    return None if stacked is None else partial(kernels.matmul, weight=stacked)
+
+
+def _rotation(rows: int, heads: int | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The output-row order and signs of ``rotate_half`` over ``heads`` heads (``_rotated`` for a weight's rows);
+    ``(None, None)``: the rows as they are."""
+    if heads is None:
+        return None, None
+    halves = torch.arange(rows).view(heads, 2, -1)
+    sign = torch.ones(heads, 2, halves.shape[-1])
+    sign[:, 0] = -1  # rotate_half(x) = cat(-x2, x1) per head
+    return halves[:, [1, 0]].reshape(-1), sign.reshape(-1)
 
 
 def _rms_norm(module):
@@ -369,14 +405,15 @@ def _rotated(tensor: torch.Tensor, heads: int) -> torch.Tensor:
 
 def _fused_qkv(attention, heads: int, kv_heads: int, head_dim: int):
     """q, k, v and the rotate_half of q and k from one matmul: rotary is then ``qk * cos + rotated * sin``."""
-    q, k = attention.q_proj, attention.k_proj
-    if not (_plain(q) and _plain(k)):
-        return None
-    rotations = (
-        (_rotated(q.weight, heads), None if q.bias is None else _rotated(q.bias, heads)),
-        (_rotated(k.weight, kv_heads), None if k.bias is None else _rotated(k.bias, kv_heads)),
-    )
-    matmul = _stacked((q, k, attention.v_proj), rotations)
+    q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
+    if _plain(q) and _plain(k):
+        rotations = (
+            (_rotated(q.weight, heads), None if q.bias is None else _rotated(q.bias, heads)),
+            (_rotated(k.weight, kv_heads), None if k.bias is None else _rotated(k.bias, kv_heads)),
+        )
+        matmul = _stacked((q, k, v), rotations)
+    else:
+        matmul = _int4_stacked(((q, None), (k, None), (v, None), (q, heads), (k, kv_heads)))
     if matmul is None:
         return None
     qk, qkv = heads + kv_heads, heads + 2 * kv_heads  # output heads: [q | k | v | rotated q | rotated k]
@@ -403,7 +440,7 @@ def _separate_qkv(attention, head_dim: int):
 
 def _fused_mlp(mlp):
     """Gate and up projections as one matmul, then Llama's ``down(act(gate) * up)``."""
-    matmul = _stacked((mlp.gate_proj, mlp.up_proj))
+    matmul = _stacked((mlp.gate_proj, mlp.up_proj)) or _int4_stacked(((mlp.gate_proj, None), (mlp.up_proj, None)))
     if matmul is None:
         return None
     act, down = _activation(mlp.act_fn), _linear(mlp.down_proj)
