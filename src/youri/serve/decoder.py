@@ -360,6 +360,8 @@ def _int4_stacked(parts):
     weights = [m.kernel_weight for m in modules]
     if any(w is None for w in weights):
         return None
+    if len(parts) == 1 and parts[0][1] is None:  # one layer as it is: its own weight, no copy
+        return partial(kernels.matmul, weight=weights[0]) if weights[0].kernel == "int4-avx2" else None
     stacked = kernels.stack_rows([(w, *_rotation(w.out_features, heads)) for w, (_, heads) in zip(weights, parts)])
     return None if stacked is None else partial(kernels.matmul, weight=stacked)
 
