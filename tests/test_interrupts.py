@@ -9,11 +9,13 @@ errors reach the user as youri's one line, not as a traceback.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from test_data import _tiny_bpe
 from test_pretrain import losses, pretrain_cfg, tiny  # noqa: F401 -- tiny is a fixture used here
 
 from youri import cli
+from youri.data.processes import run_in_process_group
 from youri.data.steps import READ_DELAY_ENV
 from youri.io import DataError
 from youri.stage import read_manifest
@@ -133,6 +136,30 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tokenizer, workers):
     last = stderr.strip().splitlines()[-1]
     assert last == f"youri data: interrupted; progress is kept in {tmp_path / 'out.partial'} (the same command resumes)"
     assert _gone(processes) == []
+
+
+def _wait_for_a_minute() -> None:
+    time.sleep(60)
+
+
+def test_ctrl_c_received_by_another_thread_still_stops_the_run():
+    """The kernel may deliver a terminal's SIGINT to any thread of ``youri data`` (tqdm's monitor, fsspec's
+    loop); Python then only flags it for the main thread. A main thread blocked in a bare ``waitpid`` never
+    saw it (Ctrl-C did nothing until the run ended); the waiting parent must notice it within a moment, and
+    the child's group goes with it."""
+    started = time.time()
+
+    def interrupt_from_this_thread() -> None:
+        time.sleep(1.0)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # delivered here, not to the main thread
+
+    helper = threading.Thread(target=interrupt_from_this_thread, daemon=True)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process_group(_wait_for_a_minute)
+    helper.join()
+    assert time.time() - started < 10  # not the minute the child would have taken
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.parametrize(

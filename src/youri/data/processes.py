@@ -28,6 +28,8 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _active = False  # inherited by forked children: only forks inside ``children_die_with_us`` are guarded
 _forking_pid = 0
 _hooked = False
+WAKE_S = 0.2
+"""How often the waiting parent looks for a signal that another of its threads received."""
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:
@@ -69,7 +71,11 @@ def run_in_process_group(fn: Callable[[], None]) -> None:
     with contextlib.suppress(OSError):
         os.setpgid(child.pid, child.pid)  # also done by the child: whichever runs first wins the race
     try:
-        child.join()
+        while child.exitcode is None:
+            # Never a bare join: the kernel may hand a Ctrl-C to any thread (tqdm's monitor, fsspec's loop), and
+            # then nothing interrupts the main thread's waitpid; Python runs the handler in the main thread at
+            # its next bytecode, which a timed wait reaches within WAKE_S.
+            child.join(timeout=WAKE_S)
     except BaseException:  # Ctrl-C (KeyboardInterrupt) or any other way out: the group goes with us
         with contextlib.suppress(OSError):
             os.killpg(child.pid, signal.SIGKILL)
