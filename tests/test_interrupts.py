@@ -47,7 +47,15 @@ def _youri(*args: str, env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_sigint_as_from_a_shell,
     )
+
+
+def _sigint_as_from_a_shell() -> None:
+    """In the child before exec: SIGINT at its default, as an interactive shell starts a foreground command.
+    An ignored SIGINT is inherited across exec (a test run launched with ``&`` from a script has one), and a
+    Python started with SIGINT ignored keeps ignoring it: the Ctrl-C tests would test the launcher."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _descendants(root: int) -> list[int]:
@@ -154,10 +162,14 @@ def test_ctrl_c_received_by_another_thread_still_stops_the_run():
         signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # delivered here, not to the main thread
 
     helper = threading.Thread(target=interrupt_from_this_thread, daemon=True)
-    helper.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_in_process_group(_wait_for_a_minute)
-    helper.join()
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever we inherited
+    try:
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            run_in_process_group(_wait_for_a_minute)
+        helper.join()
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert time.time() - started < 10  # not the minute the child would have taken
     assert not multiprocessing.active_children()
 
