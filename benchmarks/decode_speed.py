@@ -191,9 +191,11 @@ def main() -> None:
     other = [k for k in available_kernels(DEVICE) if k != kernel_for(DEVICE)]
     if other and not args.quick:  # the same twin on PyTorch's kernel: what youri's own kernel is worth
         os.environ[KERNEL_ENV] = other[0]
-        prepare_kernels(model)
-        rows[f"1.1B GPTQ {other[0]}"] = measure(model, tokenizer, big_new, big_repeats, hf=False)
-        del os.environ[KERNEL_ENV]
+        try:
+            prepare_kernels(model)
+            rows[f"1.1B GPTQ {other[0]}"] = measure(model, tokenizer, big_new, big_repeats, hf=False)
+        finally:
+            del os.environ[KERNEL_ENV]
     del model
     gc.collect()
 

@@ -216,10 +216,11 @@ def _tensor_data(source: TensorSource, qtype: Q, report: WriteReport) -> np.ndar
     """The tensor as ``qtype`` data: a GPTQ layer's own codes where they fit the type's grid, else encoded."""
     if source.gptq is not None and qtype in GRID_BITS:
         parts = source.gptq()
-        why_not = gptq_grid_mismatch(parts, source.bits, qtype)
+        unpacked = unpack(parts["qweight"], parts["qzeros"], source.bits, parts["g_idx"].shape[0])  # once, for both
+        why_not = gptq_grid_mismatch(parts, source.bits, qtype, unpacked)
         if not why_not:
             report.from_gptq_codes.append(source.name)
-            return gptq_blocks(parts, source.bits, qtype)
+            return gptq_blocks(parts, source.bits, qtype, unpacked)
         report.rounded_from_gptq[source.name] = why_not
     elif source.gptq is not None and qtype in (Q.F32, Q.F16, Q.BF16):
         report.dequantised_gptq.append(source.name)
@@ -228,29 +229,43 @@ def _tensor_data(source: TensorSource, qtype: Q, report: WriteReport) -> np.ndar
     return _encode(source.load().float().numpy(), qtype)
 
 
-def gptq_grid_mismatch(parts: dict[str, torch.Tensor], bits: int, qtype: Q) -> str:
-    """Why a GPTQ v1 layer's codes cannot be ``qtype`` blocks as they are ("" when they can)."""
+def grid_mismatch(qtype: Q, *, bits: int, group: int, sym: bool, in_order: bool) -> str:
+    """Why GPTQ v1 codes of this layout cannot be ``qtype`` blocks as they are ("" when they can). The one rule,
+    for a layer's tensors (``gptq_grid_mismatch``) and for a quantize recipe (the pipeline's export choice)."""
     if bits > GRID_BITS.get(qtype, 0):
         return f"{bits}-bit codes do not fit {qtype.name} (it holds {GRID_BITS.get(qtype)}-bit codes)"
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
-    in_features, groups = parts["g_idx"].shape[0], parts["scales"].shape[0]
-    group = in_features // groups
-    if group % block:
+    if group <= 0 or group % block:
         return f"group size {group} is not a multiple of {qtype.name}'s block of {block}"
-    if not torch.equal(parts["g_idx"].long(), torch.arange(in_features) // group):
+    if not in_order:
         return "act-order (g_idx out of order): a block of 32 inputs would need several scales"
-    _, zeros = unpack(parts["qweight"], parts["qzeros"], bits, in_features)
-    if not bool((zeros == 2 ** (bits - 1)).all()):
+    if not sym:
         return f"asymmetric (zero points other than {2 ** (bits - 1)}): {qtype.name} has no zero point"
     return ""
 
 
-def gptq_blocks(parts: dict[str, torch.Tensor], bits: int, qtype: Q) -> np.ndarray:
+def gptq_grid_mismatch(
+    parts: dict[str, torch.Tensor], bits: int, qtype: Q, unpacked: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> str:
+    """``grid_mismatch`` of a GPTQ v1 layer's tensors; ``unpacked``: its ``(codes, zeros)`` if already at hand."""
+    in_features, groups = parts["g_idx"].shape[0], parts["scales"].shape[0]
+    group = in_features // groups
+    in_order = torch.equal(parts["g_idx"].long(), torch.arange(in_features) // group)
+    why = grid_mismatch(qtype, bits=bits, group=group, sym=True, in_order=in_order)
+    if why:  # the layout already rules it out: no need to unpack the zero points
+        return why
+    _, zeros = unpacked or unpack(parts["qweight"], parts["qzeros"], bits, in_features)
+    return grid_mismatch(qtype, bits=bits, group=group, sym=bool((zeros == 2 ** (bits - 1)).all()), in_order=True)
+
+
+def gptq_blocks(
+    parts: dict[str, torch.Tensor], bits: int, qtype: Q, unpacked: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> np.ndarray:
     """A symmetric, in-order GPTQ v1 layer as ``qtype`` blocks, uint8 [N, K/32 * bytes per block]: each group's
     fp16 scale is the ``d`` of its blocks and each code minus the zero point its signed ``q``, so the block
     decodes to exactly ``youri.quant.gptq.dequantize`` of the layer (checked with ``gguf.quants.dequantize``)."""
     in_features = parts["g_idx"].shape[0]
-    codes, _ = unpack(parts["qweight"], parts["qzeros"], bits, in_features)
+    codes, _ = unpacked or unpack(parts["qweight"], parts["qzeros"], bits, in_features)
     signed = codes - 2 ** (bits - 1)  # c - zero, in [-2^(b-1), 2^(b-1)): inside the type's wider grid
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
     rows, blocks = codes.shape[1], in_features // block

@@ -48,7 +48,7 @@ KERNEL_ENV = "YOURI_INT4_KERNEL"
 
 @dataclass(eq=False)  # compared by identity: a layer's plan knows which conversion it was built from
 class Int4Weight:
-    """One layer's weight in a kernel's own format (``kernel`` names it: ``int4-cpu`` or ``int4-cuda``)."""
+    """One layer's weight in a kernel's own format (``kernel`` names it: ``int4-avx2``, ``int4-cpu``, ``int4-cuda``)."""
 
     kernel: str
     packed: torch.Tensor
@@ -66,10 +66,13 @@ def kernel_for(device: torch.device) -> str | None:
     return found[0] if found else None
 
 
+def _pinned() -> str:
+    return os.environ.get(KERNEL_ENV, "").strip()
+
+
 def candidates(device: torch.device) -> list[str]:
     """The kernels to try on ``device``, fastest first: the available ones, or the one ``YOURI_INT4_KERNEL`` pins."""
-    available = available_kernels(device)
-    pinned = os.environ.get(KERNEL_ENV, "").strip()
+    available, pinned = available_kernels(device), _pinned()
     if not pinned:
         return available
     return [pinned] if pinned in available else []
@@ -77,7 +80,7 @@ def candidates(device: torch.device) -> list[str]:
 
 def why_no_kernel(device: torch.device) -> str:
     """One line saying why ``kernel_for(device)`` is None."""
-    pinned = os.environ.get(KERNEL_ENV, "").strip()
+    pinned = _pinned()
     if pinned:
         return f"{KERNEL_ENV}={pinned} (available on {device.type}: {', '.join(available_kernels(device)) or 'none'})"
     return f"no int4 kernel for {device.type} here" + (f" ({avx2_library()[1]})" if device.type == "cpu" else "")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from youri.config import ConfigError, build_config, config_to_dict, load_recipe
+from youri.quant.gguf_writer import GGUF_TYPES, grid_mismatch
 from youri.run.card import write_model_card
 from youri.run.layout import VARIANTS, eval_folder, model_folder
 from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
@@ -175,9 +176,11 @@ def _twin_exports_losslessly(recipe: dict[str, Any]) -> bool:
     for name, module in (("export", EXPORT_MODULE), ("quantize", QUANTIZE_MODULE)):
         stage_config = importlib.import_module(module).Config
         sections[name] = build_config(stage_config, dict(recipe.get(name) or {}), {}, where=name)
-    quant = sections["quantize"]
-    grid = quant.bits == 4 and quant.sym and not quant.desc_act and quant.group_size > 0 and quant.group_size % 32 == 0
-    return sections["export"].type == "q4_0" and grid
+    quant, kind = sections["quantize"], sections["export"].type
+    if kind != "q4_0" or quant.bits != 4:  # 2/3-bit codes fit Q4_0 too, but only 4-bit twins were measured better
+        return False
+    layout = {"bits": quant.bits, "group": quant.group_size, "sym": quant.sym, "in_order": not quant.desc_act}
+    return not grid_mismatch(GGUF_TYPES[kind].weights, **layout)
 
 
 def _select(nodes: list[Node], cfg: Config) -> set[str]:

@@ -367,8 +367,8 @@ def _int4_stacked(parts):
 
 
 def _rotation(rows: int, heads: int | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The output-row order and signs of ``rotate_half`` over ``heads`` heads (``_rotated`` for a weight's rows);
-    ``(None, None)``: the rows as they are."""
+    """The output-row order and signs of ``rotate_half`` over ``heads`` heads -- the one statement of it, used
+    on fp weights (``_rotated``) and on int4 rows (signs into their scales); ``(None, None)``: rows as they are."""
     if heads is None:
         return None, None
     halves = torch.arange(rows).view(heads, 2, -1)
@@ -401,8 +401,8 @@ def _activation(module):
 def _rotated(tensor: torch.Tensor, heads: int) -> torch.Tensor:
     """Output rows permuted and negated as ``rotate_half`` does to each head's outputs: ``x @ rotated(W).T ==
     rotate_half(x @ W.T)`` (a permutation and a sign flip), so rotary needs no slicing and concatenation per step."""
-    halves = tensor.detach().reshape(heads, 2, -1, *tensor.shape[1:])
-    return torch.cat([-halves[:, 1], halves[:, 0]], dim=1).reshape(tensor.shape)
+    order, sign = _rotation(tensor.shape[0], heads)
+    return tensor.detach()[order.to(tensor.device)] * sign.to(tensor).view(-1, *[1] * (tensor.dim() - 1))
 
 
 def _fused_qkv(attention, heads: int, kv_heads: int, head_dim: int):
