@@ -47,8 +47,10 @@ import torch
 from transformers import LlamaForCausalLM
 
 from youri.model import load_tokenizer
-from youri.quant.gptq import QuantLinear, kernel_summary, pack, prepare_kernels, rtn_quantize
-from youri.quant.kernels import KERNEL_ENV, available_kernels, kernel_for
+from youri.quant.gptq import rtn_quantize
+from youri.runtime.gptq_format import pack
+from youri.runtime.kernels import KERNEL_ENV, available_kernels, kernel_for
+from youri.runtime.quant_linear import QuantLinear, kernel_summary, prepare_kernels
 from youri.serve.engine import Engine, SamplingParams, generate
 from youri.testing import random_llama
 

@@ -36,10 +36,10 @@ from gptq_quality import SHARED, train_tiny_llama, write_data_folder
 from youri.model import load_model
 from youri.quant.export import Config as ExportConfig
 from youri.quant.export import run as export
-from youri.quant.gptq import prepare_kernels
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing, runtime_name
 from youri.quant.quantize import Config as QuantizeConfig
 from youri.quant.quantize import run as quantize
+from youri.runtime.quant_linear import prepare_kernels
 from youri.train.init_base import train_tokenizer
 
 TYPES = ("f16", "q8_0", "q4_0")

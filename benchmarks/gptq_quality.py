@@ -117,7 +117,7 @@ def run(work: Path, size: dict, seed: int = 0) -> dict:
     torch.manual_seed(seed)
 
     from youri.model import load_model, load_tokenizer
-    from youri.quant.gptq import LLAMA_2_7B, llama_sizes
+    from youri.quant.gptq import LLAMA_2_7B, twin_sizes
     from youri.quant.quantize import Config, compare_models, quantize_model
     from youri.quant.quantize import run as quantize
 
@@ -176,7 +176,7 @@ def run(work: Path, size: dict, seed: int = 0) -> dict:
         "youri_quantize_s": metrics["wall_time_s"],
         "reference_quantize_s": reference["reference_wall_s"] if reference else None,
         "reference": "GPTQModel 7.6.0" if reference else f"not run: {why}",
-        "size_ratio": round(llama_sizes(LLAMA_2_7B, bits=4, group_size=128)["ratio"], 4),
+        "size_ratio": round(twin_sizes(LLAMA_2_7B, bits=4, group_size=128)["ratio"], 4),
         "tiny_folder_size_ratio": metrics["size"]["ratio"],
     }
 

@@ -104,3 +104,17 @@ def test_every_subpackage_says_what_it_holds():
         for module in init.parent.glob("*.py"):
             if module.name != "__init__.py":
                 assert f"``{module.stem}``" in doc, f"{init}: docstring does not mention ``{module.stem}``"
+
+
+SPINE = ("youri.cli", "youri.config", "youri.io", "youri.stage", "youri.model", "youri.prompts", "youri.families")
+WINGS = ("youri.data", "youri.train", "youri.quant", "youri.eval", "youri.serve", "youri.run")
+
+
+def test_the_spine_never_imports_a_wing():
+    """Loading a model (``youri.model``, the GPTQ runtime under it) or a family's facts never climbs into a stage
+    folder; ``youri.cli`` reaches the stages only by module name, through its registry."""
+    graph = _graph()
+    below = [m for m in MODULES if m in SPINE or m.startswith("youri.runtime")]
+    assert "youri.runtime.quant_linear" in below and "youri.model" in below
+    offenders = {m: sorted(d for d in graph[m] if d.split(".")[:2] in [w.split(".") for w in WINGS]) for m in below}
+    assert not {k: v for k, v in offenders.items() if v}, f"spine -> wing imports: {offenders}"

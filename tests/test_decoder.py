@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from youri.quant import kernels
-from youri.quant.gptq import QuantLinear, pack, prepare_kernels, rtn_quantize
+from youri.quant.gptq import rtn_quantize
+from youri.runtime import kernels
+from youri.runtime.gptq_format import pack
+from youri.runtime.quant_linear import QuantLinear, prepare_kernels
 from youri.serve import decoder
 from youri.serve.decoder import DynamicHF, StaticLlama, make_batch
 from youri.testing import random_llama

@@ -19,10 +19,12 @@ from youri.io import resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.quant.export import GPTQ_PARTS, Config, run
 from youri.quant.gguf_writer import Q, gptq_blocks, gptq_grid_mismatch, rope_permute
-from youri.quant.gptq import dequantize, pack, prepare_kernels, rtn_quantize
+from youri.quant.gptq import rtn_quantize
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing
 from youri.quant.quantize import Config as QuantizeConfig
 from youri.quant.quantize import run as quantize
+from youri.runtime.gptq_format import dequantize, pack
+from youri.runtime.quant_linear import prepare_kernels
 from youri.testing import save_random_llama
 from youri.train.init_base import train_tokenizer
 

@@ -20,25 +20,18 @@ from youri.config import ConfigError
 from youri.data.shards import FORMAT, token_dtype, write_shard
 from youri.io import DataError
 from youri.model import save_model
-from youri.quant import kernels
 from youri.quant.gptq import (
     LLAMA_2_7B,
-    QuantConfigError,
-    QuantLinear,
-    _pack_rows,
-    _unpack_rows,
-    dequantize,
     gptq_quantize,
     group_gptq_error,
-    kernel_summary,
-    llama_sizes,
-    pack,
-    prepare_kernels,
     quant_params,
     rtn_quantize,
     search_group_params,
-    unpack,
+    twin_sizes,
 )
+from youri.runtime import kernels
+from youri.runtime.gptq_format import QuantConfigError, _pack_rows, _unpack_rows, dequantize, pack, unpack
+from youri.runtime.quant_linear import QuantLinear, kernel_summary, prepare_kernels
 from youri.testing import char_tokenizer, random_llama
 
 JA_TEXT = (
@@ -197,10 +190,10 @@ def test_bad_bits_and_shapes_are_rejected():
 
 
 def test_size_ratio_llama2_7b():
-    sizes = llama_sizes(LLAMA_2_7B, bits=4, group_size=128)
+    sizes = twin_sizes(LLAMA_2_7B, bits=4, group_size=128)
     assert sizes["fp16_bytes"] == 2 * 6_738_415_616  # Llama-2-7b's parameter count
     assert 0.27 < sizes["ratio"] < 0.30  # Youri's published twin: 3.9 GB / 13.5 GB = 0.29
-    assert llama_sizes(LLAMA_2_7B, bits=4, group_size=32)["ratio"] > sizes["ratio"]  # more scales per weight
+    assert twin_sizes(LLAMA_2_7B, bits=4, group_size=32)["ratio"] > sizes["ratio"]  # more scales per weight
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -253,8 +246,9 @@ def twin(parent) -> Path:
 def test_hessians_equal_plain_x_xt_of_each_linear_input(parent, true_sequential):
     """Shared Hessians (q/k/v, gate/up) and early-stopped batches give exactly 2/n Σ x xᵀ per linear,
     also when all seven linears are collected in one pass (inputs of different linears never alias)."""
+    from youri.families import LLAMA_SEQUENTIAL as SEQUENTIAL_GROUPS
     from youri.model import load_model
-    from youri.quant.quantize import SEQUENTIAL_GROUPS, _collect_hessians, _first_layer_inputs
+    from youri.quant.quantize import _collect_hessians, _first_layer_inputs
 
     model = load_model(parent, dtype=torch.float32)
     inputs, kwargs = _first_layer_inputs(model, torch.randint(3, 256, (6, 32)), torch.device("cpu"), 4)

@@ -1,4 +1,4 @@
-"""The int4 kernels GPTQ layers run (``youri.quant.kernels``): youri's AVX2 kernel and PyTorch's, each against
+"""The int4 kernels GPTQ layers run (``youri.runtime.kernels``): youri's AVX2 kernel and PyTorch's, each against
 the exact dequantising path, which kernel a layer takes, and the fallbacks when one is missing."""
 
 from __future__ import annotations
@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from youri.quant import kernels
-from youri.quant.gptq import KERNEL_MAX_ROWS, QuantLinear, dequantize, kernel_summary, pack, rtn_quantize
+from youri.quant.gptq import rtn_quantize
+from youri.runtime import kernels
+from youri.runtime.gptq_format import dequantize, pack
+from youri.runtime.quant_linear import KERNEL_MAX_ROWS, QuantLinear, kernel_summary
 
 CPU_KERNELS = {
     "int4-avx2": 2e-4,  # youri's: activations rounded to int16 per group (step = group max / 32767)

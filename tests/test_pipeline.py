@@ -11,9 +11,9 @@ import yaml
 from conftest import SHARED_DATA
 
 from youri.config import ConfigError, build_config
-from youri.quant import kernels
 from youri.run.pipeline import Config, plan, run
 from youri.run.report import GEN_ENGINE
+from youri.runtime import kernels
 from youri.stage import is_complete, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]

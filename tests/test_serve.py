@@ -434,7 +434,8 @@ def test_gptq_folder_serves_like_its_loader_generates(tmp_path, llama2_tokenizer
 
     from youri.model import load_tokenizer
     from youri.prompts import install_chat_template
-    from youri.quant.gptq import pack, rtn_quantize
+    from youri.quant.gptq import rtn_quantize
+    from youri.runtime.gptq_format import pack
     from youri.serve.server import Config, running
 
     # Quantized linears take multiples of the group size (64 here): hidden 128.
@@ -463,7 +464,7 @@ def test_gptq_folder_serves_like_its_loader_generates(tmp_path, llama2_tokenizer
     install_chat_template(tokenizer, "chat")
     tokenizer.save_pretrained(str(out), save_jinja_files=False)
 
-    from youri.quant.gptq import QuantLinear
+    from youri.runtime.quant_linear import QuantLinear
     from youri.serve.inference import load_for_inference
 
     loaded = load_for_inference(str(out), device="cpu")

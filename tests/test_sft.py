@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import shared_path
 
-from youri.data.sft_data import DatasetConfig, Row, RowBatches, build_mixture, collate, encode_all, pack, read_dataset
+from youri.data.sft_data import DatasetConfig, build_mixture, encode_all, read_dataset
 from youri.io import DataError, SkipCounter
 from youri.prompts import SETTING, SYSTEM, USER, Instruction, chat_prompt, messages_to_turns
 from youri.testing import random_llama
+from youri.train.batches import Row, RowBatches, collate, pack_examples
 from youri.train.losses import token_loss_sum
 
 
@@ -170,7 +171,7 @@ def test_packed_loss_equals_unpacked(tok, attn):
     from youri.prompts import encode_training
 
     encoded = [encode_training(e, tok) for e in examples]
-    rows = pack(encoded, 512, packing=True)
+    rows = pack_examples(encoded, 512, packing=True)
     assert len(rows) == 1 and rows[0].position_ids.count(0) == 3
     batch = collate(
         rows + [Row(encoded[0].input_ids, encoded[0].labels, list(range(len(encoded[0].input_ids))))], tok.eos_token_id
@@ -208,7 +209,7 @@ def test_batch1_accum8_equals_batch8_accum1(tok, tmp_path):
         tmp_path / "c.jsonl", [{"messages": c["messages"][1 : 3 + 2 * (i % 2)]} for i, c in enumerate(CHATS)]
     )
     encoded, _ = encode_all(read_dataset(DatasetConfig(str(path), shape="messages"), "chat"), tok, 96)
-    rows = pack(encoded, 96, packing=True)
+    rows = pack_examples(encoded, 96, packing=True)
     assert len(rows) >= 8 and any(r.position_ids.count(0) > 1 for r in rows)  # packed rows, uneven masks
     curves, weights = [], []
     for micro, accum in ((1, 8), (8, 1)):

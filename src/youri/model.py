@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from youri.config import ConfigError
 from youri.io import read_json, resolve_path
-from youri.quant.gptq import gptq_settings, kernel_summary, load_gptq_model
+from youri.runtime.gptq_format import gptq_settings
+from youri.runtime.quant_linear import kernel_summary, load_gptq_model
 
 
 def load_tokenizer(path: str | os.PathLike):

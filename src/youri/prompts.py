@@ -73,7 +73,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence, Union
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a position that is not supervised (Hugging Face's and PyTorch's convention)
 
 SETTING, USER, SYSTEM = "設定", "ユーザー", "システム"
 SPEAKERS = (SETTING, USER, SYSTEM)

@@ -1,8 +1,7 @@
 """Quantization: the GPTQ 4-bit twins and the GGUF files for llama.cpp.
 
-- ``gptq``        — GPTQ math, the GPTQ v1 tensor format and the packed runtime that loads it.
-- ``kernels``     — int4 weight-only matmuls the packed runtime converts GPTQ layers for: youri's AVX2 kernel
-  (``int4_avx2.c``, built on first use) and PyTorch's (CPU, CUDA).
+- ``gptq``        — GPTQ math: the quantizer, the scale search, round-to-nearest, twin sizes (the tensor format,
+  ``QuantLinear`` and the int4 kernels are ``youri.runtime``, below ``youri.model``).
 - ``quantize``    — the ``youri quantize`` stage: calibrate on the model's own data, quantize layer by layer.
 - ``gguf_writer`` — a Llama model as a GGUF file (metadata, SentencePiece vocab, tensors) via the ``gguf`` package.
 - ``llamacpp``    — llama.cpp itself (node-llama-cpp's prebuilt binaries) tokenising and scoring GGUF files.

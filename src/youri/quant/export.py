@@ -34,8 +34,8 @@ from youri.model import load_model, load_tokenizer
 from youri.prompts import INPUT_HEADER, INSTRUCTION_HEADER, INSTRUCTION_INTRO, RESPONSE_HEADER, SETTING, SYSTEM, USER
 from youri.prompts import chat_template as youri_chat_template
 from youri.quant.gguf_writer import GGUF_TYPES, TensorSource, WriteReport, llama_hparams, write_gguf
-from youri.quant.gptq import dequantize, gptq_settings
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing, runtime_name
+from youri.runtime.gptq_format import dequantize, gptq_settings
 from youri.stage import StageWriter, read_manifest
 
 FORMATS = ("gguf",)

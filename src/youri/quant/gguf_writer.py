@@ -43,7 +43,8 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from youri.quant.gptq import unpack
+from youri.families import family_of
+from youri.runtime.gptq_format import unpack
 
 Q = gguf.GGMLQuantizationType
 
@@ -92,11 +93,9 @@ class TensorSource:
 
 def llama_hparams(config: dict, where: str = "config.json") -> dict:
     """The ``config.json`` fields a llama.cpp Llama needs, checked; an error names what cannot be exported."""
-    if config.get("model_type") != "llama":
-        raise GGUFExportError(
-            f"{where}: model_type {config.get('model_type')!r} is not supported; GGUF export "
-            "handles the Llama family (model_type llama)"
-        )
+    family = family_of(config, where)
+    if family.model_type != "llama":
+        raise GGUFExportError(f"{where}: GGUF export of {family.name} models is not implemented yet (Llama only)")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", None):
@@ -263,7 +262,8 @@ def gptq_blocks(
 ) -> np.ndarray:
     """A symmetric, in-order GPTQ v1 layer as ``qtype`` blocks, uint8 [N, K/32 * bytes per block]: each group's
     fp16 scale is the ``d`` of its blocks and each code minus the zero point its signed ``q``, so the block
-    decodes to exactly ``youri.quant.gptq.dequantize`` of the layer (checked with ``gguf.quants.dequantize``)."""
+    decodes to exactly ``youri.runtime.gptq_format.dequantize`` of the layer (checked with
+    ``gguf.quants.dequantize``)."""
     in_features = parts["g_idx"].shape[0]
     codes, _ = unpacked or unpack(parts["qweight"], parts["qzeros"], bits, in_features)
     signed = codes - 2 ** (bits - 1)  # c - zero, in [-2^(b-1), 2^(b-1)): inside the type's wider grid

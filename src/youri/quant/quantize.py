@@ -37,33 +37,15 @@ from safetensors.torch import save_file
 from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from youri.data.rows import chunk, data_folder, heldout_source, token_rows
 from youri.data.sft_data import DatasetConfig, read_dataset
+from youri.families import decoder_layers, family_of, linear_shapes
 from youri.io import DataError, read_json, resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.prompts import encode_training
-from youri.quant.gptq import (
-    QuantConfigError,
-    QuantLinear,
-    check_shape,
-    dequantize,
-    gptq_quantize,
-    llama_linear_shapes,
-    llama_sizes,
-    pack,
-    rtn_quantize,
-    swap_linears,
-)
+from youri.quant.gptq import gptq_quantize, rtn_quantize, twin_sizes
+from youri.runtime.gptq_format import QuantConfigError, check_shape, dequantize, pack
+from youri.runtime.quant_linear import QuantLinear, swap_linears
 from youri.stage import StageWriter, check_stage_output, read_manifest
 from youri.train.losses import token_loss_sum
-
-SUPPORTED_MODEL_TYPES = ("llama",)
-# True-sequential order inside a decoder layer: each group is quantized after the ones before it,
-# so its Hessian sees the already-quantized outputs (the AutoGPTQ/GPTQModel order for Llama).
-SEQUENTIAL_GROUPS = (
-    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    ("self_attn.o_proj",),
-    ("mlp.gate_proj", "mlp.up_proj"),
-    ("mlp.down_proj",),
-)
 
 
 @dataclass
@@ -169,14 +151,10 @@ def _validate(cfg: Config):
             f"{parent}/config.json: the model is already quantized (quant_method {method!r}); "
             "quantize the full-precision parent instead"
         )
-    if hf_config.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise ConfigError(
-            f"{parent}/config.json: model_type {hf_config.get('model_type')!r} is not supported; "
-            f"youri quantize handles the Llama family ({', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+    family_of(hf_config, f"{parent}/config.json")
     if cfg.num_samples <= 0 or cfg.seq_len <= 0:
         raise ConfigError("quantize: num_samples and seq_len must be positive")
-    for name, (k, n) in llama_linear_shapes(hf_config).items():
+    for name, (k, n) in linear_shapes(hf_config).items():
         try:
             check_shape(k, n, cfg.bits, cfg.group_size, name)
         except QuantConfigError as err:
@@ -247,10 +225,11 @@ def _rows_fingerprint(rows: torch.Tensor) -> str:
 def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str, dict[str, torch.Tensor]]:
     """GPTQ every projection of every decoder layer in place (weights become the dequantized values);
     return the packed v1 tensors by module name. One layer at a time lives on ``device``."""
-    layers = model.model.layers
+    layers = decoder_layers(model)
     inputs, kwargs = _first_layer_inputs(model, calib, device, cfg.batch_size)
     packed: dict[str, dict[str, torch.Tensor]] = {}
-    groups = SEQUENTIAL_GROUPS if cfg.true_sequential else (sum(SEQUENTIAL_GROUPS, ()),)
+    family = family_of(model.config)
+    groups = family.sequential if cfg.true_sequential else (family.projections,)
     for index, layer in enumerate(layers):
         layer.to(device)
         for group in groups:
@@ -466,7 +445,7 @@ def _save(folder: Path, parent: Path, model, packed, cfg: Config, tokenizer) -> 
 
 def _sizes(folder: Path, hf_config: dict, cfg: Config) -> dict:
     """Bytes on disk of the twin against the same model in fp16 (parameter count × 2)."""
-    expected = llama_sizes(hf_config, cfg.bits, cfg.group_size)
+    expected = twin_sizes(hf_config, cfg.bits, cfg.group_size)
     quant_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     return {
         "parent_fp16_bytes": expected["fp16_bytes"],
@@ -512,8 +491,8 @@ def _quality(parent: Path, folder: Path, tokenizer, cfg: Config, device=torch.de
 def rtn_model(model, cfg: Config):
     """A copy of ``model`` whose decoder projections hold round-to-nearest weights (same bits/group)."""
     twin = copy.deepcopy(model)
-    for layer in twin.model.layers:
-        for name in sum(SEQUENTIAL_GROUPS, ()):
+    for layer in decoder_layers(twin):
+        for name in family_of(twin.config).projections:
             linear = layer.get_submodule(name)
             tensors = pack(
                 *rtn_quantize(linear.weight.data, bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym), cfg.bits

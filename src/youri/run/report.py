@@ -34,9 +34,9 @@ from youri.eval.averages import JP8_NAME
 from youri.eval.tasks import TASKS
 from youri.io import atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
-from youri.quant.gptq import kernel_summary
 from youri.run.figures import FigureSpec, loss_spec, scores_spec, write_figures
 from youri.run.layout import PRECISIONS, REPORT, TRAINING_STAGES, VARIANTS, eval_folder, model_folder
+from youri.runtime.quant_linear import kernel_summary
 from youri.serve.engine import Engine, SamplingParams, generate
 from youri.stage import StageExistsError, fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum

@@ -16,7 +16,7 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
     q, k, v and copies of q and k with their output rows permuted as ``rotate_half`` permutes them, so
     rotary is ``qk * cos + rotated * sin`` with no slicing; gate and up stacked; o, down and the LM head
     alone. Small bias-free GPTQ ``QuantLinear`` layers on youri's ``int4-avx2`` kernel are stacked the
-    same way into one kernel call (``youri.quant.kernels.stack_rows``: the same codes; a rotated row's
+    same way into one kernel call (``youri.runtime.kernels.stack_rows``: the same codes; a rotated row's
     sign goes into its scale). The plan is rebuilt when a parameter was changed or replaced, a hook was
     added or removed, or a GPTQ layer's kernel was re-prepared (checked at each prefill).
   - Anything else -- another GPTQ layer, a hooked or wrapped module, a large layer -- is called as the
@@ -45,10 +45,9 @@ from transformers import DynamicCache
 from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, rotate_half
 
-from youri.quant import kernels
-from youri.quant.gptq import QuantLinear
-
-LEAN_MODEL_TYPES = ("llama",)
+from youri.families import lean_family
+from youri.runtime import kernels
+from youri.runtime.quant_linear import QuantLinear
 
 
 def make_batch(model, max_context: int):
@@ -86,7 +85,7 @@ class StaticLlama:
         config = getattr(model, "config", None)
         rope = getattr(config, "rope_parameters", None) or {}
         return (
-            getattr(config, "model_type", None) in LEAN_MODEL_TYPES
+            lean_family(config) is not None
             and hasattr(model, "model")
             and hasattr(model.model, "rotary_emb")
             and rope.get("rope_type", "default") != "dynamic"

@@ -1,18 +1,19 @@
-"""Training batches from ``youri data`` token shards: the shuffled train stream and held-out rows.
-
-Shared by ``youri pretrain`` and ``youri init`` (both train on packed rows of the same format).
+"""Training batches: packed ``youri data`` token shards (``youri pretrain``, ``youri init``) and rendered
+SFT examples (``youri sft``), each as a shuffled train stream and held-out rows for the shared loop.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from youri.io import DataError
+from youri.prompts import IGNORE_INDEX, Encoded
 
 
 @dataclass
@@ -82,3 +83,96 @@ def check_tokenizer(data: Path, index: dict, model_config, tokenizer) -> None:
             + "; ".join(problems)
             + " -- rerun 'youri data' with --tokenizer set to the model folder"
         )
+
+
+# ----------------------------------------------------------------------------- SFT rows
+
+
+@dataclass
+class Row:
+    """One training row: one or several examples, ``position_ids`` restarting at each example start."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+
+
+def pack_examples(examples: list[Encoded], seq_len: int, *, packing: bool) -> list[Row]:
+    """Rows of at most ``seq_len`` tokens, examples kept in order (next-fit); one per row without packing."""
+    rows: list[Row] = []
+    current = Row([], [], [])
+    for enc in examples:
+        # The last token of one example must never be trained to predict the next example's first.
+        assert enc.labels[0] == IGNORE_INDEX, "an example starts with a prompt token"
+        if current.input_ids and (not packing or len(current.input_ids) + len(enc.input_ids) > seq_len):
+            rows.append(current)
+            current = Row([], [], [])
+        current.input_ids += enc.input_ids
+        current.labels += enc.labels
+        current.position_ids += list(range(len(enc.input_ids)))
+    if current.input_ids:
+        rows.append(current)
+    return rows
+
+
+def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row. Padding continues the last example's positions (so a batch with
+    no packed row keeps the plain causal mask) and is never supervised; causal attention keeps real
+    tokens from seeing it, so no ``attention_mask`` is needed (and none may be given, see above)."""
+    width = max(len(r.input_ids) for r in rows)
+    ids, labels, positions = [], [], []
+    for r in rows:
+        pad = width - len(r.input_ids)
+        ids.append(r.input_ids + [pad_id] * pad)
+        labels.append(r.labels + [IGNORE_INDEX] * pad)
+        last = r.position_ids[-1]
+        positions.append(r.position_ids + list(range(last + 1, last + 1 + pad)))
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
+
+
+@dataclass
+class RowBatches:
+    """``BatchSource`` over SFT rows: a seeded permutation per epoch (as ``youri.train.batches.ShardBatches``),
+    ``micro_batch_size x grad_accum`` rows per rank and step, rank ``r`` taking its contiguous slice."""
+
+    rows: list[Row]
+    micro_batch_size: int
+    grad_accum: int
+    pad_id: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.rows:
+            raise DataError("no training rows: every example was held out or dropped")
+        self._perm: tuple[int, list[int]] | None = None
+
+    def _row(self, k: int) -> Row:
+        epoch, i = divmod(k, len(self.rows))
+        if self._perm is None or self._perm[0] != epoch:
+            order = list(range(len(self.rows)))
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            self._perm = (epoch, order)
+        return self.rows[self._perm[1][i]]
+
+    def micro_batches(self, step: int, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
+        per_rank = self.micro_batch_size * self.grad_accum
+        first = (step * world + rank) * per_rank
+        rows = [self._row(k) for k in range(first, first + per_rank)]
+        return [
+            collate(rows[i : i + self.micro_batch_size], self.pad_id) for i in range(0, per_rank, self.micro_batch_size)
+        ]
+
+
+@dataclass
+class HeldOutRows:
+    """``EvalFn``: every held-out row, spread over ranks (the same number of micro-batches on each)."""
+
+    rows: list[Row]
+    micro_batch_size: int
+    pad_id: int
+
+    def __call__(self, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(self.rows) // world * world  # equal counts: FSDP ranks must run the same forwards
+        mine = list(range(rank, n, world))
+        for i in range(0, len(mine), self.micro_batch_size):
+            yield collate([self.rows[j] for j in mine[i : i + self.micro_batch_size]], self.pad_id)

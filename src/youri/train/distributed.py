@@ -18,6 +18,8 @@ import torch
 import torch.distributed as torch_dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from youri.families import decoder_layers
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -69,14 +71,6 @@ def close_distributed(dist: Dist) -> None:
     if dist.enabled and torch_dist.is_initialized():
         torch_dist.barrier()
         torch_dist.destroy_process_group()
-
-
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The transformer blocks of a HF causal LM (``model.model.layers`` for the Llama family)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__}: no model.layers; youri trains Llama-family decoder models")
-    return list(layers)
 
 
 def shard_model(model, dist: Dist, *, param_dtype: torch.dtype | None = None):

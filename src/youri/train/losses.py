@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from youri.prompts import IGNORE_INDEX
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:

@@ -28,12 +28,13 @@ from typing import Annotated, Literal
 import torch
 
 from youri.config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, Range
-from youri.data.sft_data import DatasetConfig, HeldOutRows, RowBatches, build_mixture, encode_all, pack
+from youri.data.sft_data import DatasetConfig, build_mixture, encode_all
 from youri.io import SkipCounter, resolve_path
 from youri.model import load_model, load_tokenizer, resolve_export_dtype
 from youri.prompts import install_chat_template, show_mask
 from youri.stage import StageWriter, check_stage_output
 from youri.train import checkpoint
+from youri.train.batches import HeldOutRows, RowBatches, pack_examples
 from youri.train.distributed import close_distributed, init_distributed
 from youri.train.trainer import TrainConfig, train
 
@@ -109,9 +110,11 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     held_enc, held_stats = encode_all(mixture.heldout, tokenizer, cfg.seq_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = RowBatches(
-        pack(train_enc, cfg.seq_len, packing=cfg.packing), t.micro_batch_size, t.grad_accum, pad_id, t.seed
+        pack_examples(train_enc, cfg.seq_len, packing=cfg.packing), t.micro_batch_size, t.grad_accum, pad_id, t.seed
     )
-    evals = {"heldout": HeldOutRows(pack(held_enc, cfg.seq_len, packing=cfg.packing), t.micro_batch_size, pad_id)}
+    evals = {
+        "heldout": HeldOutRows(pack_examples(held_enc, cfg.seq_len, packing=cfg.packing), t.micro_batch_size, pad_id)
+    }
 
     dist = init_distributed()
     if cfg.lora.enabled and dist.enabled:

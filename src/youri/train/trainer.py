@@ -44,9 +44,10 @@ import torch
 from tqdm.auto import tqdm
 
 from youri.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
+from youri.families import decoder_layers
 from youri.io import DataError
 from youri.train import checkpoint
-from youri.train.distributed import Dist, decoder_layers, set_gradient_sync, shard_model
+from youri.train.distributed import Dist, set_gradient_sync, shard_model
 from youri.train.estimate import flops_per_token, peak_flops
 from youri.train.losses import supervised_tokens, token_loss_sum
 

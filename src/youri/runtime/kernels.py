@@ -1,4 +1,4 @@
-"""The int4 weight-only matmuls for GPTQ layers (``youri.quant.gptq.QuantLinear``): youri's AVX2 kernel and
+"""The int4 weight-only matmuls for GPTQ layers (``youri.runtime.quant_linear.QuantLinear``): youri's AVX2 kernel and
 the ones PyTorch ships.
 
 * ``int4-avx2`` (x86 CPUs with AVX2, preferred there): ``int4_avx2.c`` beside this module, compiled once per

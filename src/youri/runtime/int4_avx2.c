@@ -1,4 +1,4 @@
-/* youri's int4 x fp32 matmul for GPTQ layers on x86 CPUs with AVX2 (loaded by youri.quant.kernels).
+/* youri's int4 x fp32 matmul for GPTQ layers on x86 CPUs with AVX2 (loaded by youri.runtime.kernels).
  *
  * y[m, n] = sum_k W[n, k] x[m, k] with W[n, k] = scale[n, g] * (q[n, k] - zero[n, g]), g = k / group.
  *
