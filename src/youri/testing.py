@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from youri.model import load_tokenizer, save_model
 from youri.prompts import install_chat_template
@@ -33,6 +33,17 @@ TINY_SHAPE: dict[str, Any] = {
 }
 """The default shape: the smallest Llama that still has GQA, two layers and Llama 2's special ids."""
 
+FAMILY_SHAPES: dict[str, dict[str, Any]] = {
+    "llama": {},
+    "mistral": {"sliding_window": None},
+    "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "gemma2": {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8},
+    "gemma3_text": {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8},
+}
+"""Per ``youri.families`` row, what its tiny model adds to ``TINY_SHAPE`` (Gemma: short windows, so that the
+sliding layers differ from the global ones within a test's few dozen tokens)."""
+
 
 def random_llama(vocab_size: int = 32000, *, seed: int = 0, fast_init: bool = False, **shape: Any) -> LlamaForCausalLM:
     """A randomly initialised fp32 ``LlamaForCausalLM``; ``shape`` overrides ``TINY_SHAPE`` (LlamaConfig fields).
@@ -48,6 +59,23 @@ def random_llama(vocab_size: int = 32000, *, seed: int = 0, fast_init: bool = Fa
         model = LlamaForCausalLM(config).float()
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.eos_token_id
+    return model
+
+
+def random_family_model(model_type: str, tokenizer: Any, *, seed: int = 0, **shape: Any):
+    """A tiny random fp32 model of a ``youri.families`` family, built with transformers' own config and model
+    classes, its embedding rows = ``len(tokenizer)`` and its special ids the tokenizer's (Qwen has no BOS)."""
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    }
+    fields = {**TINY_SHAPE, **FAMILY_SHAPES[model_type], **ids, "vocab_size": len(tokenizer), **shape}
+    config = AutoConfig.for_model(model_type, **fields)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).float()
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = ids["pad_token_id"]
     return model
 
 
