@@ -138,12 +138,13 @@ def test_gptq_and_hooked_layers_are_called_as_modules():
         torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)
 
 
-def test_small_gptq_layers_on_the_avx2_kernel_are_stacked_exactly(monkeypatch):
-    """A tiny GPTQ twin on youri's int4-avx2 kernel: q/k/v (+ their rotate_half rows, signs in the scales) and
-    gate/up become one kernel call each, with the per-module logits; a kernel switched after the batch was
-    built is followed at the next prefill."""
-    if "int4-avx2" not in kernels.available_kernels(torch.device("cpu")):
-        pytest.skip(f"int4-avx2 is not available here: {kernels.avx2_library()[1]}")
+def test_small_gptq_layers_on_youris_kernel_are_stacked_exactly(monkeypatch):
+    """A tiny GPTQ twin on youri's int4 kernel (AVX2 or AVX-512): q/k/v (+ their rotate_half rows, signs in the
+    scales) and gate/up become one kernel call each, with the per-module logits; a kernel switched after the batch
+    was built is followed at the next prefill."""
+    kernel = kernels.kernel_for(torch.device("cpu"))
+    if kernel not in kernels.ROW_KERNELS:
+        pytest.skip(f"youri's int4 kernels are not available here: {kernels.avx2_library()[1]}")
     monkeypatch.delenv(kernels.KERNEL_ENV, raising=False)
     model = random_llama(300, seed=4, hidden_size=128, num_attention_heads=4, num_key_value_heads=2).eval()
     for layer in model.model.layers:
@@ -151,7 +152,7 @@ def test_small_gptq_layers_on_the_avx2_kernel_are_stacked_exactly(monkeypatch):
             for name, child in list(parent.named_children()):
                 if isinstance(child, torch.nn.Linear):
                     setattr(parent, name, _quantized(child))
-    assert prepare_kernels(model) == {"int4-avx2": 14}
+    assert prepare_kernels(model) == {kernel: 14}
     prompts = [[4, 5, 6, 7, 8], [9, 10]]
     stacked = StaticLlama(model, 64)
     assert stacked.fused == [("qkv", "gate_up")] * 2
@@ -212,3 +213,24 @@ def test_biased_projections_are_stacked_with_their_biases():
     logits = _left_padded_run(batch, prompts, 2)
     for row, prompt in enumerate(prompts):
         torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)
+
+
+def test_an_lm_head_of_exact_fp16_values_runs_on_the_fp16_matmul():
+    """A GPTQ twin's LM head (fp16 on disk, fp32 in memory) is read through its fp16 copy: Hugging Face's logits
+    (fp32 products, another summation order); a head changed in place to a value fp16 cannot hold goes back to
+    the float path at the next prefill."""
+    if kernels.avx2_library()[0] is None:
+        pytest.skip(f"youri's kernel library is unavailable: {kernels.avx2_library()[1]}")
+    model = random_llama(300, seed=6, hidden_size=64, num_attention_heads=4, num_key_value_heads=2).eval()
+    with torch.no_grad():
+        model.lm_head.weight.copy_(model.lm_head.weight.half().float())
+    batch, prompts = StaticLlama(model, 64), [[4, 5, 6, 7, 8], [9, 10]]
+    logits = _left_padded_run(batch, prompts, 2)
+    assert batch._lm_head.func is kernels.half_matmul
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(logits[-1][row], _reference(model, prompt + [7, 8]), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1e-5
+    logits = _left_padded_run(batch, prompts, 1)
+    assert getattr(batch._lm_head, "func", None) is not kernels.half_matmul
+    torch.testing.assert_close(logits[-1][0], _reference(model, prompts[0] + [7]), rtol=1e-4, atol=1e-4)

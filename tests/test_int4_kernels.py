@@ -8,10 +8,11 @@ import torch
 
 from youri.quant.gptq import rtn_quantize
 from youri.runtime import kernels
-from youri.runtime.gptq_format import dequantize, pack
+from youri.runtime.gptq_format import dequantize, pack, unpack
 from youri.runtime.quant_linear import KERNEL_MAX_ROWS, QuantLinear, kernel_summary
 
 CPU_KERNELS = {
+    "int4-avx512": 2e-4,  # youri's VNNI variant: the same int16 activations and int32 group sums
     "int4-avx2": 2e-4,  # youri's: activations rounded to int16 per group (step = group max / 32767)
     "int4-cpu": 0.01,  # PyTorch's: activations and scales enter as bf16 (8 mantissa bits)
 }
@@ -21,7 +22,8 @@ CPU_KERNELS = {
 def _pin_kernel(monkeypatch, kernel: str) -> None:
     monkeypatch.setenv(kernels.KERNEL_ENV, kernel)
     if kernel not in kernels.available_kernels(torch.device("cpu")):
-        why = kernels.avx2_library()[1] if kernel == "int4-avx2" else "no aten._weight_int4pack_mm_for_cpu"
+        why = kernels.avx2_library()[1] if kernel in kernels.ROW_KERNELS else "no aten._weight_int4pack_mm_for_cpu"
+        why = why or "the CPU lacks avx512bw/avx512_vnni"
         pytest.skip(f"{kernel} is not available on this machine: {why}")
 
 
@@ -62,10 +64,11 @@ def test_int4_kernel_equals_dequantized_path_within_its_rounding(monkeypatch, ke
     torch.testing.assert_close(layer(inputs[-1]), references[-1], rtol=1e-6, atol=1e-6)
 
 
-def test_avx2_kernel_is_the_exact_product_with_int16_rounded_activations(monkeypatch):
-    """What the AVX2 kernel computes, exactly: the dequantised weight times activations rounded to int16 per
-    group; a NaN activation gives NaN (as the float path would), never a finite wrong number."""
-    _pin_kernel(monkeypatch, "int4-avx2")
+@pytest.mark.parametrize("kernel", kernels.ROW_KERNELS)
+def test_youris_kernels_are_the_exact_product_with_int16_rounded_activations(monkeypatch, kernel):
+    """What youri's AVX2 and AVX-512 kernels compute, exactly: the dequantised weight times activations rounded
+    to int16 per group; a NaN activation gives NaN (as the float path would), never a finite wrong number."""
+    _pin_kernel(monkeypatch, kernel)
     torch.manual_seed(3)
     layer = QuantLinear(512, 64, bits=4, group_size=128)
     layer.load_state_dict(pack(*rtn_quantize(torch.randn(64, 512), bits=4, group_size=128, sym=False), bits=4))
@@ -136,8 +139,8 @@ def test_a_layer_takes_the_first_kernel_that_fits_its_shape(monkeypatch):
     """group 32: youri's AVX2 kernel cannot take it, PyTorch's can -- the layer falls to the next kernel, not
     to dequantising; a pinned kernel that does not exist dequantises and says so."""
     available = kernels.available_kernels(torch.device("cpu"))
-    if available[:2] != ["int4-avx2", "int4-cpu"]:
-        pytest.skip(f"needs both CPU kernels, this machine has {available}")
+    if "int4-avx2" not in available or "int4-cpu" not in available:
+        pytest.skip(f"needs youri's and PyTorch's CPU kernels, this machine has {available}")
     layer = QuantLinear(256, 64, bits=4, group_size=32)
     layer.load_state_dict(pack(*rtn_quantize(torch.randn(64, 256), bits=4, group_size=32), bits=4))
     assert layer.prepare_kernel() == "int4-cpu" and layer.kernel_note == ""
@@ -145,10 +148,11 @@ def test_a_layer_takes_the_first_kernel_that_fits_its_shape(monkeypatch):
     assert layer.prepare_kernel() == "dequant" and "YOURI_INT4_KERNEL=int4-nonsense" in layer.kernel_note
 
 
-def test_stacked_avx2_weights_give_each_parts_rows_bit_for_bit(monkeypatch):
+@pytest.mark.parametrize("kernel", kernels.ROW_KERNELS)
+def test_stacked_row_kernel_weights_give_each_parts_rows_bit_for_bit(monkeypatch, kernel):
     """``stack_rows``: several layers (rows reordered, some negated) as one kernel call, with exactly the outputs
     the separate calls give; a PyTorch-kernel weight cannot be stacked."""
-    _pin_kernel(monkeypatch, "int4-avx2")
+    _pin_kernel(monkeypatch, kernel)
     torch.manual_seed(5)
     layers = []
     for out in (64, 32):
@@ -166,3 +170,35 @@ def test_stacked_avx2_weights_give_each_parts_rows_bit_for_bit(monkeypatch):
     if "int4-cpu" in kernels.available_kernels(torch.device("cpu")):
         layers[1].prepare_kernel()
         assert kernels.stack_rows([(a, None, None), (layers[1].kernel_weight, None, None)]) is None
+
+
+def test_the_avx512_and_avx2_kernels_agree_up_to_fp32_summation_order():
+    """Same codes, same int16 activations, exact int32 group sums: only the order of the fp32 group terms differs."""
+    available = kernels.available_kernels(torch.device("cpu"))
+    if "int4-avx512" not in available:
+        pytest.skip(f"int4-avx512 needs avx512bw + avx512_vnni; this machine has {available}")
+    torch.manual_seed(7)
+    tensors = pack(*rtn_quantize(torch.randn(80, 384), bits=4, group_size=128, sym=False), bits=4)
+    codes, zeros = unpack(tensors["qweight"], tensors["qzeros"], 4, 384)
+    x = torch.randn(6, 384)
+    wide, narrow = (kernels.convert(k, codes, zeros, tensors["scales"], 128) for k in ("int4-avx512", "int4-avx2"))
+    assert not torch.equal(wide.packed, narrow.packed)  # each kernel has its own nibble order
+    torch.testing.assert_close(kernels.matmul(x, wide), kernels.matmul(x, narrow), rtol=1e-5, atol=1e-5)
+
+
+def test_the_fp16_matmul_reads_exact_fp16_weights_only():
+    """``half_weight``: an fp32 weight whose values are all fp16 gets an fp16 copy whose matmul has the fp32
+    products of the same values (fp32 sums); one value that is not fp16 keeps the weight on the float path."""
+    if kernels.avx2_library()[0] is None:
+        pytest.skip(f"youri's kernel library is unavailable: {kernels.avx2_library()[1]}")
+    torch.manual_seed(8)
+    weight = torch.randn(300, 136).half().float()  # 136: a tail that is not a multiple of 32
+    half = kernels.half_weight(weight)
+    assert half is not None and half.half.dtype == torch.float16 and half.half.data_ptr() != weight.data_ptr()
+    x = torch.randn(3, 136)
+    out = kernels.half_matmul(x, half)
+    expected = x.double() @ weight.double().T
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert kernels.half_matmul(x[0], half).shape == (300,) and kernels.half_matmul(x[None], half).shape == (1, 3, 300)
+    weight[5, 7] += 1e-4  # no longer an fp16 value
+    assert kernels.half_weight(weight) is None and kernels.half_weight(weight.double()) is None

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from youri.config import ConfigError
+
 LLAMA_SEQUENTIAL = (
     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     ("self_attn.o_proj",),
@@ -38,8 +40,8 @@ LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
 GEMMA_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
 
 
-class UnsupportedModelError(ValueError):
-    """A checkpoint whose architecture youri does not handle."""
+class UnsupportedModelError(ConfigError):
+    """A checkpoint whose architecture youri does not handle (a configuration error: one line, exit status 2)."""
 
 
 @dataclass(frozen=True)

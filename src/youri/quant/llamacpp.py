@@ -66,25 +66,46 @@ def run_llama_cpp(
     model: Path, *, texts: list[str] = (), rows: list[list[int]] = (), threads: int = 2, timeout: int = 600
 ) -> Scored:
     """Tokenise ``texts`` and score ``rows`` (token ids) with llama.cpp on the GGUF file ``model``."""
+    answer, tmp_files = _call_worker(
+        model, {"texts": list(texts), "rows": [list(map(int, r)) for r in rows]}, threads, timeout
+    )
+    vocab = answer["vocab"]
+    logprobs = []
+    for i, row in enumerate(rows):
+        probs = np.frombuffer(tmp_files[f"row{i}.f32"], dtype=np.float32).reshape(len(row), vocab)
+        logprobs.append(np.log(np.maximum(probs, 1e-30)))  # llama.cpp's softmax; 0 only far below fp32 eps
+    return Scored(vocab, answer.get("bos"), answer.get("eos"), answer["tokens"], logprobs)
+
+
+def bench_llama_cpp(
+    model: Path, prompt: list[int], new_tokens: int, *, threads: int, repeats: int = 1, timeout: int = 600
+) -> dict:
+    """Greedy generation of ``new_tokens`` after ``prompt`` (ids) by llama.cpp, the best of ``repeats`` runs:
+    ``prefill_s`` (until the first new token), ``gen_s`` (the other new tokens, wall clock) and the ``tokens``."""
+    request = {
+        "texts": [],
+        "rows": [],
+        "bench": {"prompt": list(map(int, prompt)), "new_tokens": new_tokens, "repeats": repeats},
+    }
+    runs = _call_worker(model, request, threads, timeout)[0]["bench"]
+    return {
+        "prefill_s": min(r["prefill_s"] for r in runs),
+        "gen_s": min(r["gen_s"] for r in runs),
+        "tokens": runs[-1]["tokens"],
+    }
+
+
+def _call_worker(model: Path, request: dict, threads: int, timeout: int) -> tuple[dict, dict[str, bytes]]:
+    """Run the node worker on one request; its JSON answer and the files it wrote (name -> bytes)."""
     missing = runtime_missing()
     if missing:
         raise LlamaCppError(missing)
     with tempfile.TemporaryDirectory(prefix="youri-llamacpp-") as tmp:
-        request = Path(tmp) / "request.json"
-        request.write_text(
-            json.dumps(
-                {
-                    "model": str(Path(model).resolve()),
-                    "texts": list(texts),
-                    "rows": [list(map(int, r)) for r in rows],
-                    "threads": threads,
-                },
-                ensure_ascii=False,
-            ),
-            encoding="utf-8",
-        )
+        request_file = Path(tmp) / "request.json"
+        payload = {"model": str(Path(model).resolve()), **request, "threads": threads}
+        request_file.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
         done = subprocess.run(
-            ["node", str(WORKER), str(runtime_dir()), str(request), tmp],
+            ["node", str(WORKER), str(runtime_dir()), str(request_file), tmp],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -94,12 +115,8 @@ def run_llama_cpp(
             last = next((line for line in lines if line.startswith("Error")), lines[-1])
             raise LlamaCppError(f"llama.cpp failed on {model}: {last}")
         answer = json.loads(done.stdout.strip().splitlines()[-1])
-        vocab = answer["vocab"]
-        logprobs = []
-        for i, row in enumerate(rows):
-            probs = np.fromfile(Path(tmp) / f"row{i}.f32", dtype=np.float32).reshape(len(row), vocab)
-            logprobs.append(np.log(np.maximum(probs, 1e-30)))  # llama.cpp's softmax; 0 only far below fp32 eps
-    return Scored(vocab, answer.get("bos"), answer.get("eos"), answer["tokens"], logprobs)
+        files = {f.name: f.read_bytes() for f in Path(tmp).glob("row*.f32")}
+    return answer, files
 
 
 def next_token_agreement(reference: list[np.ndarray], candidate: list[np.ndarray], rows: list[list[int]]) -> dict:

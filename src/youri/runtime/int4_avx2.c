@@ -1,4 +1,5 @@
-/* youri's int4 x fp32 matmul for GPTQ layers on x86 CPUs with AVX2 (loaded by youri.runtime.kernels).
+/* youri's int4 x fp32 matmul for GPTQ layers on x86 CPUs with AVX2 (loaded by youri.runtime.kernels), and its
+ * fp16 x fp32 one (youri_f16_matmul, at the end).
  *
  * y[m, n] = sum_k W[n, k] x[m, k] with W[n, k] = scale[n, g] * (q[n, k] - zero[n, g]), g = k / group.
  *
@@ -118,6 +119,106 @@ void youri_int4_matmul(const float *x, int M, int K, const uint8_t *packed, cons
         case 1: row_tile(1, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,
                          y + (size_t)m * N + n, N); break;
         default: break;
+        }
+    }
+}
+
+/* The AVX-512 VNNI variant (youri_int4_matmul_vnni; "int4-avx512" in kernels.py, chosen at load time on CPUs with
+ * avx512bw + avx512_vnni): the same int16 activations and exact int32 group sums, but vpdpwssd multiplies and adds
+ * 32 int16 pairs per instruction (vpmaddwd + vpaddd on 16), and the codes widen with vpmovzxbw, which keeps byte
+ * order, so its weight layout is the natural one: per output row, blocks of 64 inputs in 32 bytes, byte j holding
+ * input j in its low nibble and input 32 + j in its high nibble. Same results as the AVX2 kernel up to the fp32
+ * summation order of the group terms. */
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,avx2,fma")))
+
+VNNI static inline __attribute__((always_inline)) void row_tile_vnni(const int R, const int16_t *xq, const float *dx,
+                                                                     const float *xsum, int K, int G, int B,
+                                                                     const uint8_t *wn, const float *sn,
+                                                                     const float *zn, float *y, int N) {
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    __m512 acc[TILE];
+    float correction[TILE];
+    for (int r = 0; r < R; r++) {
+        acc[r] = _mm512_setzero_ps();
+        correction[r] = 0.0f;
+    }
+    for (int g = 0; g < G; g++) {
+        __m512i low[TILE], high[TILE]; /* two chains per row: vpdpwssd's latency, not its throughput, binds */
+        for (int r = 0; r < R; r++) low[r] = high[r] = _mm512_setzero_si512();
+        for (int b = 0; b < B; b++) {
+            size_t k0 = ((size_t)g * B + b) * 64;
+            __m256i v = _mm256_loadu_si256((const __m256i *)(wn + k0 / 2));
+            __m512i w0 = _mm512_cvtepu8_epi16(_mm256_and_si256(v, nibble));
+            __m512i w1 = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
+            for (int r = 0; r < R; r++) {
+                const int16_t *xp = xq + (size_t)r * K + k0;
+                low[r] = _mm512_dpwssd_epi32(low[r], w0, _mm512_loadu_si512((const void *)xp));
+                high[r] = _mm512_dpwssd_epi32(high[r], w1, _mm512_loadu_si512((const void *)(xp + 32)));
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            __m512 factor = _mm512_set1_ps(sn[g] * dx[(size_t)r * G + g]);
+            acc[r] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(_mm512_add_epi32(low[r], high[r])), acc[r]);
+            correction[r] += zn[g] * xsum[(size_t)r * G + g];
+        }
+    }
+    for (int r = 0; r < R; r++) y[(size_t)r * N] = _mm512_reduce_add_ps(acc[r]) - correction[r];
+}
+
+/* As youri_int4_matmul, with the natural weight layout above. */
+VNNI void youri_int4_matmul_vnni(const float *x, int M, int K, const uint8_t *packed, const float *scale,
+                                 const float *szero, int N, int group, float *y, int16_t *xq, float *dx, float *xsum,
+                                 int threads) {
+    int G = K / group, B = group / 64;
+    round_activations(x, M, K, group, xq, dx, xsum);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int n = 0; n < N; n++) {
+        const uint8_t *wn = packed + (size_t)n * (K / 2);
+        const float *sn = scale + (size_t)n * G, *zn = szero + (size_t)n * G;
+        int m = 0;
+        for (; m + TILE <= M; m += TILE)
+            row_tile_vnni(TILE, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,
+                          y + (size_t)m * N + n, N);
+        switch (M - m) {
+        case 3: row_tile_vnni(3, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,
+                              y + (size_t)m * N + n, N); break;
+        case 2: row_tile_vnni(2, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,
+                              y + (size_t)m * N + n, N); break;
+        case 1: row_tile_vnni(1, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,
+                              y + (size_t)m * N + n, N); break;
+        default: break;
+        }
+    }
+}
+
+/* x [M, K] fp32, w [N, K] fp16 -> y [M, N] fp32: a linear whose weights are exactly fp16 (a GPTQ twin's LM head,
+ * any layer of an fp16 checkpoint computed in fp32) read at half the bytes of its fp32 copy. Each product is the
+ * fp32 product of the same values; only the summation order differs from a BLAS sgemv. */
+void youri_f16_matmul(const float *x, int M, int K, const uint16_t *w, int N, float *y, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int n = 0; n < N; n++) {
+        const uint16_t *wn = w + (size_t)n * K;
+        for (int m = 0; m < M; m++) {
+            const float *xm = x + (size_t)m * K;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+                   a3 = _mm256_setzero_ps();
+            int k = 0;
+            for (; k + 32 <= K; k += 32) {
+                a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k))),
+                                     _mm256_loadu_ps(xm + k), a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k + 8))),
+                                     _mm256_loadu_ps(xm + k + 8), a1);
+                a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k + 16))),
+                                     _mm256_loadu_ps(xm + k + 16), a2);
+                a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k + 24))),
+                                     _mm256_loadu_ps(xm + k + 24), a3);
+            }
+            for (; k + 8 <= K; k += 8)
+                a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k))),
+                                     _mm256_loadu_ps(xm + k), a0);
+            float sum = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            for (; k < K; k++) sum += _cvtsh_ss(wn[k]) * xm[k];
+            y[(size_t)m * N + n] = sum;
         }
     }
 }

@@ -7,6 +7,9 @@ the ones PyTorch ships.
   to int16 per group (step = the group's max / 32767) and the codes multiplied by integer multiply-adds;
   the file's header says why and how. One core: ~4x PyTorch's CPU kernel on a 2048x5632 layer
   (``benchmarks/decode_speed.py``). No compiler, a failed build or another CPU: the next kernel.
+* ``int4-avx512`` (x86 CPUs with AVX-512 BW + VNNI, preferred there): the same file's VNNI variant -- the same
+  int16 activations and exact int32 group sums, vpdpwssd taking 32 int16 pairs per instruction; its own nibble
+  order. Chosen at load time from /proc/cpuinfo's flags (never tried on a CPU without them).
 
 PyTorch's are the tinygemm kernels gpt-fast and torchao use. Their weight format: 4-bit codes ``q`` in
 ``[0, 16)`` per output row, and per group ``g`` of inputs a scale and a float zero, interleaved as
@@ -21,7 +24,7 @@ weight with ``zero = scale * (8 - z)`` -- a conversion done once, when the layer
   even input in the high nibble) / ``aten._weight_int4pack_mm``, bf16.
 
 Elsewhere ``kernel_for`` is None and the caller keeps dequantising. ``YOURI_INT4_KERNEL`` pins one kernel
-(``int4-avx2``, ``int4-cpu``, ``int4-cuda``) or none (``dequant``).
+(``int4-avx512``, ``int4-avx2``, ``int4-cpu``, ``int4-cuda``) or none (``dequant``).
 """
 
 from __future__ import annotations
@@ -42,21 +45,24 @@ import torch
 
 GROUP_SIZES = (32, 64, 128, 256)  # what PyTorch's kernels accept as qGroupSize
 AVX2_SOURCE = Path(__file__).with_name("int4_avx2.c")
-AVX2_FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
+AVX2_FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC")
 KERNEL_ENV = "YOURI_INT4_KERNEL"
+ROW_KERNELS = ("int4-avx512", "int4-avx2")
+"""youri's own kernels (``int4_avx2.c``): one C call per matmul, weights stored row by row, so rows of several
+layers stack into one weight (``stack_rows``)."""
 
 
 @dataclass(eq=False)  # compared by identity: a layer's plan knows which conversion it was built from
 class Int4Weight:
-    """One layer's weight in a kernel's own format (``kernel`` names it: ``int4-avx2``, ``int4-cpu``, ``int4-cuda``)."""
+    """One layer's weight in a kernel's own format (``kernel`` names it: ``int4-avx512``, ``int4-avx2``, ...)."""
 
     kernel: str
     packed: torch.Tensor
-    scales_and_zeros: torch.Tensor  # PyTorch's: [K/g, N, 2] bf16; int4-avx2: [2, N, K/g] fp32 (scale, scale * zero)
+    scales_and_zeros: torch.Tensor  # PyTorch's: [K/g, N, 2] bf16; youri's: [2, N, K/g] fp32 (scale, scale * zero)
     group: int
     out_features: int
     call: Callable[[int, int, int], None] | None = None
-    """int4-avx2: the C function bound to this weight's tensors -- ``call(x pointer, rows, output pointer)``.
+    """youri's kernels: the C function bound to this weight's tensors -- ``call(x pointer, rows, output pointer)``.
     Resolved once, at conversion: at tiny shapes the per-call Python work costs more than the matmul."""
 
 
@@ -92,13 +98,26 @@ def available_kernels(device: torch.device) -> list[str]:
     found = []
     if device.type == "cpu":
         if avx2_library()[0] is not None:
-            found.append("int4-avx2")
+            found += ["int4-avx512", "int4-avx2"] if _has_avx512_vnni() else ["int4-avx2"]
         if hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(ops, "_convert_weight_to_int4pack_for_cpu"):
             found.append("int4-cpu")
     elif device.type == "cuda":
         if hasattr(ops, "_weight_int4pack_mm") and torch.cuda.get_device_capability(device) >= (8, 0):
             found.append("int4-cuda")
     return found
+
+
+@functools.cache
+def _has_avx512_vnni() -> bool:
+    """The CPU runs ``youri_int4_matmul_vnni`` (avx512bw and avx512_vnni in /proc/cpuinfo's flags): an instruction
+    it lacks would kill the process, so the kernel is never tried without them."""
+    try:
+        flags = next(
+            (line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), []
+        )  # fmt: skip
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512_vnni"} <= set(flags)
 
 
 def _cache_dir() -> Path:
@@ -148,12 +167,16 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         pointer, integer, integer, pointer, pointer, pointer, integer, integer, pointer, pointer, pointer, pointer,
         integer,
     ]  # fmt: skip
+    library.youri_int4_matmul_vnni.restype = None
+    library.youri_int4_matmul_vnni.argtypes = library.youri_int4_matmul.argtypes
+    library.youri_f16_matmul.restype = None
+    library.youri_f16_matmul.argtypes = [pointer, integer, integer, pointer, integer, pointer, integer]
     return library
 
 
 def unsupported(kernel: str, in_features: int, out_features: int, group: int) -> str | None:
     """Why a layer of this shape cannot use ``kernel`` (None when it can)."""
-    if kernel == "int4-avx2":
+    if kernel in ROW_KERNELS:
         return None if group % 64 == 0 and group <= 32768 else f"group size {group} (the kernel takes multiples of 64)"
     if group not in GROUP_SIZES:
         return f"group size {group} (the kernel takes {GROUP_SIZES})"
@@ -166,8 +189,8 @@ def unsupported(kernel: str, in_features: int, out_features: int, group: int) ->
 
 def convert(kernel: str, codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: int) -> Int4Weight:
     """GPTQ codes ``[K, N]`` (in ``[0, 16)``), integer zeros and scales ``[K/g, N]`` -> the kernel's format."""
-    if kernel == "int4-avx2":
-        return _convert_avx2(codes, zeros, scales, group)
+    if kernel in ROW_KERNELS:
+        return _convert_rows(kernel, codes, zeros, scales, group)
     codes = codes.T.contiguous().to(torch.int32)  # [N, K]
     scales = scales.float()
     zero = scales * (8 - zeros.float())  # scale * (q - z) == (q - 8) * scale + scale * (8 - z)
@@ -181,32 +204,40 @@ def convert(kernel: str, codes: torch.Tensor, zeros: torch.Tensor, scales: torch
     return Int4Weight(kernel, packed, scales_and_zeros, group, codes.shape[0])
 
 
-def _convert_avx2(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: int) -> Int4Weight:
-    """Codes in the nibble order ``int4_avx2.c`` unpacks; scales and scale * zero as ``[2, N, K/g]`` fp32."""
+def _convert_rows(kernel: str, codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: int):
+    """Codes in the nibble order ``int4_avx2.c`` unpacks for ``kernel``; scales and scale * zero as ``[2, N, K/g]``
+    fp32. Per block of 64 inputs, byte j holds input L(j) (low nibble) and 32 + L(j) (high): the AVX2 kernel's L
+    swaps the middle two 8-byte quarters (its in-lane unpacking yields that order), the AVX-512 one's is j."""
     n, k = codes.shape[1], codes.shape[0]
-    blocks = codes.T.to(torch.uint8).reshape(n, k // 64, 2, 4, 8)[:, :, :, [0, 2, 1, 3]].reshape(n, k // 64, 2, 32)
+    blocks = codes.T.to(torch.uint8).reshape(n, k // 64, 2, 4, 8)
+    if kernel == "int4-avx2":
+        blocks = blocks[:, :, :, [0, 2, 1, 3]]
+    blocks = blocks.reshape(n, k // 64, 2, 32)
     packed = (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
     scales = scales.float().T
-    return _avx2_weight(packed, torch.stack([scales, scales * zeros.float().T]).contiguous(), group)
+    return _row_weight(kernel, packed, torch.stack([scales, scales * zeros.float().T]).contiguous(), group)
 
 
-def _avx2_weight(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> Int4Weight:
+def _row_weight(kernel: str, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> Int4Weight:
     n, k = packed.shape[0], packed.shape[1] * 2
-    function, threads = avx2_library()[0].youri_int4_matmul, torch.get_num_threads
+    library = avx2_library()[0]
+    function = library.youri_int4_matmul_vnni if kernel == "int4-avx512" else library.youri_int4_matmul
+    threads = torch.get_num_threads
     weight_args = (k, packed.data_ptr(), scales_and_zeros[0].data_ptr(), scales_and_zeros[1].data_ptr(), n, group)
 
     def call(x: int, rows: int, out: int) -> None:  # the tensors behind the pointers live as long as the weight
         function(x, rows, *weight_args, out, *_scratch_pointers(rows, k, k // group), threads())
 
-    return Int4Weight("int4-avx2", packed, scales_and_zeros, group, n, call)
+    return Int4Weight(kernel, packed, scales_and_zeros, group, n, call)
 
 
 def stack_rows(parts: list[tuple[Int4Weight, torch.Tensor | None, torch.Tensor | None]]) -> Int4Weight | None:
-    """One ``int4-avx2`` weight whose outputs are each part's rows ``order`` (None: all) times ``sign`` (None:
-    +1), in turn -- several projections as one call, exactly (a row's codes are copied, a sign goes into its
-    scale and scale * zero). None unless every part is an ``int4-avx2`` weight with the same inputs and group."""
+    """One weight of youri's row kernels (``ROW_KERNELS``) whose outputs are each part's rows ``order`` (None: all)
+    times ``sign`` (None: +1), in turn -- several projections as one call, exactly (a row's codes are copied, a
+    sign goes into its scale and scale * zero). None unless every part is such a weight of one kernel, with the
+    same inputs and group."""
     weights = [weight for weight, _, _ in parts]
-    if any(w.kernel != "int4-avx2" for w in weights) or len({(w.group, w.packed.shape[1]) for w in weights}) > 1:
+    if weights[0].kernel not in ROW_KERNELS or len({(w.kernel, w.group, w.packed.shape[1]) for w in weights}) > 1:
         return None
     packed, scales_and_zeros = [], []
     for weight, order, sign in parts:
@@ -215,7 +246,7 @@ def stack_rows(parts: list[tuple[Int4Weight, torch.Tensor | None, torch.Tensor |
         scaled = weight.scales_and_zeros[:, rows]
         scales_and_zeros.append(scaled if sign is None else scaled * sign[None, :, None])
     stacked = torch.cat(scales_and_zeros, dim=1).contiguous()
-    return _avx2_weight(torch.cat(packed).contiguous(), stacked, weights[0].group)
+    return _row_weight(weights[0].kernel, torch.cat(packed).contiguous(), stacked, weights[0].group)
 
 
 _scratch = threading.local()  # per thread: calls on different threads never share the activation scratch
@@ -252,3 +283,39 @@ def matmul(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
     )
     out = op(rows, weight.packed, weight.group, weight.scales_and_zeros)
     return out.to(x.dtype).reshape(*x.shape[:-1], weight.out_features)
+
+
+@dataclass(eq=False)
+class HalfWeight:
+    """An fp32 linear's weight held as its exact fp16 copy ``[N, K]`` for ``youri_f16_matmul``."""
+
+    half: torch.Tensor
+    out_features: int
+
+
+def half_weight(weight: torch.Tensor) -> HalfWeight | None:
+    """The fp16 copy of a 2-D fp32 CPU weight whose every value is exactly an fp16 (a GPTQ twin's LM head, an
+    fp16 checkpoint computed in fp32), for a matmul that reads half the bytes with the same products; None when a
+    value is not, or youri's kernel library cannot be built here."""
+    if weight.dtype != torch.float32 or weight.dim() != 2 or weight.device.type != "cpu":
+        return None
+    if weight.shape[1] % 8 or avx2_library()[0] is None:
+        return None
+    half = weight.detach().to(torch.float16)
+    if not torch.equal(half.float(), weight.detach()):
+        return None
+    return HalfWeight(half.contiguous(), weight.shape[0])
+
+
+def half_matmul(x: torch.Tensor, weight: HalfWeight) -> torch.Tensor:
+    """``x @ W.T`` for ``x [..., K]`` with W's fp16 copy, in fp32 (fp32 products and sums)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.dtype != torch.float32 or not rows.is_contiguous():
+        rows = rows.to(torch.float32).contiguous()
+    out = torch.empty(rows.shape[0], weight.out_features)
+    avx2_library()[0].youri_f16_matmul(
+        rows.data_ptr(), rows.shape[0], rows.shape[1], weight.half.data_ptr(), weight.out_features, out.data_ptr(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    out = out if x.dim() == 2 else out.view(*x.shape[:-1], weight.out_features)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -15,7 +15,7 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
   - Small plain ``nn.Linear`` layers (``FUSE_MAX_ELEMENTS``) run as one matmul over a transposed copy:
     q, k, v and copies of q and k with their output rows permuted as ``rotate_half`` permutes them, so
     rotary is ``qk * cos + rotated * sin`` with no slicing; gate and up stacked; o, down and the LM head
-    alone. Small bias-free GPTQ ``QuantLinear`` layers on youri's ``int4-avx2`` kernel are stacked the
+    alone. Small bias-free GPTQ ``QuantLinear`` layers on youri's int4 kernels (``ROW_KERNELS``) are stacked the
     same way into one kernel call (``youri.runtime.kernels.stack_rows``: the same codes; a rotated row's
     sign goes into its scale). The plan is rebuilt when a parameter was changed or replaced, a hook was
     added or removed, or a GPTQ layer's kernel was re-prepared (checked at each prefill).
@@ -95,7 +95,7 @@ class StaticLlama:
         """Resolve every module the step calls into bare functions, stacking small projections (``LeanLayer``)."""
         self._plan = [LeanLayer(layer, self.heads, self.kv_heads, self.head_dim) for layer in self.layers]
         self._embed = _embedding(self.inner.embed_tokens)
-        self._norm, self._lm_head = _rms_norm(self.inner.norm), _linear(self.model.lm_head)
+        self._norm, self._lm_head = _rms_norm(self.inner.norm), _lm_head(self.model.lm_head)
         self._built_from = _model_state(self.model)
 
     def _refresh_plan(self) -> None:
@@ -347,8 +347,16 @@ def _linear(module):
     return _stacked((module,)) or _int4_stacked(((module, None),)) or _call(module)
 
 
+def _lm_head(module):
+    """The LM head through youri's fp16 matmul when its fp32 weights are all exactly fp16 (a GPTQ twin's, an fp16
+    checkpoint's): the largest matrix of a decode step read at half the bytes, the same products (fp32 sums)."""
+    if _plain(module) and module.bias is None and (half := kernels.half_weight(module.weight)) is not None:
+        return partial(kernels.half_matmul, weight=half)
+    return _linear(module)
+
+
 def _int4_stacked(parts):
-    """One int4-avx2 call over small GPTQ layers' outputs -- ``parts``: ``(module, rotate_half heads or None)``
+    """One int4 kernel call over small GPTQ layers' outputs -- ``parts``: ``(module, rotate_half heads or None)``
     -- or None when a layer is not a small bias-free ``QuantLinear`` on that kernel (it is then called as the
     module it is). Exact: the stacked weight holds the same codes, a rotated row's sign in its scale."""
     modules = [module for module, _ in parts]
@@ -360,7 +368,7 @@ def _int4_stacked(parts):
     if any(w is None for w in weights):
         return None
     if len(parts) == 1 and parts[0][1] is None:  # one layer as it is: its own weight, no copy
-        return partial(kernels.matmul, weight=weights[0]) if weights[0].kernel == "int4-avx2" else None
+        return partial(kernels.matmul, weight=weights[0]) if weights[0].kernel in kernels.ROW_KERNELS else None
     stacked = kernels.stack_rows([(w, *_rotation(w.out_features, heads)) for w, (_, heads) in zip(weights, parts)])
     return None if stacked is None else partial(kernels.matmul, weight=stacked)
 
