@@ -66,7 +66,7 @@ class Config:
     """Prompt format: Alpaca-ja instruction, 設定/ユーザー/システム multi-turn chat, or template: the base's own
     chat_template (tokenizer_config.json; Llama 3 headers, Qwen ChatML, Gemma turns), kept in the output."""
     model: str = "runs/demo/pretrain"
-    """Parent model: a youri stage folder or any local Hugging Face Llama folder."""
+    """Parent model: a youri stage folder or any local Hugging Face folder of a supported family (youri.families)."""
     datasets: list[DatasetConfig] = field(default_factory=_default_datasets)
     """Mixture: [{path, shape, epochs, personas, max_examples}]; shape: instruction|messages|persona|dolly|flan|
     llm_japanese|hh_rlhf (youri.data.sft_data)."""
