@@ -205,6 +205,7 @@ def test_youri_loss_equals_hf_loss_packed_and_plain(model_type):
 def test_sft_template_run_keeps_the_base_template(tmp_path):
     from youri.cli import main
     from youri.model import load_tokenizer, save_model
+    from youri.run.card import write_model_card
     from youri.serve.inference import encode_turns, prompt_kind
     from youri.testing import random_family_model
 
@@ -237,3 +238,5 @@ def test_sft_template_run_keeps_the_base_template(tmp_path):
     assert prompt_kind(loaded) == "template"
     turns = CONVERSATIONS[3]
     assert encode_turns(turns, loaded, "template") == hf_prompt_ids(tok, turns)
+    card = write_model_card(out).read_text(encoding="utf-8")  # shows what the base's template renders
+    assert "<|im_start|>system\nあなたは親切なアシスタントです。<|im_end|>\n<|im_start|>user\n" in card
