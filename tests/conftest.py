@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -27,3 +28,12 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def llama2_tokenizer_dir() -> Path:
     return shared_path("llama2-tokenizer")
+
+
+@functools.lru_cache(maxsize=None)
+def shared_tokenizer(name: str):
+    """A real tokenizer of ../shared/data (``llama2``, ``llama3``, ``qwen3``, ``gemma3``), loaded once per session
+    (Gemma 3's 262k-token tokenizer takes seconds); callers must not modify it."""
+    from youri.model import load_tokenizer
+
+    return load_tokenizer(shared_path(f"{name}-tokenizer"))

@@ -455,5 +455,5 @@ def test_tokenizer_copied_as_is_and_its_facts_equal_transformers(tmp_path, fast_
         hf = load_tokenizer(folder)
         index = json.loads((out / "index.json").read_text())
         assert (index["eos_id"], index["vocab_size"]) == (hf.eos_token_id, len(hf))
-        assert data.tokenizer_facts(out / "tokenizer") == data.TokenizerFacts(hf.eos_token_id, len(hf))
+        assert data.tokenizer_facts(out / "tokenizer") == data.TokenizerFacts(hf.eos_token_id, len(hf), None)
     assert json.loads((tmp_path / "out-extended" / "index.json").read_text())["vocab_size"] == len(tokenizer)

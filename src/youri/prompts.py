@@ -66,12 +66,44 @@ special ids in a sequence are the ones placed here (the ``</s>`` after each repl
 in a prompt). ``install_chat_template`` records the same setting in the tokenizer it saves, so
 ``apply_chat_template(..., tokenize=True)`` -- and vLLM, which tokenises the rendered template with
 that tokenizer -- agree with ``encode_prompt``.
+
+The base's own chat template (kind ``template``)
+-----------------------------------------------
+Llama 3 headers, Qwen ChatML, Gemma turns: the ``chat_template`` of the base's ``tokenizer_config.json``,
+rendered by transformers' own Jinja environment (``apply_chat_template(tokenize=False)``), never re-typed.
+Turns map to messages as above (設定/ユーザー/システム -> system/user/assistant), each content stripped
+of surrounding whitespace (what Llama 3 and Gemma templates do themselves). The renderer learns
+*where* each message's text lies by rendering the conversation a second time with every content
+replaced by a private-use sentinel, and checks that putting the texts back gives the real rendering
+(a template that rewrites message text -- e.g. Qwen3 moving a ``</think>`` reasoning part -- is refused
+for that example). Tokens: the special tokens *the template* writes (``<|begin_of_text|>``,
+``<|im_start|>``, ``<start_of_turn>``, ``<bos>`` ...) become their ids; everything between them --
+template text and message text alike -- is tokenised as text with ``split_special_tokens=True``, so
+``"<|im_start|>"`` typed by a user stays characters. With no special-token string in the messages
+the prompt ids equal ``tokenizer.apply_chat_template(..., add_generation_prompt=True)`` (the
+tokenizers library splits at added tokens first, exactly these boundaries). BOS comes only from the
+template (Llama 3 and Gemma write it, Qwen has none), never from ``add_special_tokens``: no double BOS.
+
+The response-only mask is derived by rendering, never from marker strings: for the assistant message
+``i``, the supervised text starts where the generation prompt ``render(messages[:i],
+add_generation_prompt=True)`` ends (it must be a prefix of the whole rendering) and runs through the
+message's text up to and including the first special token the template writes after it
+(``<|eot_id|>``, ``<|im_end|>``, ``<end_of_turn>``: the token generation stops at; a line break after
+it belongs to the next prompt, and so does the assistant header Llama 3's template always appends).
+Whatever the template writes
+between the generation prompt and the text (Qwen3's empty ``<think>`` block on the last turn) is
+supervised too: the model has to write it. The text runs are cut at those two points, so each
+reply's context is token for token the prompt that ``encode_prompt`` gives at inference.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Literal, Sequence, Union
+
+from jinja2 import TemplateError
 
 IGNORE_INDEX = -100  # the label of a position that is not supervised (Hugging Face's and PyTorch's convention)
 
@@ -88,7 +120,7 @@ INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER = "### 指示", "### 入力", 
 FORGEABLE = SPEAKERS + (INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER)
 FULLWIDTH_COLON = "："
 
-Kind = Literal["instruction", "chat"]
+Kind = Literal["instruction", "chat", "template"]
 
 
 class PromptError(ValueError):
@@ -278,8 +310,13 @@ def _encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
     return out  # type: ignore[return-value]
 
 
-def encode_training(example: Example, tokenizer) -> Encoded:
-    """``(input_ids, labels)``: every reply and its ``</s>`` supervised, everything else -100."""
+def encode_training(example: Example, tokenizer, *, base_template: bool = False) -> Encoded:
+    """``(input_ids, labels)``: every reply and its ``</s>`` supervised, everything else -100.
+
+    ``base_template``: render a chat with the tokenizer's own ``chat_template`` (see "The base's own
+    chat template"): every assistant reply and the template's end-of-turn token supervised."""
+    if base_template:
+        return _template_training(_chat_turns(example), tokenizer)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise PromptError("the tokenizer has no eos token; the formats end every reply with </s>")
@@ -307,9 +344,145 @@ def encode_training(example: Example, tokenizer) -> Encoded:
     return Encoded(input_ids, labels)
 
 
-def encode_prompt(example: Example, tokenizer) -> list[int]:
-    """Prompt token ids for generation (replies in the history carry no ``</s>``)."""
+def encode_prompt(example: Example, tokenizer, *, base_template: bool = False) -> list[int]:
+    """Prompt token ids for generation (replies in the history carry no ``</s>``); ``base_template``:
+    the tokenizer's own ``chat_template`` with its generation prompt."""
+    if base_template:
+        messages = template_messages(_chat_turns(example))
+        text, spans = _template_text(tokenizer, messages, add_generation_prompt=True)
+        return _template_ids(tokenizer, text, spans)[0]
     return [i for ids in _encode_pieces(tokenizer, [t for t, _ in _pieces(example, for_training=False)]) for i in ids]
+
+
+# ----------------------------------------------------------------------------- the base's chat template
+
+# Stand-ins for message texts while the template is rendered (Unicode private use: not in real text).
+SENTINEL_OPEN, SENTINEL_CLOSE = "\ue000", "\ue001"
+SENTINEL = re.compile(SENTINEL_OPEN + r"(\d+)" + SENTINEL_CLOSE)
+SPEAKER_TO_ROLE = {speaker: role for role, speaker in ROLE_TO_SPEAKER.items()}
+
+
+def _chat_turns(example: Example) -> list[Turn]:
+    return instruction_to_turns(example) if isinstance(example, Instruction) else list(example)
+
+
+def template_messages(turns: Sequence[Turn]) -> list[dict]:
+    """Turns as OpenAI messages for a chat template (設定/ユーザー/システム -> system/user/assistant)."""
+    out = []
+    for turn in turns:
+        if turn.speaker not in SPEAKER_TO_ROLE:
+            raise PromptError(f"unknown speaker {turn.speaker!r}; expected one of {', '.join(SPEAKERS)}")
+        out.append({"role": SPEAKER_TO_ROLE[turn.speaker], "content": turn.text.strip()})
+    return out
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError("the tokenizer has no chat_template (tokenizer_config.json) to render")
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as err:
+        raise PromptError(f"the base's chat_template refuses this conversation: {err}") from err
+
+
+def _template_text(tokenizer, messages: list[dict], *, add_generation_prompt: bool):
+    """``(text, spans)``: the rendered conversation and ``(message index, start, end)`` of every message
+    text in it, found by rendering with sentinels in place of the texts (see "The base's own chat template")."""
+    if any(SENTINEL_OPEN in m["content"] or SENTINEL_CLOSE in m["content"] for m in messages):
+        raise PromptError("a message contains U+E000/U+E001, which the template renderer reserves")
+    marked = [{**m, "content": f"{SENTINEL_OPEN}{k}{SENTINEL_CLOSE}"} for k, m in enumerate(messages)]
+    parts = SENTINEL.split(_render(tokenizer, marked, add_generation_prompt))
+    text, spans = parts[0], []
+    for index, tail in zip(parts[1::2], parts[2::2]):
+        content = messages[int(index)]["content"]
+        spans.append((int(index), len(text), len(text) + len(content)))
+        text += content + tail
+    if text != _render(tokenizer, messages, add_generation_prompt):
+        raise PromptError(
+            "the base's chat_template rewrites the text of a message (e.g. a reasoning part before "
+            "</think>), so its replies cannot be located; remove that from the example"
+        )
+    return text, spans
+
+
+def _special_pattern(tokenizer) -> re.Pattern | None:
+    """A regex matching the tokenizer's special (added, ``special=True``) tokens, longest first."""
+    return _alternation(frozenset(t.content for t in tokenizer.added_tokens_decoder.values() if t.special))
+
+
+@lru_cache(maxsize=8)
+def _alternation(strings: frozenset[str]) -> re.Pattern | None:
+    return re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True))) if strings else None
+
+
+def _template_ids(tokenizer, text: str, spans, cuts: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """``(ids, char_start per token)``: the special tokens the template wrote (outside message texts) as
+    their ids, every run of text between them (and between ``cuts``) tokenised as text."""
+    pattern = _special_pattern(tokenizer)
+    inside = [(start, end) for _, start, end in spans]
+    specials = []  # (start, end) of the template's own special tokens
+    if pattern is not None:
+        for match in pattern.finditer(text):
+            if not any(s < match.end() and match.start() < e for s, e in inside):
+                specials.append((match.start(), match.end()))
+    bounds = sorted({0, len(text), *cuts, *(p for span in specials for p in span)})
+    runs = [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+    special_starts = {start for start, _ in specials}
+    plain = [(a, b) for a, b in runs if a not in special_starts]
+    encoded = (
+        tokenizer([text[a:b] for a, b in plain], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if plain
+        else []
+    )
+    by_start = dict(zip((a for a, _ in plain), encoded))
+    ids, starts = [], []
+    for a, b in runs:
+        piece = by_start.get(a)
+        if piece is None:
+            piece = [tokenizer.convert_tokens_to_ids(text[a:b])]
+        ids += piece
+        starts += [a] * len(piece)
+    return ids, starts
+
+
+def _template_training(turns: list[Turn], tokenizer) -> Encoded:
+    messages = template_messages(turns)
+    while messages and messages[-1]["role"] != "assistant":
+        messages.pop()  # trailing turns after the last reply teach nothing
+    if not messages:
+        raise PromptError("a chat example for training needs at least one システム (assistant) turn")
+    text, spans = _template_text(tokenizer, messages, add_generation_prompt=False)
+    pattern = _special_pattern(tokenizer)
+    supervised = []  # (start, end) character ranges of text
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], True)
+        if not text.startswith(prompt):
+            raise PromptError(
+                f"the base's chat_template renders the conversation before reply {i} differently with "
+                "add_generation_prompt=True than inside the whole conversation; its replies cannot be located"
+            )
+        end = next(e for k, _, e in spans if k == i)
+        following = [start for _, start, _ in spans if start >= end]
+        stop = pattern.search(text, end, min(following, default=len(text))) if pattern is not None else None
+        if stop is None:
+            raise PromptError(
+                "the base's chat_template ends an assistant turn with no special token, so a model "
+                "trained on it could not stop; use kind chat or instruction"
+            )
+        supervised.append((len(prompt), stop.end()))
+    ids, starts = _template_ids(tokenizer, text, spans, [p for span in supervised for p in span])
+    labels = [tid if any(a <= s < b for a, b in supervised) else IGNORE_INDEX for tid, s in zip(ids, starts)]
+    return Encoded(ids, labels)
+
+
+def template_stop_ids(tokenizer) -> list[int]:
+    """The ids that end an assistant turn of the tokenizer's chat template (the last supervised token
+    of a rendered one-turn conversation), with the tokenizer's EOS: the generation config's stop ids."""
+    probe = _template_training([Turn(USER, "a"), Turn(SYSTEM, "b")], tokenizer)
+    ids = {[label for label in probe.labels if label != IGNORE_INDEX][-1], tokenizer.eos_token_id}
+    return sorted(i for i in ids if i is not None)
 
 
 def show_mask(encoded: Encoded, tokenizer, *, max_tokens: int | None = None) -> str:

@@ -186,10 +186,14 @@ TOKENIZER_FILES = (
 
 @dataclass(frozen=True)
 class TokenizerFacts:
-    """What packing needs from the tokenizer: the EOS id put after every document and the vocabulary size."""
+    """What packing needs from the tokenizer: the EOS id put after every document, the vocabulary size and
+    the BOS id put before every document -- only where the tokenizer's own encoding of a text starts with
+    one (Gemma's post-processor; ``add_bos_token``), else None (Llama 2 as transformers 5 loads its
+    ``tokenizer.model``, Llama 3's shared tokenizer.json, Qwen: no BOS). See README "Bases"."""
 
     eos_id: int
     vocab_size: int
+    bos_id: int | None = None
 
 
 def _prepare_tokenizer(path: str, target: Path) -> TokenizerFacts:
@@ -227,11 +231,22 @@ def tokenizer_facts(folder: Path) -> TokenizerFacts:
     if (folder / "tokenizer.json").is_file() and isinstance(eos, str):
         backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
         remember_tokenizer(folder, backend)  # the in-process tokenise step encodes with this same object
-        return TokenizerFacts(backend.token_to_id(eos), backend.get_vocab_size(with_added_tokens=True))
+        bos = _leading_id(*(backend.encode(PROBE, add_special_tokens=a).ids for a in (True, False)))
+        return TokenizerFacts(backend.token_to_id(eos), backend.get_vocab_size(with_added_tokens=True), bos)
 
     tokenizer = load_tokenizer(folder)
     remember_tokenizer(folder, tokenizer)
-    return TokenizerFacts(tokenizer.eos_token_id, len(tokenizer))
+    bos = _leading_id(*(tokenizer(PROBE, add_special_tokens=a)["input_ids"] for a in (True, False)))
+    return TokenizerFacts(tokenizer.eos_token_id, len(tokenizer), bos)
+
+
+PROBE = "a"  # any text: what the tokenizer's own encoding adds around it is its document policy
+
+
+def _leading_id(with_special: list[int], without: list[int]) -> int | None:
+    """The id a tokenizer's own encoding puts before a text (its BOS), or None."""
+    extra = len(with_special) - len(without)
+    return with_special[0] if extra > 0 and with_special[1 : 1 + len(without)] == without else None
 
 
 def pipeline_steps(cfg: Config, folder: Path) -> list:
@@ -385,11 +400,12 @@ def write_shards(
         "seq_len": cfg.seq_len,
         "dtype": dtype.str,
         "eos_id": int(tokenizer.eos_id),
+        "bos_id": tokenizer.bos_id,
         "vocab_size": tokenizer.vocab_size,
         "splits": {},
         "totals": {},
     }
-    writer = ShardWriter(folder, cfg.seq_len, cfg.shard_size, dtype, index["eos_id"])
+    writer = ShardWriter(folder, cfg.seq_len, cfg.shard_size, dtype, index["eos_id"], bos_id=tokenizer.bos_id)
     for split, picked in [("train", order)] + [(f"val/{lang}", p) for lang, p in sorted(val.items())]:
         entries, index["totals"][split] = writer.write(split, docs, picked)
         if entries or split == "train":  # a language too small for one val sequence gets no (empty) split
@@ -405,16 +421,27 @@ def write_shards(
 
 
 class ShardWriter:
-    """Packs documents (+ EOS) into ``seq_len`` rows, ``shard_size`` rows a file; finished shards are skipped."""
+    """Packs documents ([BOS] + document + EOS) into ``seq_len`` rows, ``shard_size`` rows a file; finished
+    shards are skipped."""
 
-    def __init__(self, folder: Path, seq_len: int, shard_size: int, dtype: np.dtype, eos_id: int, progress=None):
+    def __init__(
+        self,
+        folder: Path,
+        seq_len: int,
+        shard_size: int,
+        dtype: np.dtype,
+        eos_id: int,
+        progress=None,
+        bos_id: int | None = None,
+    ):
         self.folder, self.seq_len, self.shard_size, self.dtype, self.eos_id = folder, seq_len, shard_size, dtype, eos_id
+        self.bos = [] if bos_id is None else [np.array([bos_id], dtype=np.uint32)]
         # Finished shards (get/record/close); the benchmark passes the old rewrite-everything scheme here.
         self.progress = progress if progress is not None else ProgressLog(folder / PROGRESS)
         self.written = 0  # shards actually written by this run (the rest were resumed)
 
     def write(self, split: str, docs: Documents, order: np.ndarray) -> tuple[list[dict], dict]:
-        cost = docs.lengths[order] + 1
+        cost = docs.lengths[order] + 1 + len(self.bos)
         ends = np.cumsum(cost)
         total = int(ends[-1]) if len(ends) else 0
         rows = total // self.seq_len
@@ -440,7 +467,7 @@ class ShardWriter:
         return entries, totals
 
     def _tokens(self, docs: Documents, order: np.ndarray, ends: np.ndarray, first: int, last: int) -> np.ndarray:
-        """Tokens [first, last) of the packed stream ``doc, EOS, doc, EOS, ...``: the documents that
+        """Tokens [first, last) of the packed stream ``[BOS,] doc, EOS, [BOS,] doc, EOS, ...``: the documents that
         overlap the range, concatenated as slices of their tasks' token arrays, then cut to the range."""
         lo = int(np.searchsorted(ends, first, side="right"))
         hi = int(np.searchsorted(ends, last, side="left")) + 1
@@ -450,9 +477,11 @@ class ShardWriter:
         for task, start, length in zip(
             docs.task[picked].tolist(), docs.start[picked].tolist(), docs.lengths[picked].tolist()
         ):
+            pieces += self.bos
             pieces.append(docs.tokens[task][start : start + length])
             pieces.append(eos)
-        begin = int(ends[lo] - docs.lengths[picked[0]] - 1)  # stream position where the first document starts
+        # stream position where the first document (its BOS) starts
+        begin = int(ends[lo] - docs.lengths[picked[0]] - 1 - len(self.bos))
         return np.concatenate(pieces)[first - begin : last - begin].astype(np.int64)
 
 

@@ -28,7 +28,7 @@ A dataset ``path`` is a ``.jsonl`` file (``.jsonl.gz`` too), a ``.json`` file ho
 records, or a folder of such files (read in sorted order; not for ``persona``).
 
 Every record becomes a ``prompts.Instruction`` (kind ``instruction``) or a list of ``prompts.Turn``
-(kind ``chat``; instruction records become ``設定: instruction`` + ``ユーザー: input`` turns, see
+(kinds ``chat`` and ``template``; instruction records become ``設定: instruction`` + ``ユーザー: input`` turns, see
 ``prompts.instruction_to_turns``). A bad record raises ``DataError`` naming file, line and field, or,
 with ``skip_bad_records``, is skipped and counted (``SkipCounter``).
 
@@ -135,7 +135,7 @@ def _dataset_files(path: Path, given: str) -> list[Path]:
 
 
 def _as_kind(example: Example, kind: str) -> Example:
-    if kind == "chat":
+    if kind in ("chat", "template"):  # template: chat turns rendered by the base's own chat_template
         return instruction_to_turns(example) if isinstance(example, Instruction) else list(example)
     return example if isinstance(example, Instruction) else turns_to_instruction(example)
 
@@ -367,9 +367,12 @@ def split_long_chat(turns: list[Turn], tokenizer, seq_len: int) -> list[list[Tur
     return windows
 
 
-def encode_all(records: list[Record], tokenizer, seq_len: int) -> tuple[list[Encoded], EncodeStats]:
+def encode_all(
+    records: list[Record], tokenizer, seq_len: int, *, base_template: bool = False
+) -> tuple[list[Encoded], EncodeStats]:
     """Encode (long chats split into windows, see ``split_long_chat``) and cut to ``seq_len``;
-    an example left with no supervised token is dropped and counted."""
+    an example left with no supervised token is dropped and counted. ``base_template``: chats are
+    rendered with the tokenizer's own ``chat_template`` (``youri.prompts``)."""
     stats, out = EncodeStats(), []
     for record in records:
         examples = [record.example]
@@ -378,7 +381,7 @@ def encode_all(records: list[Record], tokenizer, seq_len: int) -> tuple[list[Enc
             stats.split_chats += len(examples) > 1
         for example in examples:
             try:
-                enc = encode_training(example, tokenizer)
+                enc = encode_training(example, tokenizer, base_template=base_template)
             except PromptError as err:
                 raise DataError(f"{record.where}: {err}") from err
             if len(enc.input_ids) > seq_len:

@@ -2,7 +2,7 @@
 
 A data stage folder holds::
 
-    index.json            format, seq_len, dtype, eos_id, vocab_size, per-split shard lists, totals
+    index.json            format, seq_len, dtype, eos_id, bos_id (null: none), vocab_size, per-split shard lists, totals
     tokenizer/            the Hugging Face tokenizer the tokens were made with
     train/00000.bin ...   row-major [sequences, seq_len] little-endian token ids (dtype from the index)
     val/ja/00000.bin ...  held-out sequences per language, same layout

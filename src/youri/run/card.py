@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from youri.io import atomic_write_text
+from youri.model import load_tokenizer
 from youri.prompts import Instruction, Turn, chat_prompt, instruction_prompt
 from youri.stage import read_manifest, read_metrics
 
@@ -154,6 +155,10 @@ def _usage(kind: str, folder: Path) -> list[str]:
     if kind == "instruction":  # the instruction template reads system = instruction, user = input
         first, second = "次の文を英語に翻訳してください。", "今日は良い天気です。"
         example = instruction_prompt(Instruction(instruction=first, input=second))
+    elif kind == "template":  # the base's own chat template, kept by youri sft: show what it renders
+        first, second = "あなたは親切なアシスタントです。", "こんにちは。"
+        messages = [{"role": "system", "content": first}, {"role": "user", "content": second}]
+        example = load_tokenizer(folder).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         first, second = "あなたは親切なアシスタントです。", "こんにちは。"
         example = chat_prompt([Turn("設定", first), Turn("ユーザー", second)])

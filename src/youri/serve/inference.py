@@ -45,13 +45,18 @@ def sampling_params(cfg) -> SamplingParams:
 
 
 def prompt_kind(tokenizer) -> str:
-    """``instruction`` when the folder carries youri's instruction template, else ``chat``."""
-    return "instruction" if tokenizer.chat_template == chat_template("instruction") else "chat"
+    """``instruction`` when the folder carries youri's instruction template, ``template`` when it carries
+    another one (the base's own, e.g. after ``youri sft --kind template``), else ``chat``."""
+    if tokenizer.chat_template == chat_template("instruction"):
+        return "instruction"
+    return "chat" if tokenizer.chat_template in (None, "", chat_template("chat")) else "template"
 
 
 def encode_turns(turns: list[Turn], tokenizer, kind: str = "chat") -> list[int]:
     """Prompt ids for a conversation, through THE renderer (an instruction model takes one request)."""
-    return encode_prompt(turns_to_instruction(turns) if kind == "instruction" else turns, tokenizer)
+    if kind == "instruction":
+        return encode_prompt(turns_to_instruction(turns), tokenizer)
+    return encode_prompt(turns, tokenizer, base_template=kind == "template")
 
 
 def fit_turns(turns: list[Turn], tokenizer, budget: int, kind: str = "chat") -> list[Turn]:

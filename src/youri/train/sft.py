@@ -1,11 +1,12 @@
 """``youri sft``: instruction or multi-turn chat supervised fine-tuning, on the shared training loop.
 
-Only the replies are supervised (every システム turn plus its ``</s>``, see ``youri.prompts``); the
+Only the replies are supervised (every システム turn plus its ``</s>``, or with ``kind: template`` every
+assistant turn plus the end-of-turn token of the base's own chat template, see ``youri.prompts``); the
 loss is normalised by the global count of supervised tokens (``youri.train.trainer``). Rows are packed
 without cross-contamination (``youri.data.sft_data``). The output folder holds plain ``transformers``
-weights, the tokenizer with the Jinja ``chat_template`` of ``kind`` inside ``tokenizer_config.json``
-and a ``generation_config.json`` whose EOS is ``</s>``; ``metrics.json`` has the held-out response
-loss before and after training.
+weights, the tokenizer with the Jinja ``chat_template`` of ``kind`` (the base's own for ``template``)
+inside ``tokenizer_config.json`` and a ``generation_config.json`` whose EOS is the end of a reply;
+``metrics.json`` has the held-out response loss before and after training.
 
 Tiny, on CPU (the demo recipe's sections; both start from the base model, as Youri 7B Instruction and Chat did)::
 
@@ -31,7 +32,7 @@ from youri.config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt
 from youri.data.sft_data import DatasetConfig, build_mixture, encode_all
 from youri.io import SkipCounter, resolve_path
 from youri.model import load_model, load_tokenizer, resolve_export_dtype
-from youri.prompts import install_chat_template, show_mask
+from youri.prompts import install_chat_template, show_mask, template_stop_ids
 from youri.stage import StageWriter, check_stage_output
 from youri.train import checkpoint
 from youri.train.batches import HeldOutRows, RowBatches, pack_examples
@@ -61,10 +62,11 @@ def _default_datasets() -> list[DatasetConfig]:
 
 @dataclass
 class Config:
-    kind: Literal["instruction", "chat"] = "instruction"
-    """Prompt format: Alpaca-ja instruction, or 設定/ユーザー/システム multi-turn chat."""
+    kind: Literal["instruction", "chat", "template"] = "instruction"
+    """Prompt format: Alpaca-ja instruction, 設定/ユーザー/システム multi-turn chat, or template: the base's own
+    chat_template (tokenizer_config.json; Llama 3 headers, Qwen ChatML, Gemma turns), kept in the output."""
     model: str = "runs/demo/pretrain"
-    """Parent model: a youri stage folder or any local Hugging Face Llama folder."""
+    """Parent model: a youri stage folder or any local Hugging Face folder of a supported family (youri.families)."""
     datasets: list[DatasetConfig] = field(default_factory=_default_datasets)
     """Mixture: [{path, shape, epochs, personas, max_examples}]; shape: instruction|messages|persona|dolly|flan|
     llm_japanese|hh_rlhf (youri.data.sft_data)."""
@@ -94,20 +96,23 @@ class Config:
 
 def run(cfg: Config, *, overwrite: bool = False) -> dict:
 
-    if cfg.kind not in ("instruction", "chat"):
-        raise ConfigError(f"kind: {cfg.kind!r} is not one of 'instruction', 'chat'")
+    if cfg.kind not in ("instruction", "chat", "template"):
+        raise ConfigError(f"kind: {cfg.kind!r} is not one of 'instruction', 'chat', 'template'")
     check_stage_output(cfg.out, "sft", overwrite)  # before any work
     model_dir = resolve_path(cfg.model)
     tokenizer = load_tokenizer(model_dir)
+    base_template = cfg.kind == "template"
+    if base_template and not tokenizer.chat_template:
+        raise ConfigError(f"kind: template needs the base's chat_template; {model_dir}'s tokenizer files have none")
     t = cfg.train
     skip = SkipCounter() if cfg.skip_bad_records else None
     mixture = build_mixture(cfg.datasets, cfg.kind, heldout=cfg.heldout, seed=t.seed, skip=skip)
-    train_enc, train_stats = encode_all(mixture.train, tokenizer, cfg.seq_len)
+    train_enc, train_stats = encode_all(mixture.train, tokenizer, cfg.seq_len, base_template=base_template)
     if cfg.show_mask:
         for enc in train_enc[: cfg.show_mask]:
             print(show_mask(enc, tokenizer), end="\n\n")
         return {}
-    held_enc, held_stats = encode_all(mixture.heldout, tokenizer, cfg.seq_len)
+    held_enc, held_stats = encode_all(mixture.heldout, tokenizer, cfg.seq_len, base_template=base_template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = RowBatches(
         pack_examples(train_enc, cfg.seq_len, packing=cfg.packing), t.micro_batch_size, t.grad_accum, pad_id, t.seed
@@ -138,7 +143,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     if cfg.lora.enabled:
         model = model.merge_and_unload()  # plain weights: the folder needs no peft to load
     model.config.use_cache = True  # the loop turned it off (packed rows need that); generation wants it
-    _set_generation_config(model, tokenizer)
+    _set_generation_config(model, tokenizer, base_template)
     checkpoint.export_model(model, None, stage.path, dist, dtype=export_dtype)
     curve = result["eval"]["heldout"]
     metrics = {
@@ -161,7 +166,8 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
         "world": dist.world,
     }
     if dist.is_main:
-        install_chat_template(tokenizer, cfg.kind)
+        if not base_template:  # the base's template stays as it is, special tokens and all
+            install_chat_template(tokenizer, cfg.kind)
         tokenizer.save_pretrained(str(stage.path), save_jinja_files=False)  # template inside tokenizer_config.json
         if not cfg.keep_checkpoints:
             shutil.rmtree(stage.path / "checkpoints", ignore_errors=True)
@@ -196,9 +202,12 @@ def _add_lora(model, lora: LoraConfig):
     return get_peft_model(model, peft_cfg)
 
 
-def _set_generation_config(model, tokenizer) -> None:
-    """Generation stops at ``</s>`` (the end of every reply) and pads with it when there is no pad."""
+def _set_generation_config(model, tokenizer, base_template: bool) -> None:
+    """Generation stops at ``</s>`` (the end of every reply; with the base's template: the template's
+    end-of-turn token and EOS, e.g. Llama 3's ``<|eot_id|>`` and ``<|end_of_text|>``) and pads with EOS
+    when there is no pad."""
     gen = model.generation_config
-    gen.eos_token_id = tokenizer.eos_token_id
+    stops = template_stop_ids(tokenizer) if base_template else [tokenizer.eos_token_id]
+    gen.eos_token_id = stops[0] if len(stops) == 1 else stops
     gen.bos_token_id = tokenizer.bos_token_id
     gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
