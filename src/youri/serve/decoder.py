@@ -4,11 +4,13 @@ A batch is a set of rows (one request each) that share one column index: prompts
 that every row's newest token sits in the same column, and a decode step writes one new column for
 all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode``, ``keep``):
 
-* ``StaticLlama`` -- Llama-family models. K/V live in preallocated ``[rows, kv_heads, columns,
-  head_dim]`` buffers written in place (grown by doubling, compacted when padding piles up on the
-  left), validity is one boolean ``[rows, columns]`` mask, rotary tables are computed once. A step is
-  Llama's math on the model's own weights, resolved once into bare calls (``LeanLayer``): at youri's
-  sizes a step costs what its op dispatches and ``nn.Module`` calls cost, not its FLOPs.
+* ``StaticLlama`` -- the families whose ``youri.families`` row says ``lean_decoder`` (Llama, Mistral, Qwen2:
+  Llama's math, q/k/v biases included) when no sliding window is narrower than the context. K/V live in
+  preallocated ``[rows, kv_heads, columns, head_dim]`` buffers written in place (grown by doubling,
+  compacted when padding piles up on the left), validity is one boolean ``[rows, columns]`` mask, rotary
+  tables are computed once. A step is Llama's math on the model's own weights, resolved once into bare
+  calls (``LeanLayer``): at youri's sizes a step costs what its op dispatches and ``nn.Module`` calls
+  cost, not its FLOPs.
 
   - RMSNorm runs as ``F.rms_norm`` (bit-identical to Hugging Face's module in fp32; half precision keeps
     its rounding order), SiLU as ``F.silu``, the embedding as ``F.embedding``; activations stay 2-D.
@@ -45,14 +47,36 @@ from transformers import DynamicCache
 from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, rotate_half
 
-from youri.families import lean_family
+from youri.families import UnsupportedModelError, family_of
 from youri.runtime import kernels
 from youri.runtime.quant_linear import QuantLinear
 
 
 def make_batch(model, max_context: int):
-    """The fastest batch implementation that supports ``model``."""
-    return StaticLlama(model, max_context) if StaticLlama.supports(model) else DynamicHF(model)
+    """The fastest batch implementation that supports ``model`` over ``max_context`` tokens."""
+    return StaticLlama(model, max_context) if StaticLlama.supports(model, max_context) else DynamicHF(model)
+
+
+def decoder_line(model, max_context: int) -> str:
+    """One line saying which forward ``make_batch`` runs for ``model``, and why not the lean one."""
+    why = StaticLlama.unsupported(model, max_context)
+    if why is None:
+        return f"youri: decoder: lean static-cache step ({family_of(model.config).name})"
+    return f"youri: decoder: transformers' own forward with a dynamic cache ({why})"
+
+
+def _lean_lacks(family) -> list[str]:
+    """What a family row computes that the lean step does not (the lean step is Llama's math, plus biases)."""
+    return [
+        what
+        for what, needed in (
+            ("QK-norm", family.qk_norm),
+            ("1 + w norms", family.norm_offset),
+            ("embedding scale", family.embed_scale),
+            ("soft-capping", family.soft_capping),
+        )
+        if needed
+    ]
 
 
 # ----------------------------------------------------------------------------- static cache, lean step
@@ -81,15 +105,28 @@ class StaticLlama:
         self.reset()
 
     @staticmethod
-    def supports(model) -> bool:
+    def supports(model, max_context: int) -> bool:
+        return StaticLlama.unsupported(model, max_context) is None
+
+    @staticmethod
+    def unsupported(model, max_context: int) -> str | None:
+        """Why the lean step would not compute ``model`` exactly over ``max_context`` tokens (None: it does)."""
         config = getattr(model, "config", None)
+        try:
+            family = family_of(config)
+        except UnsupportedModelError:
+            return f"model_type {getattr(config, 'model_type', None)!r} is not a youri family"
+        if not family.lean_decoder:
+            return f"{family.name}: the lean step has no {', '.join(_lean_lacks(family)) or 'plan'}"
+        if not (hasattr(model, "model") and hasattr(model.model, "rotary_emb")):
+            return f"{type(model).__name__} has no model.rotary_emb"
         rope = getattr(config, "rope_parameters", None) or {}
-        return (
-            lean_family(config) is not None
-            and hasattr(model, "model")
-            and hasattr(model.model, "rotary_emb")
-            and rope.get("rope_type", "default") != "dynamic"
-        )
+        if rope.get("rope_type", "default") == "dynamic":
+            return "dynamic rope scaling"
+        window, types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
+        if window and (types is None or "sliding_attention" in types) and window < max_context:
+            return f"{family.name}: sliding window of {window} tokens < context of {max_context}"
+        return None
 
     def _build_plan(self) -> None:
         """Resolve every module the step calls into bare functions, stacking small projections (``LeanLayer``)."""
