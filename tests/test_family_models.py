@@ -226,3 +226,32 @@ def test_calibration_feeds_each_layer_its_own_mask_and_rotary(model_type):
             h = first(x, **kwargs[0][batch])
             torch.testing.assert_close(model.model.norm(second(h, **kwargs[1][batch])), expected[part])
             assert not torch.allclose(second(h, **kwargs[0][batch]), second(h, **kwargs[1][batch]), atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("stacked", [True, False])
+def test_lean_step_gives_hf_logits_with_biases_and_qk_norms(model_type, stacked, monkeypatch):
+    """Qwen2's q/k/v biases and Qwen3's per-head QK-norms (random weights, so a misplaced one shows) on the
+    stacked matmul with its rotated copies and on the per-module path, for left-padded rows."""
+    from youri.serve import decoder
+
+    tokenizer = char_tokenizer("abcdefghijklmnopqrstuvwxyz")
+    model = random_family_model(model_type, tokenizer).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("norm.weight", ".bias")):
+                param.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
+    if not stacked:
+        monkeypatch.setattr(decoder, "FUSE_MAX_ELEMENTS", 0)
+    batch = make_batch(model, 64)
+    assert isinstance(batch, StaticLlama) and batch.fused == [("qkv", "gate_up") if stacked else ()] * 2
+    gen = torch.Generator().manual_seed(1)
+    rows = [torch.randint(3, len(tokenizer), (n,), generator=gen).tolist() for n in (5, 12)]
+    with torch.inference_mode():
+        logits = batch.prefill(rows, 0)
+        for step in range(3):
+            for row, got in zip(rows, logits):
+                torch.testing.assert_close(got, model(torch.tensor([row])).logits[0, -1], rtol=1e-4, atol=1e-4)
+            token = torch.tensor([5 + step, 9 + step])
+            rows = [row + [t] for row, t in zip(rows, token.tolist())]
+            logits = batch.decode(token)

@@ -20,7 +20,7 @@ Facts per row (all from the families' transformers modelling code and llama.cpp'
 - ``gguf_arch`` / ``gguf_rope_permute``: llama.cpp's architecture name, and whether its converter permutes
   q/k rows to the interleaved RoPE (the ``llama`` architecture only; the others run NeoX-style RoPE).
 - ``lean_decoder``: ``youri.serve.decoder``'s static-cache step computes this family exactly (Llama's math with
-  optional q/k/v biases) where no sliding window is narrower than the context; others run transformers' own
+  optional q/k/v biases and QK-norm) where no sliding window is narrower than the context; others run transformers' own
   forward with a dynamic cache, and chat/serve say so in one line.
 """
 
@@ -89,7 +89,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "Qwen2/2.5", ("qwen2",), "Qwen2DecoderLayer", "qwen2", qkv_bias=True, sliding_window=True, lean_decoder=True
     ),
-    Family("Qwen3", ("qwen3",), "Qwen3DecoderLayer", "qwen3", qk_norm=True, sliding_window=True),
+    Family("Qwen3", ("qwen3",), "Qwen3DecoderLayer", "qwen3", qk_norm=True, sliding_window=True, lean_decoder=True),
     Family(
         "Gemma 2",
         ("gemma2",),
