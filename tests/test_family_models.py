@@ -40,22 +40,32 @@ TEXT = "吾輩は猫である。名前はまだ無い。どこで生れたかと
 PROMPTS = ["吾輩は猫である。名前はまだ無い。どこで生れたか", "こんにちは"]  # the first is longer than Gemma's window
 
 
-@pytest.fixture(scope="module", params=[f.model_type for f in FAMILIES])
-def family(request, tmp_path_factory):
-    """A tiny random fp model of one family with its real tokenizer, and its GPTQ twin made by `youri quantize`."""
-    model_type = request.param
-    tokenizer = load_tokenizer(shared_path(TOKENIZERS[model_type]))
-    root = tmp_path_factory.mktemp(model_type)
-    parent = save_model(
-        random_family_model(model_type, tokenizer, **SHAPES.get(model_type, {})), tokenizer, root / "fp"
-    )
-    text = root / "calibration.txt"
-    text.write_text(TEXT * 30 + "\n", encoding="utf-8")
-    twin = root / "gptq"
-    argv = ["quantize", str(parent), "--out", str(twin), "--calibration", str(text), "--heldout_ja", str(text)]
-    argv += ["--group_size", "32", "--num_samples", "2", "--seq_len", "32", "--eval_samples", "1", "--device", "cpu"]
-    assert cli.main(argv) == 0
-    return {"type": model_type, "fp": parent, "gptq": twin, "tokenizer": tokenizer}
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    """``families(model_type)``: a tiny random fp model of that family with its real tokenizer and its GPTQ twin
+    made by `youri quantize`, built once per module (the parametrized tests and the reference-loader test share
+    them)."""
+    built: dict[str, dict] = {}
+
+    def build(model_type: str) -> dict:
+        if model_type not in built:
+            tokenizer = load_tokenizer(shared_path(TOKENIZERS[model_type]))
+            root = tmp_path_factory.mktemp(model_type)
+            model = random_family_model(model_type, tokenizer, **SHAPES.get(model_type, {}))
+            parent = save_model(model, tokenizer, root / "fp")
+            text = root / "calibration.txt"
+            text.write_text(TEXT * 30 + "\n", encoding="utf-8")
+            twin = root / "gptq"
+            argv = ["quantize", str(parent), "--out", str(twin), "--calibration", str(text), "--heldout_ja", str(text)]
+            argv += ["--group_size", "32", "--num_samples", "2", "--seq_len", "32", "--eval_samples", "1"]
+            assert cli.main([*argv, "--device", "cpu"]) == 0
+            built[model_type] = {"type": model_type, "fp": parent, "gptq": twin, "tokenizer": tokenizer}
+        return built[model_type]
+
+    return build
+
+
+FAMILY_TYPES = [f.model_type for f in FAMILIES]
 
 
 def _greedy_equals_hf_generate(model, tokenizer) -> Engine:
@@ -78,7 +88,9 @@ def _greedy_equals_hf_generate(model, tokenizer) -> Engine:
     return engine
 
 
-def test_engine_greedy_equals_hf_generate_and_says_which_forward_runs(family):
+@pytest.mark.parametrize("model_type", FAMILY_TYPES)
+def test_engine_greedy_equals_hf_generate_and_says_which_forward_runs(families, model_type):
+    family = families(model_type)
     model = load_model(family["fp"], dtype=torch.float32)
     engine = _greedy_equals_hf_generate(model, family["tokenizer"])
     row = family_of(model.config)
@@ -91,9 +103,13 @@ def test_engine_greedy_equals_hf_generate_and_says_which_forward_runs(family):
         assert row.name in engine.decoder_line and "\n" not in engine.decoder_line
 
 
-def test_gptq_twin_keeps_norms_and_biases_fp16_loads_and_generates(family):
+@pytest.mark.parametrize("model_type", FAMILY_TYPES)
+def test_gptq_twin_keeps_norms_and_biases_fp16_loads_and_generates(families, model_type):
+    family = families(model_type)
     metrics = json.loads((family["gptq"] / "metrics.json").read_text())
     assert metrics["quality"]["ja"]["kl_gptq"] > 0  # KL to the fp parent, as for Llama
+    parent_elements = sum(t.numel() for t in load_file(str(family["fp"] / "model.safetensors")).values())
+    assert metrics["size"]["parent_fp16_bytes"] == 2 * parent_elements  # norms, QK-norms, biases, tied heads
     state, parent = (
         load_file(str(family["gptq"] / "model.safetensors")),
         load_file(str(family["fp"] / "model.safetensors")),
@@ -128,7 +144,9 @@ def test_gptq_twin_keeps_norms_and_biases_fp16_loads_and_generates(family):
     _greedy_equals_hf_generate(twin, family["tokenizer"])
 
 
-def test_eval_scores_the_twin(family, tmp_path):
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma3_text"])  # BOS or none, lean or not, tied or not
+def test_eval_scores_the_twin(families, model_type, tmp_path):
+    family = families(model_type)
     out = tmp_path / "eval"
     data = json.dumps({"xwinograd_ja": {"eval": "xwinograd-ja/xwinograd_jp.jsonl"}})
     argv = ["eval", str(family["gptq"]), "--tasks", "[xwinograd_ja]", "--data_dir", str(shared_path()), "--data", data]
@@ -141,36 +159,46 @@ REFERENCE_SCRIPT = """
 import sys, torch
 from transformers import AutoModelForCausalLM
 from gptqmodel import GPTQModel
-ids = torch.tensor([[int(t) for t in sys.argv[3].split(",")]])
-with torch.no_grad():
-    hf = AutoModelForCausalLM.from_pretrained(sys.argv[2], dtype=torch.float32, device_map="cpu", local_files_only=True)
-    own = GPTQModel.load(sys.argv[2], device="cpu")
-    out = {"transformers": hf(ids).logits.float(), "gptqmodel": own.model(ids).logits.float()}
+out = {}
+for folder, ids in zip(sys.argv[2::2], sys.argv[3::2]):
+    ids = torch.tensor([[int(t) for t in ids.split(",")]])
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="cpu", local_files_only=True)
+        out[f"{folder}:transformers"] = hf(ids).logits.float()
+        out[f"{folder}:gptqmodel"] = GPTQModel.load(folder, device="cpu").model(ids).logits.float()
 assert "youri" not in sys.modules
 torch.save(out, sys.argv[1])
 """
 
 
-def test_twin_loads_in_transformers_and_gptqmodel(family, tmp_path):
-    """The twin in transformers (GPTQ backend) and in GPTQModel's own loader: youri's logits within their bf16
-    CPU kernel's tolerance."""
+@pytest.mark.slow
+def test_twins_load_in_transformers_and_gptqmodel(families, tmp_path):
+    """Each family's twin in transformers (GPTQ backend) and in GPTQModel's own loader, one process for all:
+    youri's logits within their bf16 CPU kernels' tolerance. Llama is tests/test_gptq.py's; Mistral runs
+    GPTQModel's Llama code."""
     python = os.environ.get("YOURI_GPTQ_REFERENCE_PYTHON", "")
     if not python:
         pytest.skip("set YOURI_GPTQ_REFERENCE_PYTHON to the GPTQModel venv scripts/test.sh builds")
-    ids = family["tokenizer"](PROMPTS[0], add_special_tokens=False).input_ids
-    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    twins = {t: families(t) for t in ("qwen2", "qwen3", "gemma2", "gemma3_text")}
+    ids = {t: f["tokenizer"](PROMPTS[0], add_special_tokens=False).input_ids for t, f in twins.items()}
     out = tmp_path / "reference.pt"
-    command = [python, "-c", REFERENCE_SCRIPT, str(out), str(family["gptq"]), ",".join(map(str, ids))]
-    subprocess.run(command, check=True, env=env, cwd=tmp_path, timeout=600)
-    model = load_model(family["gptq"], dtype=torch.float32)
-    prepare_kernels(model, use_kernel=False)
-    with torch.no_grad():
-        ours = model(torch.tensor([ids])).logits
-    for loader, theirs in torch.load(out, weights_only=True).items():
-        gap = (theirs - ours).abs().max().item()
-        print(f"{family['type']} {loader}: max |logit diff| {gap:.2e}")
-        assert gap <= 0.03 * ours.abs().max().item(), loader  # bf16 kernels: 1.8% measured on Gemma 3
-        assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9, loader
+    command = [python, "-c", REFERENCE_SCRIPT, str(out)]
+    for model_type, family in twins.items():
+        command += [str(family["gptq"]), ",".join(map(str, ids[model_type]))]
+    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(command, check=True, env=env, cwd=tmp_path, timeout=900)
+    theirs = torch.load(out, weights_only=True)
+    for model_type, family in twins.items():
+        model = load_model(family["gptq"], dtype=torch.float32)
+        prepare_kernels(model, use_kernel=False)
+        with torch.no_grad():
+            ours = model(torch.tensor([ids[model_type]])).logits
+        for loader in ("transformers", "gptqmodel"):
+            got = theirs[f"{family['gptq']}:{loader}"]
+            gap = (got - ours).abs().max().item()
+            print(f"{model_type} {loader}: max |logit diff| {gap:.2e}")
+            assert gap <= 0.03 * ours.abs().max().item(), (model_type, loader)  # bf16 kernels: 1.8% seen on Gemma 3
+            assert (got.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9, (model_type, loader)
 
 
 # ----------------------------------------------------------------------------- small-vocabulary checks
