@@ -18,6 +18,7 @@ import torch
 
 from youri.config import ConfigError
 from youri.data.shards import FORMAT, token_dtype, write_shard
+from youri.families import UnsupportedModelError
 from youri.io import DataError
 from youri.model import save_model
 from youri.quant.gptq import (
@@ -248,10 +249,11 @@ def test_hessians_equal_plain_x_xt_of_each_linear_input(parent, true_sequential)
     also when all seven linears are collected in one pass (inputs of different linears never alias)."""
     from youri.families import LLAMA_SEQUENTIAL as SEQUENTIAL_GROUPS
     from youri.model import load_model
-    from youri.quant.quantize import _collect_hessians, _first_layer_inputs
+    from youri.quant.quantize import _collect_hessians, _layer_inputs
 
     model = load_model(parent, dtype=torch.float32)
-    inputs, kwargs = _first_layer_inputs(model, torch.randint(3, 256, (6, 32)), torch.device("cpu"), 4)
+    inputs, kwargs = _layer_inputs(model, torch.randint(3, 256, (6, 32)), torch.device("cpu"), 4)
+    kwargs = kwargs[0]
     layer = model.model.layers[0]
     names = sum(SEQUENTIAL_GROUPS, ())
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -262,8 +264,8 @@ def test_hessians_equal_plain_x_xt_of_each_linear_input(parent, true_sequential)
         for n in names
     ]
     with torch.no_grad():
-        for x in inputs:
-            layer(x, **kwargs)
+        for x, kw in zip(inputs, kwargs):
+            layer(x, **kw)
     for h in handles:
         h.remove()
     groups = SEQUENTIAL_GROUPS if true_sequential else (names,)
@@ -370,7 +372,7 @@ def _copy_with_config(parent: Path, dest: Path, **changes) -> Path:
     "case,error,match",
     [
         ("quantized", ConfigError, "already quantized"),
-        ("gpt2", ConfigError, "model_type 'gpt2' is not supported"),
+        ("gpt2", UnsupportedModelError, "model_type 'gpt2' is not supported"),
         ("bits", ConfigError, "bits=5 is not supported"),
         ("group", ConfigError, "not divisible by group_size 96"),
         ("empty", DataError, "calibration set is empty"),

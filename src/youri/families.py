@@ -19,8 +19,9 @@ Facts per row (all from the families' transformers modelling code and llama.cpp'
 - ``sliding_window``: some or all layers attend to a window only (Mistral, Gemma 2/3; Qwen's is off by default).
 - ``gguf_arch`` / ``gguf_rope_permute``: llama.cpp's architecture name, and whether its converter permutes
   q/k rows to the interleaved RoPE (the ``llama`` architecture only; the others run NeoX-style RoPE).
-- ``lean_decoder``: ``youri.serve.decoder``'s static-cache step computes this family exactly (others run
-  transformers' own forward with a dynamic cache, and the server says so).
+- ``lean_decoder``: ``youri.serve.decoder``'s static-cache step computes this family exactly (Llama's math with
+  optional q/k/v biases and QK-norm) where no sliding window is narrower than the context; others run transformers' own
+  forward with a dynamic cache, and chat/serve say so in one line.
 """
 
 from __future__ import annotations
@@ -78,9 +79,19 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family("Llama 2/3", ("llama",), "LlamaDecoderLayer", "llama", gguf_rope_permute=True, lean_decoder=True),
-    Family("Mistral", ("mistral",), "MistralDecoderLayer", "llama", sliding_window=True, gguf_rope_permute=True),
-    Family("Qwen2/2.5", ("qwen2",), "Qwen2DecoderLayer", "qwen2", qkv_bias=True, sliding_window=True),
-    Family("Qwen3", ("qwen3",), "Qwen3DecoderLayer", "qwen3", qk_norm=True, sliding_window=True),
+    Family(
+        "Mistral",
+        ("mistral",),
+        "MistralDecoderLayer",
+        "llama",
+        sliding_window=True,
+        gguf_rope_permute=True,
+        lean_decoder=True,
+    ),
+    Family(
+        "Qwen2/2.5", ("qwen2",), "Qwen2DecoderLayer", "qwen2", qkv_bias=True, sliding_window=True, lean_decoder=True
+    ),
+    Family("Qwen3", ("qwen3",), "Qwen3DecoderLayer", "qwen3", qk_norm=True, sliding_window=True, lean_decoder=True),
     Family(
         "Gemma 2",
         ("gemma2",),
@@ -107,12 +118,6 @@ FAMILIES: tuple[Family, ...] = (
 )
 _BY_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 SUPPORTED_MODEL_TYPES = tuple(_BY_TYPE)
-
-
-def lean_family(config: Any) -> Family | None:
-    """The row of a transformers config when its family runs on the lean decoder, else None (no error)."""
-    family = _BY_TYPE.get(getattr(config, "model_type", None))
-    return family if family is not None and family.lean_decoder else None
 
 
 def family_of(config: Mapping[str, Any] | Any, where: str = "config.json") -> Family:

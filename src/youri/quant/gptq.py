@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from youri.families import linear_shapes, norm_elements
+from youri.families import family_of, linear_shapes, norm_elements
 from youri.runtime.gptq_format import check_shape, packed_bytes
 
 
@@ -179,11 +179,15 @@ LLAMA_2_7B = {
 
 
 def twin_sizes(hf_config: dict, bits: int, group_size: int) -> dict[str, int | float]:
-    """Bytes of a model in fp16 and as a GPTQ twin (packed linears + fp16 embeddings, LM head and norms)."""
+    """Bytes of a model in fp16 and as a GPTQ twin (packed linears + fp16 embeddings, LM head, norms, biases)."""
     hidden, layers = hf_config["hidden_size"], hf_config["num_hidden_layers"]
     shapes = list(linear_shapes(hf_config).values()) * layers
     heads = 1 if hf_config.get("tie_word_embeddings") else 2
-    other = hf_config["vocab_size"] * hidden * heads + norm_elements(hf_config)
+    projections = linear_shapes(hf_config)
+    biases = (
+        sum(projections[f"self_attn.{p}_proj"][1] for p in "qkv") if family_of(hf_config).has_qkv_bias(hf_config) else 0
+    )
+    other = hf_config["vocab_size"] * hidden * heads + norm_elements(hf_config) + biases * layers  # fp16 in the twin
     fp16 = 2 * (sum(i * o for i, o in shapes) + other)
     packed = sum(packed_bytes(i, o, bits, group_size) for i, o in shapes)
     return {

@@ -51,7 +51,7 @@ from youri.train.losses import token_loss_sum
 @dataclass
 class Config:
     model: str = field(default="", metadata={"positional": True})
-    """Parent model folder: a youri pretrain/SFT stage folder or a local HF Llama checkpoint."""
+    """Parent model folder: a youri pretrain/SFT stage folder or a local HF checkpoint of a youri.families family."""
     out: str = ""
     """Output stage folder (default: MODEL-gptq-{bits}bit-g{group_size} beside the parent)."""
     bits: int = 4
@@ -226,7 +226,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str,
     """GPTQ every projection of every decoder layer in place (weights become the dequantized values);
     return the packed v1 tensors by module name. One layer at a time lives on ``device``."""
     layers = decoder_layers(model)
-    inputs, kwargs = _first_layer_inputs(model, calib, device, cfg.batch_size)
+    inputs, kwargs = _layer_inputs(model, calib, device, cfg.batch_size)
     packed: dict[str, dict[str, torch.Tensor]] = {}
     family = family_of(model.config)
     groups = family.sequential if cfg.true_sequential else (family.projections,)
@@ -234,7 +234,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str,
         layer.to(device)
         for group in groups:
             with _fast_fp32_matmuls(device):
-                hessians = _collect_hessians(layer, group, inputs, kwargs)
+                hessians = _collect_hessians(layer, group, inputs, kwargs[index])
             for name in group:
                 linear = layer.get_submodule(name)
                 codes, scales, zeros, g_idx = gptq_quantize(
@@ -252,7 +252,8 @@ def quantize_model(model, calib: torch.Tensor, cfg: Config, device) -> dict[str,
                 packed[f"model.layers.{index}.{name}"] = {k: v.cpu() for k, v in tensors.items()}
             del hessians
         with torch.no_grad(), _fast_fp32_matmuls(device):  # the next layer sees this one's quantized outputs
-            inputs = [_layer_out(layer(x, **kwargs)) for x in inputs]
+            inputs = [_layer_out(layer(x, **kw)) for x, kw in zip(inputs, kwargs[index])]
+        kwargs[index] = []  # this layer's masks and tables are no longer needed
         layer.to("cpu")
     return packed
 
@@ -280,32 +281,45 @@ def _fast_fp32_matmuls(device):
         torch.set_float32_matmul_precision(previous)
 
 
-def _first_layer_inputs(model, calib: torch.Tensor, device, batch_size: int):
-    """Hidden states entering decoder layer 0 for each batch of calibration rows, and the layer's keyword
-    args (rotary tables, causal mask: the same for every batch, as all rows have one length)."""
-    captured, kwargs = [], {}
-    first = model.model.layers[0]
+def _layer_inputs(model, calib: torch.Tensor, device, batch_size: int):
+    """Hidden states entering decoder layer 0 for each batch of calibration rows, and each layer's own keyword
+    args for each batch (``kwargs[layer][batch]``: causal or sliding-window mask, rotary tables -- Gemma 2/3
+    alternate sliding and global layers, Gemma 3's local layers have their own rotary base).
 
-    def catch(module, args, kw):
-        captured.append(args[0].to(device) if args else kw.pop("hidden_states").to(device))
-        kwargs.update({k: _to(v, device) for k, v in kw.items() if k != "hidden_states"})
-        raise _Stop
+    One pass of the model's own forward per batch with every decoder layer's ``forward`` replaced by a recorder
+    that returns its input: the model builds each layer's arguments as it always does, no layer computes. The
+    embedding runs (Gemma's scale included) but no LM head. A tensor shared by several layers is moved once."""
+    layers = decoder_layers(model)
+    captured: list[torch.Tensor] = []
+    kwargs: list[list[dict]] = [[] for _ in layers]
+    moved: dict[int, object] = {}
 
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    def recorder(index):
+        def forward(*args, **kw):
+            hidden = args[0] if args else kw.pop("hidden_states")
+            if index == 0:
+                captured.append(hidden.to(device))
+            kwargs[index].append({k: _to(v, device, moved) for k, v in kw.items() if k != "hidden_states"})
+            return hidden
+
+        return forward
+
+    for index, layer in enumerate(layers):
+        layer.forward = recorder(index)  # an instance attribute: nn.Module.__call__ finds it first
     try:
         with torch.no_grad():
             for rows in calib.split(max(1, batch_size)):
-                try:
-                    model(rows, use_cache=False)
-                except _Stop:
-                    pass
+                model.model(input_ids=rows, use_cache=False)
+                moved.clear()  # the next batch's tensors are new objects
     finally:
-        handle.remove()
+        for layer in layers:
+            del layer.forward
     return captured, kwargs
 
 
 def _collect_hessians(layer, names, inputs, kwargs) -> dict[str, torch.Tensor]:
-    """H = 2/n Σ x xᵀ over every calibration token entering each named linear (running average).
+    """H = 2/n Σ x xᵀ over every calibration token entering each named linear (running average); ``kwargs``:
+    the layer's keyword arguments for each batch of ``inputs``.
 
     Linears fed the same tensor (q/k/v, gate/up) share one Hessian, and each calibration batch stops as
     soon as every named linear has seen its input: the rest of the layer is not needed for these."""
@@ -339,11 +353,11 @@ def _collect_hessians(layer, names, inputs, kwargs) -> dict[str, torch.Tensor]:
         handles.append(layer.get_submodule(name).register_forward_hook(hook(name)))
     try:
         with torch.no_grad():
-            for x in inputs:
+            for x, kw in zip(inputs, kwargs):
                 seen.clear()
                 done.clear()
                 try:
-                    layer(x, **kwargs)
+                    layer(x, **kw)
                 except _Stop:
                     pass
     finally:
@@ -356,11 +370,14 @@ def _layer_out(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _to(value, device):
+def _to(value, device, moved: dict):
+    """``value`` (a tensor or a tuple of them) on ``device``; ``moved`` memoises by identity."""
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        if id(value) not in moved:
+            moved[id(value)] = (value, value.to(device))  # the source kept alive: its id stays its own
+        return moved[id(value)][1]
     if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
+        return tuple(_to(v, device, moved) for v in value)
     return value
 
 

@@ -6,6 +6,8 @@ Below ``youri.model`` (which loads a GPTQ twin like any other folder): every sta
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -154,9 +156,11 @@ def swap_linears(module: nn.Module, names: set[str], *, bits: int, group_size: i
 def load_gptq_model(path, quant: dict, *, dtype=None, device=None):
     """A GPTQ v1 folder as a transformers model with ``QuantLinear`` layers (weights stay packed).
 
-    gpt-fast style: build on the meta device, swap the quantized linears, ``load_state_dict(assign=True)``
-    from safetensors; non-persistent buffers (rotary tables) are then rebuilt on the CPU. On ``device``, each
-    layer's weights are converted once for PyTorch's int4 kernel where there is one (``prepare_kernels``).
+    gpt-fast style: build with every parameter on the meta device, swap the quantized linears,
+    ``load_state_dict(assign=True)`` from safetensors. Buffers are built on the CPU by the modules themselves
+    (rotary tables -- Gemma 3's local and global ones --, Gemma's embedding scale), exactly as transformers
+    builds them. On ``device``, each layer's weights are converted once for its int4 kernel where there is one
+    (``prepare_kernels``).
     """
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -168,7 +172,7 @@ def load_gptq_model(path, quant: dict, *, dtype=None, device=None):
         state.update(load_file(str(file)))
     if not state:
         raise FileNotFoundError(f"{path}: no *.safetensors weights")
-    with torch.device("meta"):
+    with _parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     names = {key[: -len(".qweight")] for key in state if key.endswith(".qweight")}
     swap_linears(model, names, bits=int(quant["bits"]), group_size=int(quant["group_size"]))
@@ -182,19 +186,28 @@ def load_gptq_model(path, quant: dict, *, dtype=None, device=None):
         )
     if tied:
         model.tie_weights()
-    _rebuild_meta_buffers(model, config)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"{path}: tensors the checkpoint does not hold: {left[:5]}")
     if device:
         model.to(device)
     prepare_kernels(model)  # on the final device: each kernel's weight format is its own
     return model.eval()
 
 
-def _rebuild_meta_buffers(model: nn.Module, config) -> None:
-    """Recreate modules whose non-persistent buffers were left on the meta device (rotary embeddings)."""
-    for name, module in list(model.named_modules()):
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, type(module)(config=config))
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    assert not left, f"tensors left on the meta device: {left[:5]}"
+@contextmanager
+def _parameters_on_meta():
+    """Every parameter registered inside moves to the meta device at once (its values come from the
+    checkpoint); buffers stay where the module computed them."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register

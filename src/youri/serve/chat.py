@@ -129,6 +129,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> None:
     params = sampling_params(cfg)
     model, tokenizer = load_for_inference(cfg.model, device=cfg.device, dtype=cfg.dtype)
     engine = Engine(model, tokenizer, max_batch_size=1, max_context=cfg.max_context or None)
+    print(engine.decoder_line, file=sys.stderr, flush=True)  # which forward generates, once
     if params.max_new_tokens >= engine.max_context:
         raise ChatError(
             f"max_new_tokens {params.max_new_tokens} leaves no room in the {engine.max_context}-token context"

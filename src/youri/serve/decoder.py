@@ -4,11 +4,13 @@ A batch is a set of rows (one request each) that share one column index: prompts
 that every row's newest token sits in the same column, and a decode step writes one new column for
 all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode``, ``keep``):
 
-* ``StaticLlama`` -- Llama-family models. K/V live in preallocated ``[rows, kv_heads, columns,
-  head_dim]`` buffers written in place (grown by doubling, compacted when padding piles up on the
-  left), validity is one boolean ``[rows, columns]`` mask, rotary tables are computed once. A step is
-  Llama's math on the model's own weights, resolved once into bare calls (``LeanLayer``): at youri's
-  sizes a step costs what its op dispatches and ``nn.Module`` calls cost, not its FLOPs.
+* ``StaticLlama`` -- the families whose ``youri.families`` row says ``lean_decoder`` (Llama, Mistral, Qwen2,
+  Qwen3: Llama's math, q/k/v biases and QK-norm included) when no sliding window is narrower than the
+  context. K/V live in preallocated ``[rows, kv_heads, columns, head_dim]`` buffers written in place (grown
+  by doubling, compacted when padding piles up on the left), validity is one boolean ``[rows, columns]``
+  mask, rotary tables are computed once. A step is Llama's math on the model's own weights, resolved once into bare
+  calls (``LeanLayer``): at youri's sizes a step costs what its op dispatches and ``nn.Module`` calls
+  cost, not its FLOPs.
 
   - RMSNorm runs as ``F.rms_norm`` (bit-identical to Hugging Face's module in fp32; half precision keeps
     its rounding order), SiLU as ``F.silu``, the embedding as ``F.embedding``; activations stay 2-D.
@@ -44,15 +46,39 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, rotate_half
+from transformers.models.mistral.modeling_mistral import MistralRMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
-from youri.families import lean_family
+from youri.families import UnsupportedModelError, family_of
 from youri.runtime import kernels
 from youri.runtime.quant_linear import QuantLinear
 
 
 def make_batch(model, max_context: int):
-    """The fastest batch implementation that supports ``model``."""
-    return StaticLlama(model, max_context) if StaticLlama.supports(model) else DynamicHF(model)
+    """The fastest batch implementation that supports ``model`` over ``max_context`` tokens."""
+    return StaticLlama(model, max_context) if StaticLlama.supports(model, max_context) else DynamicHF(model)
+
+
+def decoder_line(model, max_context: int) -> str:
+    """One line saying which forward ``make_batch`` runs for ``model``, and why not the lean one."""
+    why = StaticLlama.unsupported(model, max_context)
+    if why is None:
+        return f"youri: decoder: lean static-cache step ({family_of(model.config).name})"
+    return f"youri: decoder: transformers' own forward with a dynamic cache ({why})"
+
+
+def _lean_lacks(family) -> list[str]:
+    """What a family row computes that the lean step does not (Llama's math, plus biases and QK-norm)."""
+    return [
+        what
+        for what, needed in (
+            ("1 + w norms", family.norm_offset),
+            ("embedding scale", family.embed_scale),
+            ("soft-capping", family.soft_capping),
+        )
+        if needed
+    ]
 
 
 # ----------------------------------------------------------------------------- static cache, lean step
@@ -81,15 +107,28 @@ class StaticLlama:
         self.reset()
 
     @staticmethod
-    def supports(model) -> bool:
+    def supports(model, max_context: int) -> bool:
+        return StaticLlama.unsupported(model, max_context) is None
+
+    @staticmethod
+    def unsupported(model, max_context: int) -> str | None:
+        """Why the lean step would not compute ``model`` exactly over ``max_context`` tokens (None: it does)."""
         config = getattr(model, "config", None)
+        try:
+            family = family_of(config)
+        except UnsupportedModelError:
+            return f"model_type {getattr(config, 'model_type', None)!r} is not a youri family"
+        if not family.lean_decoder:
+            return f"{family.name}: the lean step has no {', '.join(_lean_lacks(family)) or 'plan'}"
+        if not (hasattr(model, "model") and hasattr(model.model, "rotary_emb")):
+            return f"{type(model).__name__} has no model.rotary_emb"
         rope = getattr(config, "rope_parameters", None) or {}
-        return (
-            lean_family(config) is not None
-            and hasattr(model, "model")
-            and hasattr(model.model, "rotary_emb")
-            and rope.get("rope_type", "default") != "dynamic"
-        )
+        if rope.get("rope_type", "default") == "dynamic":
+            return "dynamic rope scaling"
+        window, types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
+        if window and (types is None or "sliding_attention" in types) and window < max_context:
+            return f"{family.name}: sliding window of {window} tokens < context of {max_context}"
+        return None
 
     def _build_plan(self) -> None:
         """Resolve every module the step calls into bare functions, stacking small projections (``LeanLayer``)."""
@@ -264,6 +303,8 @@ FUSE_MAX_ELEMENTS = 1 << 20
 past this size the matmul takes far longer than the dispatch and the copy would cost memory for nothing."""
 
 SILU = (torch.nn.SiLU, SiLUActivation)
+RMS_NORMS = (LlamaRMSNorm, MistralRMSNorm, Qwen2RMSNorm, Qwen3RMSNorm)
+"""Transformers' copies of Llama's RMSNorm (``weight * x / rms(x)``, the same source line for line)."""
 
 
 class LeanLayer:
@@ -387,7 +428,7 @@ def _rotation(rows: int, heads: int | None) -> tuple[torch.Tensor | None, torch.
 def _rms_norm(module):
     """Llama's RMSNorm as ``F.rms_norm`` (one call instead of eight; bit-identical to the module in fp32).
     Half precision keeps Hugging Face's order: normalise in fp32, round, then scale."""
-    if type(module) is not LlamaRMSNorm or _hooked(module):
+    if type(module) not in RMS_NORMS or _hooked(module):
         return module
     weight, eps = module.weight, module.variance_epsilon
     shape = (weight.shape[-1],)
@@ -423,24 +464,57 @@ def _fused_qkv(attention, heads: int, kv_heads: int, head_dim: int):
         matmul = _stacked((q, k, v), rotations)
     else:
         matmul = _int4_stacked(((q, None), (k, None), (v, None), (q, heads), (k, kv_heads)))
-    if matmul is None:
+    norm = _qk_norm(attention, heads, kv_heads, head_dim)
+    if matmul is None or norm is False:
         return None
     qk, qkv = heads + kv_heads, heads + 2 * kv_heads  # output heads: [q | k | v | rotated q | rotated k]
 
     def project(h, cos, sin, count: int, width: int):
         out = matmul(h).view(count, width, -1, head_dim).transpose(1, 2)
-        return out[:, :qk] * cos + out[:, qkv:] * sin, out[:, qk:qkv]
+        queries_keys, rotated = out[:, :qk], out[:, qkv:]
+        if norm is not None:
+            queries_keys, rotated = norm(queries_keys, rotated)
+        return queries_keys * cos + rotated * sin, out[:, qk:qkv]
 
     return project
 
 
+def _qk_norm(attention, heads: int, kv_heads: int, head_dim: int):
+    """Qwen3's RMSNorm of each query and key head (before rotary) over ``[q | k]`` heads and their ``rotate_half``
+    copies: None without QK-norm, False when the norms are not plain ``RMS_NORMS`` (the per-module path then
+    calls them). ``rotate_half`` permutes and negates within a head, which leaves its RMS as it is, so the
+    rotated copy is normalised by the same factor with its weight permuted the same way: exact."""
+    q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+    if q_norm is None and k_norm is None:
+        return None
+    if not all(type(m) in RMS_NORMS and not _hooked(m) for m in (q_norm, k_norm)):
+        return False
+    if q_norm.variance_epsilon != k_norm.variance_epsilon:
+        return False
+    eps = q_norm.variance_epsilon
+    with torch.no_grad():
+        weight = torch.cat([q_norm.weight.expand(heads, head_dim), k_norm.weight.expand(kv_heads, head_dim)])
+        order, _ = _rotation(head_dim, 1)
+        weight, weight_rotated = weight[None, :, None], weight[:, order.to(weight.device)][None, :, None]
+
+    def norm(queries_keys, rotated):
+        dtype = queries_keys.dtype
+        factor = torch.rsqrt(queries_keys.float().pow(2).mean(-1, keepdim=True) + eps)  # as Hugging Face's module
+        normed = weight * (queries_keys.float() * factor).to(dtype)
+        return normed, weight_rotated * (rotated.float() * factor).to(dtype)
+
+    return norm
+
+
 def _separate_qkv(attention, head_dim: int):
-    """The per-module path (GPTQ ``QuantLinear``, hooks, large layers): Llama's rotary on q and k at once."""
+    """The per-module path (GPTQ ``QuantLinear``, hooks, large layers): QK-norms where the model has them, then
+    Llama's rotary on q and k at once."""
     q_proj, k_proj, v_proj = map(_linear, (attention.q_proj, attention.k_proj, attention.v_proj))
+    q_norm, k_norm = (_rms_norm(getattr(attention, name, None) or torch.nn.Identity()) for name in ("q_norm", "k_norm"))
 
     def project(h, cos, sin, count: int, width: int):
-        q = q_proj(h).view(count, width, -1, head_dim).transpose(1, 2)
-        k = k_proj(h).view(count, width, -1, head_dim).transpose(1, 2)
+        q = q_norm(q_proj(h).view(count, width, -1, head_dim)).transpose(1, 2)
+        k = k_norm(k_proj(h).view(count, width, -1, head_dim)).transpose(1, 2)
         qk = torch.cat([q, k], dim=1)
         return qk * cos + rotate_half(qk) * sin, v_proj(h).view(count, width, -1, head_dim).transpose(1, 2)
 

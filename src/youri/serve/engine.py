@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from youri.serve.decoder import make_batch
+from youri.serve.decoder import decoder_line, make_batch
 
 
 class GenerationError(ValueError):
@@ -231,6 +231,7 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.batch = make_batch(model, self.max_context)
+        self.decoder_line = decoder_line(model, self.max_context)  # chat and serve print it once
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)

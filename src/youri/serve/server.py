@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -373,6 +374,7 @@ def build_server(cfg: Config) -> Server:
     if cfg.max_batch_size < 1:
         raise ChatError(f"max_batch_size must be >= 1, got {cfg.max_batch_size}")
     engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size, max_context=cfg.max_context or None)
+    print(engine.decoder_line, file=sys.stderr, flush=True)  # which forward generates, once
     context = engine.max_context
     limits = Limits(
         context=context,
