@@ -56,10 +56,13 @@ from typing import Annotated, Iterable, Iterator, Literal
 import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as pb
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, Seed
-from youri.io import DataError, atomic_write_text, iter_jsonl, read_text, require_field, resolve_path
+from youri.data import bpe_vocab
+from youri.families import family_of
+from youri.io import DataError, atomic_write_text, iter_jsonl, read_json, read_text, require_field, resolve_path
 from youri.model import load_model, load_tokenizer, save_model
 from youri.stage import StageWriter
 
@@ -433,7 +436,13 @@ def learn_new_pieces(cfg: Config, base_proto, texts: list[str]) -> list[str]:
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
     """Extend the tokenizer (and resize the model when ``base`` is a model folder) into ``cfg.out``."""
     _validate(cfg)
+    path = resolve_path(cfg.base) if cfg.base and not cfg.base_tokenizer else None
+    byte_level = bpe_vocab.byte_level_base(path) if path is not None and path.exists() else None
+    if byte_level is not None:
+        return run_byte_level(cfg, byte_level, overwrite=overwrite)
     base = locate_base(cfg.base, cfg.base_tokenizer)
+    if base.has_model:
+        family_of(read_json(base.dir / "config.json"), str(base.dir / "config.json"))
     base_proto = load_proto(base.sp_model)
     spec = base_proto.trainer_spec
     if spec.model_type != spec.BPE:
@@ -501,3 +510,68 @@ def _extend_model(base: Base, base_proto, new: list[str], out_dir: Path, cfg: Co
     )
     save_model(model, None, out_dir)
     return info
+
+
+# ----------------------------------------------------------------------------- byte-level BPE bases
+
+SENTENCEPIECE_ONLY = ("method", "max_piece_chars", "character_coverage", "split_by_unicode_script")
+
+
+def run_byte_level(cfg: Config, tokenizer_json: Path, *, overwrite: bool = False) -> Path:
+    """``run`` for a byte-level BPE base (Llama 3, Qwen2/3): append learned tokens and merges (``bpe_vocab``)."""
+    for name in SENTENCEPIECE_ONLY:
+        if getattr(cfg, name) != Config.__dataclass_fields__[name].default:
+            raise VocabError(f"vocab.{name}: applies to SentencePiece bases only; {tokenizer_json} is byte-level BPE")
+    folder = tokenizer_json.parent
+    has_model = (folder / "config.json").is_file()
+    if has_model:
+        family_of(read_json(folder / "config.json"), str(folder / "config.json"))
+    started = time.time()
+    texts = list(iter_corpus_texts(cfg.corpus, cfg.text_field))
+    if not texts:
+        raise DataError(f"vocab.corpus: no documents in {', '.join(cfg.corpus)}")
+    base = Tokenizer.from_file(str(tokenizer_json))
+    state = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    extension = bpe_vocab.learn(base, texts, cfg.new_pieces, sample_lines=cfg.input_sentence_size, seed=cfg.seed)
+    if not extension.tokens:
+        raise DataError(f"vocab.corpus: no new tokens could be learned from {', '.join(cfg.corpus)}")
+    extended_state = bpe_vocab.extend_state(state, extension)
+    first_id = bpe_vocab.first_new_id(state)
+    inputs = [folder, *(resolve_path(spec) for spec in cfg.corpus)]
+    with StageWriter(
+        cfg.out, stage="vocab", config=cfg, inputs=inputs, parent=folder if has_model else None, overwrite=overwrite
+    ) as stage:
+        load_tokenizer(folder).save_pretrained(str(stage.path))  # tokenizer_config.json, chat template, specials
+        atomic_write_text(stage.path / "tokenizer.json", json.dumps(extended_state, ensure_ascii=False))
+        extended = Tokenizer.from_str(json.dumps(extended_state))
+        metrics = {
+            "base_vocab": first_id,
+            "vocab": first_id + len(extension.tokens),
+            "new_pieces": len(extension.tokens),
+            "new_pieces_requested": cfg.new_pieces,
+            "first_new_id": first_id,
+            "base_merges": len(state["model"]["merges"]),
+            "new_merges": len(extension.merges),
+            "method": "byte-level BPE merges learned on the base tokenisation, appended after the original merges",
+            "corpus_docs": len(texts),
+            "corpus_chars_per_token_base": round(bpe_vocab.chars_per_token(base, texts), 4),
+            "corpus_chars_per_token_extended": round(bpe_vocab.chars_per_token(extended, texts), 4),
+        }
+        sample = texts[: cfg.check_docs]
+        if sample:
+            metrics.update(bpe_vocab.check_tokenizer(stage.path, base, sample))
+            failed = ("auto_tokenizer_mismatches", "roundtrip_failures", "added_token_ids_moved")
+            if any(metrics[name] for name in failed):
+                raise AssertionError(f"extended tokenizer self-check failed: {metrics}")
+        if has_model:
+            model = load_model(folder)
+            metrics.update(resize_model(model, first_id, extension.parts, noise_std=cfg.init_noise_std, seed=cfg.seed))
+            save_model(model, None, stage.path)
+        metrics["seconds"] = round(time.time() - started, 1)
+        print(
+            f"youri vocab: {first_id} + {len(extension.tokens)} tokens (ids {first_id}..), "
+            f"{len(extension.merges)} merges appended; chars/token on the corpus "
+            f"{metrics['corpus_chars_per_token_base']} -> {metrics['corpus_chars_per_token_extended']}; "
+            f"{'model resized' if has_model else 'tokenizer only'} -> {cfg.out}"
+        )
+        return stage.finish(metrics)
