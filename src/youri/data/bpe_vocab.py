@@ -34,6 +34,9 @@ from tokenizers import Tokenizer, models, trainers
 from youri.config import ConfigError
 from youri.model import load_tokenizer
 
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+"""The base's tokenizer files copied unchanged beside the extended tokenizer.json (a stale vocab.json/merges.txt
+is not copied: tokenizer.json is the tokenizer)."""
 CHAR_OFFSET = 0x10000
 """Base id ``i`` is the trainer character ``chr(CHAR_OFFSET + i)``: above the BMP, so never a surrogate."""
 
@@ -70,7 +73,9 @@ def describe(state: dict) -> str:
     features = [f"pre-tokenizer {'+'.join(_types(state.get('pre_tokenizer'))) or 'none'}"]
     if model.get("byte_fallback"):
         features.append("byte fallback")
-    if "Metaspace" in _types(state.get("pre_tokenizer")) or "\u2581" in json.dumps(state.get("normalizer")):
+    if "Metaspace" in _types(state.get("pre_tokenizer")) or "\u2581" in json.dumps(
+        state.get("normalizer"), ensure_ascii=False
+    ):
         features.append("▁ spaces")
     return f"{model.get('type', 'unknown')} tokenizer ({', '.join(features)})"
 
@@ -108,12 +113,10 @@ def byte_level_base(path: Path) -> Path | None:
 
 @dataclass
 class Extension:
-    """What is appended: new merges in rank order, new tokens in id order and each token's base ids."""
+    """What is appended: new merges in rank order, new tokens in id order."""
 
     merges: list[tuple[str, str]]
     tokens: list[str]
-    parts: list[list[int]]
-    """Per new token, the base ids it was merged from (its base tokenisation in the corpus): mean init."""
 
 
 def base_sequences(tokenizer: Tokenizer, texts: list[str]) -> Counter:
@@ -148,8 +151,11 @@ def _trainer_words(sequences: Counter) -> Iterator[str]:
             yield word
 
 
-def learn(tokenizer: Tokenizer, texts: list[str], n: int, *, sample_lines: int = 0, seed: int = 0) -> Extension:
-    """Up to ``n`` new tokens (and their merges) learned on ``texts`` over the base tokenisation.
+def learn(
+    tokenizer: Tokenizer, state: dict, texts: list[str], n: int, *, sample_lines: int = 0, seed: int = 0
+) -> Extension:
+    """Up to ``n`` new tokens (and their merges) learned on ``texts`` over the base tokenisation (``tokenizer``,
+    whose tokenizer.json is ``state``).
 
     ``sample_lines``: learn on that many lines sampled with ``seed`` (0: every text, whole).
     """
@@ -163,13 +169,13 @@ def learn(tokenizer: Tokenizer, texts: list[str], n: int, *, sample_lines: int =
     learner = Tokenizer(models.BPE())
     learner.train_from_iterator(_trainer_words(sequences), trainer=trainer)
     learned = json.loads(learner.to_str())["model"]["merges"]
-    return _append_order(tokenizer, learned, n)
+    return _append_order(tokenizer, state, learned, n)
 
 
-def _append_order(tokenizer: Tokenizer, learned: list, n: int) -> Extension:
+def _append_order(tokenizer: Tokenizer, state: dict, learned: list, n: int) -> Extension:
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    base_merges = {_pair(merge) for merge in json.loads(tokenizer.to_str())["model"]["merges"]}
-    extension = Extension([], [], [])
+    base_merges = {_pair(merge) for merge in state["model"]["merges"]}
+    extension = Extension([], [])
     seen: set[tuple[str, str]] = set()
     for merge in learned:
         left, right = _pair(merge)
@@ -183,9 +189,13 @@ def _append_order(tokenizer: Tokenizer, learned: list, n: int) -> Extension:
                 break
             vocab[merged] = -1
             extension.tokens.append(merged)
-            extension.parts.append([ord(ch) - CHAR_OFFSET for ch in left + right])
         extension.merges.append(pair)
     return extension
+
+
+def original_ids(tokenizer: Tokenizer, tokens: list[str]) -> list[list[int]]:
+    """Each new token's ids under the base BPE (its bytes as one word): the rows its embedding is the mean of."""
+    return [[token.id for token in tokenizer.model.tokenize(text)] for text in tokens]
 
 
 def _base_text(tokenizer: Tokenizer, trainer_token: str) -> str:
@@ -209,8 +219,8 @@ def first_new_id(state: dict) -> int:
 
 def extend_state(state: dict, extension: Extension) -> dict:
     """A copy of a tokenizer.json state with the new tokens and merges appended (merges in the file's format)."""
-    state = json.loads(json.dumps(state))
-    model = state["model"]
+    model = {**state["model"], "vocab": dict(state["model"]["vocab"]), "merges": list(state["model"]["merges"])}
+    state = {**state, "model": model}
     start = first_new_id(state)
     # `tokenizers` ignores the ids stored with added tokens and numbers those missing from the model vocabulary
     # from the vocabulary's size on; with the new tokens after them, that would move every special token. Listing
@@ -229,11 +239,10 @@ def chars_per_token(tokenizer: Tokenizer, texts: list[str]) -> float:
     return sum(map(len, texts)) / max(tokens, 1)
 
 
-def check_tokenizer(out_dir: Path, base: Tokenizer, texts: list[str]) -> dict:
-    """The written tokenizer.json and ``AutoTokenizer`` on the folder give the same ids, decoding restores every
-    text the base restores (Qwen's NFC normaliser changes some texts, in the base as well), and every added
-    (special) token has its base id."""
-    extended = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+def check_tokenizer(out_dir: Path, extended: Tokenizer, base: Tokenizer, texts: list[str]) -> dict:
+    """``AutoTokenizer`` on ``out_dir`` gives the ids of the tokenizer.json written there (``extended``), decoding
+    restores every text the base restores (Qwen's NFC normaliser changes some texts, in the base as well), and
+    every added (special) token has its base id."""
     auto = load_tokenizer(out_dir)
     ids = [encoding.ids for encoding in extended.encode_batch(texts, add_special_tokens=False)]
     mismatches = sum(a != b for a, b in zip(ids, auto(texts, add_special_tokens=False)["input_ids"]))

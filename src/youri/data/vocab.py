@@ -47,6 +47,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -532,7 +533,7 @@ def run_byte_level(cfg: Config, tokenizer_json: Path, *, overwrite: bool = False
         raise DataError(f"vocab.corpus: no documents in {', '.join(cfg.corpus)}")
     base = Tokenizer.from_file(str(tokenizer_json))
     state = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    extension = bpe_vocab.learn(base, texts, cfg.new_pieces, sample_lines=cfg.input_sentence_size, seed=cfg.seed)
+    extension = bpe_vocab.learn(base, state, texts, cfg.new_pieces, sample_lines=cfg.input_sentence_size, seed=cfg.seed)
     if not extension.tokens:
         raise DataError(f"vocab.corpus: no new tokens could be learned from {', '.join(cfg.corpus)}")
     extended_state = bpe_vocab.extend_state(state, extension)
@@ -541,9 +542,12 @@ def run_byte_level(cfg: Config, tokenizer_json: Path, *, overwrite: bool = False
     with StageWriter(
         cfg.out, stage="vocab", config=cfg, inputs=inputs, parent=folder if has_model else None, overwrite=overwrite
     ) as stage:
-        load_tokenizer(folder).save_pretrained(str(stage.path))  # tokenizer_config.json, chat template, specials
-        atomic_write_text(stage.path / "tokenizer.json", json.dumps(extended_state, ensure_ascii=False))
-        extended = Tokenizer.from_str(json.dumps(extended_state))
+        for name in bpe_vocab.TOKENIZER_FILES:  # the base's own config, special tokens and chat template, unchanged
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, stage.path / name)
+        text = json.dumps(extended_state, ensure_ascii=False)
+        atomic_write_text(stage.path / "tokenizer.json", text)
+        extended = Tokenizer.from_str(text)
         metrics = {
             "base_vocab": first_id,
             "vocab": first_id + len(extension.tokens),
@@ -559,13 +563,14 @@ def run_byte_level(cfg: Config, tokenizer_json: Path, *, overwrite: bool = False
         }
         sample = texts[: cfg.check_docs]
         if sample:
-            metrics.update(bpe_vocab.check_tokenizer(stage.path, base, sample))
+            metrics.update(bpe_vocab.check_tokenizer(stage.path, extended, base, sample))
             failed = ("auto_tokenizer_mismatches", "roundtrip_failures", "added_token_ids_moved")
             if any(metrics[name] for name in failed):
                 raise AssertionError(f"extended tokenizer self-check failed: {metrics}")
         if has_model:
             model = load_model(folder)
-            metrics.update(resize_model(model, first_id, extension.parts, noise_std=cfg.init_noise_std, seed=cfg.seed))
+            parts = bpe_vocab.original_ids(base, extension.tokens)
+            metrics.update(resize_model(model, first_id, parts, noise_std=cfg.init_noise_std, seed=cfg.seed))
             save_model(model, None, stage.path)
         metrics["seconds"] = round(time.time() - started, 1)
         print(
