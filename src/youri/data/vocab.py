@@ -1,4 +1,10 @@
-"""``youri vocab``: extend a Llama SentencePiece tokenizer with Japanese pieces and resize the model.
+"""``youri vocab``: extend a tokenizer with Japanese pieces and resize the model.
+
+Two kinds of base, told apart by the tokenizer files: a SentencePiece ``tokenizer.model`` (Llama 2; below),
+and a byte-level BPE ``tokenizer.json`` (Llama 3, Qwen2/2.5/3: ``youri.data.bpe_vocab``, which says how its
+merges are learned and which ids the new tokens get). Any other tokenizer.json (Gemma's SentencePiece-style
+BPE with byte fallback, shipped without its tokenizer.model) is refused in one line. A model base's family
+comes from its config.json (``youri.families``); tied embeddings stay tied.
 
 The Llama 2 tokenizer spends ~1.2 tokens per Japanese character (most kanji fall back to three byte
 tokens). This stage trains Japanese subword pieces with SentencePiece on a Japanese corpus, appends the
@@ -13,6 +19,8 @@ The output is a stage folder that other stages accept as a model (config, safete
 
     youri vocab --base ../shared/data/llama2-tokenizer --corpus '[builtin:corpus_ja.jsonl]' \\
         --new_pieces 2000 --out runs/vocab                       # tokenizer only (tiny CPU run)
+    youri vocab --base ../shared/data/llama3-tokenizer --corpus '[builtin:corpus_ja.jsonl]' \\
+        --new_pieces 2000 --out runs/vocab-l3                    # byte-level BPE: Llama 3 / Qwen tokenizer.json
     youri vocab --recipe recipes/demo.yaml                        # the demo: tiny model + tokenizer
     youri vocab --base meta-llama-2-7b/ --corpus '[ja_wiki.jsonl, aozora.jsonl]' \\
         --new_pieces 16000 --out runs/vocab7b                     # a 7B model (CPU RAM bound, no GPU)
@@ -74,23 +82,25 @@ MAX_LINE_CHARS = 1000  # SentencePiece drops sentences over 4192 bytes; Japanese
 @dataclass
 class Config:
     base: str = ""
-    """Base model folder (config.json + safetensors + tokenizer.model), or a tokenizer folder / tokenizer.model
-    file when only the tokenizer is extended."""
+    """Base model folder (config.json + safetensors + tokenizer.model, or a byte-level BPE tokenizer.json), or a
+    tokenizer folder / tokenizer.model / tokenizer.json file when only the tokenizer is extended."""
     base_tokenizer: str = ""
-    """The base's SentencePiece tokenizer.model when the base model folder has none (only tokenizer.json);
-    it must encode like the model's tokenizer, which is checked on the corpus."""
+    """The base's SentencePiece tokenizer.model when the base model folder has none (only a SentencePiece-style
+    tokenizer.json); it must encode like the model's tokenizer, which is checked on the corpus."""
     corpus: list[str] = field(default_factory=lambda: ["builtin:corpus_ja.jsonl"])
     """Japanese training text: JSONL files (field text_field) or plain .txt files."""
     out: str = "runs/vocab"
     """Output stage folder (model + extended tokenizer, or tokenizer only)."""
     new_pieces: PositiveInt = 16000
-    """Number of new pieces appended after the original ids (16000 gives Llama 2 ~1.9 Japanese chars/token)."""
+    """Number of new pieces appended after the original ids (16000: Llama 2 0.82 -> 1.88, Llama 3 1.35 -> 1.94
+    Japanese chars/token)."""
     method: Literal["bpe", "unigram"] = "bpe"
-    """SentencePiece model type used to learn the pieces (the merged tokenizer stays BPE); bpe measured better."""
+    """SentencePiece model type used to learn the pieces (the merged tokenizer stays BPE); bpe measured better.
+    SentencePiece bases only, like max_piece_chars, character_coverage and split_by_unicode_script."""
     text_field: str = "text"
     """Field holding the text in JSONL corpus files."""
     input_sentence_size: NonNegativeInt = 0
-    """Train on at most this many sentences (sampled); 0 = all."""
+    """Train on at most this many sentences (sampled; lines for a byte-level BPE base); 0 = all."""
     max_piece_chars: PositiveInt = 16
     """Longest new piece, in characters."""
     character_coverage: Annotated[float, Range(min=0, max=1, min_open=True)] = 0.9995
@@ -104,7 +114,8 @@ class Config:
     seed: Seed = 0
     """Seed for sentence sampling and init noise."""
     check_docs: NonNegativeInt = 200
-    """Corpus documents checked after writing (slow == fast ids, decode(encode(x)) == x); 0 = skip."""
+    """Corpus documents checked after writing (slow == fast ids, or tokenizer.json == AutoTokenizer ids and special
+    ids kept; decode(encode(x)) == x); 0 = skip."""
 
 
 class VocabError(ConfigError):
