@@ -133,7 +133,7 @@ def base_sequences(tokenizer: Tokenizer, texts: list[str]) -> Counter:
         return ascii_only[left] and ascii_only[right] or left in boundary or right in boundary
 
     sequences: Counter = Counter()
-    for encoding in tokenizer.encode_batch(texts, add_special_tokens=False):
+    for encoding in _encodings(tokenizer, texts):
         ids, word_ids = encoding.ids, encoding.word_ids
         start = 0
         for end in range(1, len(ids) + 1):
@@ -235,8 +235,14 @@ def extend_state(state: dict, extension: Extension) -> dict:
 
 
 def chars_per_token(tokenizer: Tokenizer, texts: list[str]) -> float:
-    tokens = sum(len(encoding.ids) for encoding in tokenizer.encode_batch(texts, add_special_tokens=False))
+    tokens = sum(len(encoding.ids) for encoding in _encodings(tokenizer, texts))
     return sum(map(len, texts)) / max(tokens, 1)
+
+
+def _encodings(tokenizer: Tokenizer, texts: list[str], batch: int = 512) -> Iterator:
+    """Encodings of ``texts`` without special tokens, a batch at a time (a large corpus's would not fit at once)."""
+    for start in range(0, len(texts), batch):
+        yield from tokenizer.encode_batch(texts[start : start + batch], add_special_tokens=False)
 
 
 def check_tokenizer(out_dir: Path, extended: Tokenizer, base: Tokenizer, texts: list[str]) -> dict:
