@@ -291,22 +291,24 @@ def test_byte_level_english_identical_japanese_denser_roundtrip(llama3_extended)
     assert ext.decode(ext(text, add_special_tokens=False)["input_ids"]) == text
 
 
-@pytest.mark.parametrize("family,tied", [("llama", False), ("qwen3", True)])
-def test_byte_level_model_resize_loads_in_transformers(tmp_path, family, tied):
+@pytest.mark.parametrize("family,tied,rows", [("llama", False, 0), ("qwen3", True, 151936)])
+def test_byte_level_model_resize_loads_in_transformers(tmp_path, family, tied, rows):
+    """Llama 3 shape (rows = tokenizer size, untied) and Qwen3's (tied, rows padded to 151936 as released)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from youri.model import load_tokenizer, save_model
 
     base_dir = shared_path(BPE_BASES[family])
     tokenizer = load_tokenizer(base_dir)
-    base_model = random_family_model(family, tokenizer, tie_word_embeddings=tied).eval()
+    shape = {"vocab_size": rows} if rows else {}
+    base_model = random_family_model(family, tokenizer, tie_word_embeddings=tied, **shape).eval()
     save_model(base_model, tokenizer, tmp_path / "base")
     out = tmp_path / "vocab"
     run(Config(base=str(tmp_path / "base"), corpus=[str(shared_path(WIKI, "dev.jsonl"))], new_pieces=40, out=str(out)))
     model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
     ext = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     first = len(tokenizer)
-    assert model.config.vocab_size == len(ext) == first + 40
+    assert len(ext) == first + 40 and model.config.vocab_size == max(rows, first + 40)  # padded rows reused
     heads = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
     assert model.config.tie_word_embeddings == tied and (heads[0].data_ptr() == heads[1].data_ptr()) == tied
     old = [base_model.get_input_embeddings().weight, base_model.get_output_embeddings().weight]
@@ -319,7 +321,8 @@ def test_byte_level_model_resize_loads_in_transformers(tmp_path, family, tied):
     text = "The emperor said: 吾輩は猫である。"
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits[..., :first], base_model(ids).logits, rtol=0, atol=1e-5)
+        logits, base_logits = model(ids).logits[..., :first], base_model(ids).logits[..., :first]
+    torch.testing.assert_close(logits, base_logits, rtol=0, atol=1e-5)
     assert read_metrics(out)["tied_lm_head"] == tied and read_manifest(out)["parent"]
 
 

@@ -3,7 +3,7 @@
 A byte-level BPE tokenizer (GPT-2's byte alphabet, a regex pre-tokeniser, ranked merges) is extended by
 *appending*: every original token keeps its id, every original merge keeps its rank, and the new merges
 rank after all of them. New tokens get the ids after the highest id in the file, added tokens included
-(Llama 3: 128256 on, after ``<|begin_of_text|>`` .. ``<|reserved_special_token_247|>``; Qwen3: 151669 on,
+(Llama 3: 128256 on, after ``<|begin_of_text|>`` .. ``<|reserved_special_token_250|>``; Qwen3: 151669 on,
 after ``<|endoftext|>`` .. ``</think>``), so special tokens keep their ids and the ids stay contiguous, as
 transformers and llama.cpp's converter expect.
 
