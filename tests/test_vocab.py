@@ -289,6 +289,7 @@ def test_byte_level_english_identical_japanese_denser_roundtrip(llama3_extended)
     text = "吾輩は猫である。The cat said <|eot_id|> — ok.\n"
     assert [ext.decode(x) for x in ids] == held_out
     assert ext.decode(ext(text, add_special_tokens=False)["input_ids"]) == text
+    assert ext.decode(ext(english[:20000])["input_ids"]) == english[:20000]
 
 
 @pytest.mark.parametrize("family,tied,rows", [("llama", False, 0), ("qwen3", True, 151936)])
@@ -335,3 +336,62 @@ def test_sentencepiece_style_tokenizer_json_is_refused(tmp_path):
     with pytest.raises(VocabError, match="vocab.method: applies to SentencePiece bases only"):
         run(Config(base=str(shared_path("llama3-tokenizer")), corpus=corpus, method="unigram", out=str(out)))
     assert not out.exists()
+
+
+LLAMA_CPP_TOKENIZE = """
+import {readFileSync} from "node:fs";
+import {join} from "node:path";
+import {pathToFileURL} from "node:url";
+const [, , moduleDir, model, textsFile] = process.argv;
+const {getLlama} = await import(pathToFileURL(join(moduleDir, "node_modules", "node-llama-cpp", "dist", "index.js")));
+const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
+const vocab = await llama.loadModel({modelPath: model, vocabOnly: true});
+const texts = JSON.parse(readFileSync(textsFile, "utf8"));
+console.log(JSON.stringify(texts.map((text) => Array.from(vocab.tokenize(text, false)))));
+"""
+
+
+def test_byte_level_extension_tokenises_the_same_in_llama_cpp(llama3_extended, tmp_path):
+    """A vocab-only GGUF written from the extended tokenizer.json as llama.cpp's converter does (gpt2 model,
+    llama-bpe pre-tokeniser, tokens by id, merges as they stand) tokenises in llama.cpp like transformers."""
+    import subprocess
+
+    from gguf import GGUFWriter
+    from transformers import AutoTokenizer
+
+    from youri.quant.llamacpp import runtime_dir, runtime_missing
+
+    if runtime_missing():
+        pytest.skip(runtime_missing())
+    state = json.loads((llama3_extended / "tokenizer.json").read_text(encoding="utf-8"))
+    by_id = sorted(state["model"]["vocab"].items(), key=lambda item: item[1])
+    assert [i for _, i in by_id] == list(range(len(by_id)))  # contiguous ids, specials included
+    special = {token["id"] for token in state["added_tokens"]}
+    writer = GGUFWriter(tmp_path / "vocab.gguf", "llama")
+    writer.add_context_length(512)
+    writer.add_embedding_length(64)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list([token for token, _ in by_id])
+    writer.add_token_types([3 if i in special else 1 for _, i in by_id])  # CONTROL / NORMAL
+    writer.add_token_merges(state["model"]["merges"])
+    writer.add_bos_token_id(128000)
+    writer.add_eos_token_id(128001)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    texts = _texts(f"{WIKI}/test.jsonl")[:60] + ["吾輩は猫である。The cat's name: <|eot_id|> 東京都（とうきょうと）\n"]
+    texts.append(shared_path("tinyshakespeare-en", "input.txt").read_text(encoding="utf-8")[:3000])
+    (tmp_path / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "tokenize.mjs").write_text(LLAMA_CPP_TOKENIZE, encoding="utf-8")
+    command = ["node", str(tmp_path / "tokenize.mjs"), str(runtime_dir()), str(tmp_path / "vocab.gguf")]
+    done = subprocess.run([*command, str(tmp_path / "texts.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    llama_cpp = json.loads(done.stdout.strip().splitlines()[-1])
+    ext = AutoTokenizer.from_pretrained(str(llama3_extended), local_files_only=True)
+    assert llama_cpp == ext(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert any(i >= 128256 for ids in llama_cpp for i in ids)  # the new tokens are used by llama.cpp
