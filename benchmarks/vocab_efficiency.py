@@ -1,4 +1,4 @@
-"""Japanese vocabulary extension (``youri vocab``) against the original Llama 2 tokenizer, in one run.
+"""Japanese vocabulary extension (``youri vocab``) against the original Llama 2 and Llama 3 tokenizers, in one run.
 
     python benchmarks/vocab_efficiency.py          # curve N = 1k..16k, bpe and unigram; seq 256 x batch 8, 8 steps
     python benchmarks/vocab_efficiency.py --quick  # bpe, N = 16k only; seq 128 x batch 4, 3 steps (< 60 s)
@@ -14,7 +14,12 @@ Training throughput: the same tiny Llama (apart from the vocabulary) trained wit
 packed Japanese rows of the same sequence length and batch, tokenised with the original or the extended
 tokenizer; characters/s = tokens/s x that tokenizer's characters per token on the training text. The
 two models take turns step by step and each keeps its best step time after one warm-up step (the
-machine is shared and noisy). The last line is one JSON object.
+machine is shared and noisy).
+
+Byte-level BPE row: the Llama 3 tokenizer (``tokenizer.json``) extended by ``youri.data.vocab.run`` with the
+same number of new tokens on the same training text; Japanese characters per token on the same held-out
+text (``tokenizers``, no special tokens); English ids through ``AutoTokenizer`` on Tiny Shakespeare. The last
+line is one JSON object.
 """
 
 from __future__ import annotations
@@ -32,6 +37,33 @@ TRAIN = [WIKI / "train.jsonl", SHARED / "aozora-bunko-ja" / "aozora_clean.jsonl"
 HELD_OUT = [WIKI / "dev.jsonl", WIKI / "test.jsonl"]
 ENGLISH = SHARED / "tinyshakespeare-en" / "input.txt"
 BASE = SHARED / "llama2-tokenizer" / "tokenizer.model"
+BPE_BASE = SHARED / "llama3-tokenizer"
+
+
+def byte_level_row(out: Path, new_pieces: int, held_out: list[str], english: str) -> dict:
+    """Extend the Llama 3 tokenizer with ``youri vocab`` into ``out``; chars/token before and after, English ids."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from youri.data import bpe_vocab, vocab
+
+    started = time.time()
+    corpus = list(map(str, TRAIN))
+    vocab.run(vocab.Config(base=str(BPE_BASE), corpus=corpus, new_pieces=new_pieces, out=str(out), check_docs=0))
+    seconds = time.time() - started
+    before = bpe_vocab.chars_per_token(Tokenizer.from_file(str(BPE_BASE / "tokenizer.json")), held_out)
+    after = bpe_vocab.chars_per_token(Tokenizer.from_file(str(out / "tokenizer.json")), held_out)
+    base_en, ext_en = (
+        AutoTokenizer.from_pretrained(str(path), local_files_only=True)(english).input_ids for path in (BPE_BASE, out)
+    )
+    return {
+        "base": "llama3",
+        "new_pieces": new_pieces,
+        "ja_chars_per_token_base": round(before, 4),
+        "ja_chars_per_token_extended": round(after, 4),
+        "en_ids_identical": base_en == ext_en,
+        "vocab_run_seconds": round(seconds, 1),
+    }
 
 
 def curve(method: str, sizes: list[int], base, train_texts, held_out) -> list[dict]:
@@ -162,6 +194,7 @@ def main() -> int:
         shape = {"seq_len": 128, "batch": 4} if args.quick else {"seq_len": 256, "batch": 8}
         speed_texts = held_out + train_texts[:400]  # the same Japanese text for both tokenizers
         speed_base, speed_ext = throughput([BASE.parent, out], speed_texts, steps, **shape)
+        llama3 = byte_level_row(Path(tmp) / "vocab-llama3", args.new_pieces, held_out, english)
 
     print(f"\n{'method':<9}{'new pieces':>11}{'ja chars/token':>16}{'vs base':>9}")
     print(f"{'base':<9}{0:>11}{base_cpt:>16.3f}{1:>9.2f}")
@@ -171,6 +204,21 @@ def main() -> int:
             f"{row['ja_chars_per_token'] / base_cpt:>9.2f}"
         )
     print(f"\nyouri vocab run (N={args.new_pieces}, bpe): {run_seconds:.1f} s; English ids identical: {en_identical}")
+    llama2 = {
+        "new_pieces": args.new_pieces,
+        "ja_chars_per_token_base": base_cpt,
+        "ja_chars_per_token_extended": ext_cpt,
+        "en_ids_identical": en_identical,
+        "vocab_run_seconds": run_seconds,
+    }
+    header = f"{'new tokens':>11}{'ja chars/token':>16}{'extended':>10}{'ratio':>7}{'EN ids same':>13}{'run s':>7}"
+    print(f"\n{'base tokenizer':<26}{header}")
+    for name, row in (("Llama 2 (SentencePiece)", llama2), ("Llama 3 (byte-level BPE)", llama3)):
+        before, after = row["ja_chars_per_token_base"], row["ja_chars_per_token_extended"]
+        print(
+            f"{name:<26}{row['new_pieces']:>11}{before:>16.3f}{after:>10.3f}{after / before:>7.2f}"
+            f"{str(row['en_ids_identical']):>13}{row['vocab_run_seconds']:>7.1f}"
+        )
     print(
         f"\ntiny Llama (hidden 128, 2 layers), seq_len {shape['seq_len']}, batch {shape['batch']}, "
         f"best of {steps} AdamW steps"
@@ -205,6 +253,7 @@ def main() -> int:
                 "train_shape": shape,
                 "throughput": {"base": speed_base, "extended": speed_ext},
                 "curve": rows,
+                "llama3": llama3,
             }
         )
     )

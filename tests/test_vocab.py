@@ -1,4 +1,5 @@
-"""youri vocab: Japanese vocabulary extension of the Llama 2 tokenizer and the matching model resize."""
+"""youri vocab: Japanese vocabulary extension of the Llama 2 (SentencePiece) and Llama 3 / Qwen3 (byte-level BPE)
+tokenizers and the matching model resize."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from conftest import shared_path
 
 from youri import cli
+from youri.data.bpe_vocab import TokenizerKindError, token_bytes
 from youri.data.vocab import SPACE, Config, VocabError, iter_corpus_texts, load_proto, processor, run, select_new_pieces
 from youri.stage import read_manifest, read_metrics
-from youri.testing import random_llama
+from youri.testing import random_family_model, random_llama
 
 WIKI = "wikipedia-annotated-corpus-ja"
 SMALL_N = 300
@@ -231,3 +233,165 @@ def test_non_bpe_base_is_refused(tmp_path):
     (tmp_path / "t" / "tokenizer.model").write_bytes(proto.SerializeToString())
     with pytest.raises(VocabError, match="UNIGRAM"):
         run(Config(base=str(tmp_path / "t"), corpus=[str(shared_path(WIKI, "dev.jsonl"))], out=str(tmp_path / "o")))
+
+
+# ----------------------------------------------------------------------------- byte-level BPE bases (Llama 3, Qwen3)
+
+BPE_BASES = {"llama": "llama3-tokenizer", "qwen3": "qwen3-tokenizer"}
+
+
+@pytest.fixture(scope="module")
+def llama3_extended(tmp_path_factory):
+    """The Llama 3 tokenizer extended with SMALL_N tokens learned on the Wikipedia dev split (tokenizer only)."""
+    out = tmp_path_factory.mktemp("vocab") / "llama3-ja"
+    corpus = [str(shared_path(WIKI, "dev.jsonl"))]
+    run(Config(base=str(shared_path("llama3-tokenizer")), corpus=corpus, new_pieces=SMALL_N, out=str(out)))
+    return out
+
+
+def test_byte_level_extension_appends_tokens_and_merges(llama3_extended):
+    base = json.loads(shared_path("llama3-tokenizer", "tokenizer.json").read_text(encoding="utf-8"))
+    ext = json.loads((llama3_extended / "tokenizer.json").read_text(encoding="utf-8"))
+    base_vocab, ext_vocab = base["model"]["vocab"], ext["model"]["vocab"]
+    assert all(ext_vocab[token] == i for token, i in base_vocab.items())  # every original id
+    assert ext["added_tokens"] == base["added_tokens"]
+    kept = len(base["model"]["merges"])
+    assert ext["model"]["merges"][:kept] == base["model"]["merges"]  # every original merge, in its rank
+    new_merges = ext["model"]["merges"][kept:]
+    assert len(new_merges) >= SMALL_N and all(isinstance(m, str) and m.count(" ") == 1 for m in new_merges)
+    specials = {token["content"] for token in base["added_tokens"]}
+    new = sorted((i, token) for token, i in ext_vocab.items() if token not in base_vocab and token not in specials)
+    assert [i for i, _ in new] == list(range(128256, 128256 + SMALL_N))  # after the 256 special tokens
+    merged = {a + b for a, b in (m.split(" ") for m in new_merges)}
+    for _, token in new:  # each new token is built by one new merge and is never ASCII-only
+        assert token in merged and max(token_bytes(token)) >= 128
+    for merge in new_merges:  # both halves exist, so llama.cpp and tokenizers can apply it
+        assert all(part in ext_vocab for part in merge.split(" "))
+    assert read_metrics(llama3_extended)["added_token_ids_moved"] == 0
+
+
+def test_byte_level_english_identical_japanese_denser_roundtrip(llama3_extended):
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(str(shared_path("llama3-tokenizer")), local_files_only=True)
+    ext = AutoTokenizer.from_pretrained(str(llama3_extended), local_files_only=True)
+    assert len(ext) == len(base) + SMALL_N == 128256 + SMALL_N
+    assert {t: ext.convert_tokens_to_ids(t) for t in base.all_special_tokens} == {
+        t: base.convert_tokens_to_ids(t) for t in base.all_special_tokens
+    }
+    english = shared_path("tinyshakespeare-en", "input.txt").read_text(encoding="utf-8")
+    assert ext(english)["input_ids"] == base(english)["input_ids"]
+    held_out = _texts(f"{WIKI}/test.jsonl")  # not trained on
+    ids = ext(held_out, add_special_tokens=False)["input_ids"]
+    base_ids = base(held_out, add_special_tokens=False)["input_ids"]
+    assert sum(map(len, ids)) < 0.97 * sum(map(len, base_ids))
+    assert max(max(x) for x in ids) >= 128256
+    text = "吾輩は猫である。The cat said <|eot_id|> — ok.\n"
+    assert [ext.decode(x) for x in ids] == held_out
+    assert ext.decode(ext(text, add_special_tokens=False)["input_ids"]) == text
+    assert ext.decode(ext(english[:20000])["input_ids"]) == english[:20000]
+
+
+@pytest.mark.parametrize("family,tied,rows", [("llama", False, 0), ("qwen3", True, 151936)])
+def test_byte_level_model_resize_loads_in_transformers(tmp_path, family, tied, rows):
+    """Llama 3 shape (rows = tokenizer size, untied) and Qwen3's (tied, rows padded to 151936 as released)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from youri.model import load_tokenizer, save_model
+
+    base_dir = shared_path(BPE_BASES[family])
+    tokenizer = load_tokenizer(base_dir)
+    shape = {"vocab_size": rows} if rows else {}
+    base_model = random_family_model(family, tokenizer, tie_word_embeddings=tied, **shape).eval()
+    save_model(base_model, tokenizer, tmp_path / "base")
+    out = tmp_path / "vocab"
+    run(Config(base=str(tmp_path / "base"), corpus=[str(shared_path(WIKI, "dev.jsonl"))], new_pieces=40, out=str(out)))
+    model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    ext = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    first = len(tokenizer)
+    assert len(ext) == first + 40 and model.config.vocab_size == max(rows, first + 40)  # padded rows reused
+    heads = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    assert model.config.tie_word_embeddings == tied and (heads[0].data_ptr() == heads[1].data_ptr()) == tied
+    old = [base_model.get_input_embeddings().weight, base_model.get_output_embeddings().weight]
+    bpe = tokenizer.backend_tokenizer
+    for new_id in (first, first + 20, first + 39):  # mean of the rows of the token's base tokenisation
+        parts = [t.id for t in bpe.model.tokenize(ext.convert_ids_to_tokens(new_id))]
+        assert len(parts) >= 2 and max(parts) < first
+        for before, after in zip(old, heads):
+            torch.testing.assert_close(after[new_id], before[parts].mean(dim=0), rtol=0, atol=1e-6)
+    text = "The emperor said: 吾輩は猫である。"
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits, base_logits = model(ids).logits[..., :first], base_model(ids).logits[..., :first]
+    torch.testing.assert_close(logits, base_logits, rtol=0, atol=1e-5)
+    assert read_metrics(out)["tied_lm_head"] == tied and read_manifest(out)["parent"]
+
+
+def test_sentencepiece_style_tokenizer_json_is_refused(tmp_path):
+    """Gemma 3: SentencePiece-style BPE (▁ spaces, byte fallback) in tokenizer.json, no tokenizer.model."""
+    out = tmp_path / "o"
+    corpus = [str(shared_path(WIKI, "dev.jsonl"))]
+    with pytest.raises(TokenizerKindError, match="byte fallback.*cannot extend faithfully"):
+        run(Config(base=str(shared_path("gemma3-tokenizer")), corpus=corpus, out=str(out)))
+    with pytest.raises(VocabError, match="vocab.method: applies to SentencePiece bases only"):
+        run(Config(base=str(shared_path("llama3-tokenizer")), corpus=corpus, method="unigram", out=str(out)))
+    assert not out.exists()
+
+
+LLAMA_CPP_TOKENIZE = """
+import {readFileSync} from "node:fs";
+import {join} from "node:path";
+import {pathToFileURL} from "node:url";
+const [, , moduleDir, model, textsFile] = process.argv;
+const {getLlama} = await import(pathToFileURL(join(moduleDir, "node_modules", "node-llama-cpp", "dist", "index.js")));
+const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
+const vocab = await llama.loadModel({modelPath: model, vocabOnly: true});
+const texts = JSON.parse(readFileSync(textsFile, "utf8"));
+console.log(JSON.stringify(texts.map((text) => Array.from(vocab.tokenize(text, false)))));
+"""
+
+
+def test_byte_level_extension_tokenises_the_same_in_llama_cpp(llama3_extended, tmp_path):
+    """A vocab-only GGUF written from the extended tokenizer.json as llama.cpp's converter does (gpt2 model,
+    llama-bpe pre-tokeniser, tokens by id, merges as they stand) tokenises in llama.cpp like transformers."""
+    import subprocess
+
+    from gguf import GGUFWriter
+    from transformers import AutoTokenizer
+
+    from youri.quant.llamacpp import runtime_dir, runtime_missing
+
+    if runtime_missing():
+        pytest.skip(runtime_missing())
+    state = json.loads((llama3_extended / "tokenizer.json").read_text(encoding="utf-8"))
+    by_id = sorted(state["model"]["vocab"].items(), key=lambda item: item[1])
+    assert [i for _, i in by_id] == list(range(len(by_id)))  # contiguous ids, specials included
+    special = {token["id"] for token in state["added_tokens"]}
+    writer = GGUFWriter(tmp_path / "vocab.gguf", "llama")
+    writer.add_context_length(512)
+    writer.add_embedding_length(64)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list([token for token, _ in by_id])
+    writer.add_token_types([3 if i in special else 1 for _, i in by_id])  # CONTROL / NORMAL
+    writer.add_token_merges(state["model"]["merges"])
+    writer.add_bos_token_id(128000)
+    writer.add_eos_token_id(128001)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    texts = _texts(f"{WIKI}/test.jsonl")[:60] + ["吾輩は猫である。The cat's name: <|eot_id|> 東京都（とうきょうと）\n"]
+    texts.append(shared_path("tinyshakespeare-en", "input.txt").read_text(encoding="utf-8")[:3000])
+    (tmp_path / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "tokenize.mjs").write_text(LLAMA_CPP_TOKENIZE, encoding="utf-8")
+    command = ["node", str(tmp_path / "tokenize.mjs"), str(runtime_dir()), str(tmp_path / "vocab.gguf")]
+    done = subprocess.run([*command, str(tmp_path / "texts.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    llama_cpp = json.loads(done.stdout.strip().splitlines()[-1])
+    ext = AutoTokenizer.from_pretrained(str(llama3_extended), local_files_only=True)
+    assert llama_cpp == ext(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert any(i >= 128256 for ids in llama_cpp for i in ids)  # the new tokens are used by llama.cpp

@@ -1,4 +1,10 @@
-"""``youri vocab``: extend a Llama SentencePiece tokenizer with Japanese pieces and resize the model.
+"""``youri vocab``: extend a tokenizer with Japanese pieces and resize the model.
+
+Two kinds of base, told apart by the tokenizer files: a SentencePiece ``tokenizer.model`` (Llama 2; below),
+and a byte-level BPE ``tokenizer.json`` (Llama 3, Qwen2/2.5/3: ``youri.data.bpe_vocab``, which says how its
+merges are learned and which ids the new tokens get). Any other tokenizer.json (Gemma's SentencePiece-style
+BPE with byte fallback, shipped without its tokenizer.model) is refused in one line. A model base's family
+comes from its config.json (``youri.families``); tied embeddings stay tied.
 
 The Llama 2 tokenizer spends ~1.2 tokens per Japanese character (most kanji fall back to three byte
 tokens). This stage trains Japanese subword pieces with SentencePiece on a Japanese corpus, appends the
@@ -13,6 +19,8 @@ The output is a stage folder that other stages accept as a model (config, safete
 
     youri vocab --base ../shared/data/llama2-tokenizer --corpus '[builtin:corpus_ja.jsonl]' \\
         --new_pieces 2000 --out runs/vocab                       # tokenizer only (tiny CPU run)
+    youri vocab --base ../shared/data/llama3-tokenizer --corpus '[builtin:corpus_ja.jsonl]' \\
+        --new_pieces 2000 --out runs/vocab-l3                    # byte-level BPE: Llama 3 / Qwen tokenizer.json
     youri vocab --recipe recipes/demo.yaml                        # the demo: tiny model + tokenizer
     youri vocab --base meta-llama-2-7b/ --corpus '[ja_wiki.jsonl, aozora.jsonl]' \\
         --new_pieces 16000 --out runs/vocab7b                     # a 7B model (CPU RAM bound, no GPU)
@@ -47,6 +55,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,10 +65,13 @@ from typing import Annotated, Iterable, Iterator, Literal
 import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as pb
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from youri.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, Seed
-from youri.io import DataError, atomic_write_text, iter_jsonl, read_text, require_field, resolve_path
+from youri.data import bpe_vocab
+from youri.families import family_of
+from youri.io import DataError, atomic_write_text, iter_jsonl, read_json, read_text, require_field, resolve_path
 from youri.model import load_model, load_tokenizer, save_model
 from youri.stage import StageWriter
 
@@ -70,23 +82,25 @@ MAX_LINE_CHARS = 1000  # SentencePiece drops sentences over 4192 bytes; Japanese
 @dataclass
 class Config:
     base: str = ""
-    """Base model folder (config.json + safetensors + tokenizer.model), or a tokenizer folder / tokenizer.model
-    file when only the tokenizer is extended."""
+    """Base model folder (config.json + safetensors + tokenizer.model, or a byte-level BPE tokenizer.json), or a
+    tokenizer folder / tokenizer.model / tokenizer.json file when only the tokenizer is extended."""
     base_tokenizer: str = ""
-    """The base's SentencePiece tokenizer.model when the base model folder has none (only tokenizer.json);
-    it must encode like the model's tokenizer, which is checked on the corpus."""
+    """The base's SentencePiece tokenizer.model when the base model folder has none (only a SentencePiece-style
+    tokenizer.json); it must encode like the model's tokenizer, which is checked on the corpus."""
     corpus: list[str] = field(default_factory=lambda: ["builtin:corpus_ja.jsonl"])
     """Japanese training text: JSONL files (field text_field) or plain .txt files."""
     out: str = "runs/vocab"
     """Output stage folder (model + extended tokenizer, or tokenizer only)."""
     new_pieces: PositiveInt = 16000
-    """Number of new pieces appended after the original ids (16000 gives Llama 2 ~1.9 Japanese chars/token)."""
+    """Number of new pieces appended after the original ids (16000: Llama 2 0.82 -> 1.88, Llama 3 1.35 -> 1.94
+    Japanese chars/token)."""
     method: Literal["bpe", "unigram"] = "bpe"
-    """SentencePiece model type used to learn the pieces (the merged tokenizer stays BPE); bpe measured better."""
+    """SentencePiece model type used to learn the pieces (the merged tokenizer stays BPE); bpe measured better.
+    SentencePiece bases only, like max_piece_chars, character_coverage and split_by_unicode_script."""
     text_field: str = "text"
     """Field holding the text in JSONL corpus files."""
     input_sentence_size: NonNegativeInt = 0
-    """Train on at most this many sentences (sampled); 0 = all."""
+    """Train on at most this many sentences (sampled; lines for a byte-level BPE base); 0 = all."""
     max_piece_chars: PositiveInt = 16
     """Longest new piece, in characters."""
     character_coverage: Annotated[float, Range(min=0, max=1, min_open=True)] = 0.9995
@@ -100,7 +114,8 @@ class Config:
     seed: Seed = 0
     """Seed for sentence sampling and init noise."""
     check_docs: NonNegativeInt = 200
-    """Corpus documents checked after writing (slow == fast ids, decode(encode(x)) == x); 0 = skip."""
+    """Corpus documents checked after writing (slow == fast ids, or tokenizer.json == AutoTokenizer ids and special
+    ids kept; decode(encode(x)) == x); 0 = skip."""
 
 
 class VocabError(ConfigError):
@@ -433,7 +448,13 @@ def learn_new_pieces(cfg: Config, base_proto, texts: list[str]) -> list[str]:
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
     """Extend the tokenizer (and resize the model when ``base`` is a model folder) into ``cfg.out``."""
     _validate(cfg)
+    path = resolve_path(cfg.base) if cfg.base and not cfg.base_tokenizer else None
+    byte_level = bpe_vocab.byte_level_base(path) if path is not None and path.exists() else None
+    if byte_level is not None:
+        return run_byte_level(cfg, byte_level, overwrite=overwrite)
     base = locate_base(cfg.base, cfg.base_tokenizer)
+    if base.has_model:
+        family_of(read_json(base.dir / "config.json"), str(base.dir / "config.json"))
     base_proto = load_proto(base.sp_model)
     spec = base_proto.trainer_spec
     if spec.model_type != spec.BPE:
@@ -501,3 +522,72 @@ def _extend_model(base: Base, base_proto, new: list[str], out_dir: Path, cfg: Co
     )
     save_model(model, None, out_dir)
     return info
+
+
+# ----------------------------------------------------------------------------- byte-level BPE bases
+
+SENTENCEPIECE_ONLY = ("method", "max_piece_chars", "character_coverage", "split_by_unicode_script")
+
+
+def run_byte_level(cfg: Config, tokenizer_json: Path, *, overwrite: bool = False) -> Path:
+    """``run`` for a byte-level BPE base (Llama 3, Qwen2/3): append learned tokens and merges (``bpe_vocab``)."""
+    for name in SENTENCEPIECE_ONLY:
+        if getattr(cfg, name) != Config.__dataclass_fields__[name].default:
+            raise VocabError(f"vocab.{name}: applies to SentencePiece bases only; {tokenizer_json} is byte-level BPE")
+    folder = tokenizer_json.parent
+    has_model = (folder / "config.json").is_file()
+    if has_model:
+        family_of(read_json(folder / "config.json"), str(folder / "config.json"))
+    started = time.time()
+    texts = list(iter_corpus_texts(cfg.corpus, cfg.text_field))
+    if not texts:
+        raise DataError(f"vocab.corpus: no documents in {', '.join(cfg.corpus)}")
+    base = Tokenizer.from_file(str(tokenizer_json))
+    state = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    extension = bpe_vocab.learn(base, state, texts, cfg.new_pieces, sample_lines=cfg.input_sentence_size, seed=cfg.seed)
+    if not extension.tokens:
+        raise DataError(f"vocab.corpus: no new tokens could be learned from {', '.join(cfg.corpus)}")
+    extended_state = bpe_vocab.extend_state(state, extension)
+    first_id = bpe_vocab.first_new_id(state)
+    inputs = [folder, *(resolve_path(spec) for spec in cfg.corpus)]
+    with StageWriter(
+        cfg.out, stage="vocab", config=cfg, inputs=inputs, parent=folder if has_model else None, overwrite=overwrite
+    ) as stage:
+        for name in bpe_vocab.TOKENIZER_FILES:  # the base's own config, special tokens and chat template, unchanged
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, stage.path / name)
+        text = json.dumps(extended_state, ensure_ascii=False)
+        atomic_write_text(stage.path / "tokenizer.json", text)
+        extended = Tokenizer.from_str(text)
+        metrics = {
+            "base_vocab": first_id,
+            "vocab": first_id + len(extension.tokens),
+            "new_pieces": len(extension.tokens),
+            "new_pieces_requested": cfg.new_pieces,
+            "first_new_id": first_id,
+            "base_merges": len(state["model"]["merges"]),
+            "new_merges": len(extension.merges),
+            "method": "byte-level BPE merges learned on the base tokenisation, appended after the original merges",
+            "corpus_docs": len(texts),
+            "corpus_chars_per_token_base": round(bpe_vocab.chars_per_token(base, texts), 4),
+            "corpus_chars_per_token_extended": round(bpe_vocab.chars_per_token(extended, texts), 4),
+        }
+        sample = texts[: cfg.check_docs]
+        if sample:
+            metrics.update(bpe_vocab.check_tokenizer(stage.path, extended, base, sample))
+            failed = ("auto_tokenizer_mismatches", "roundtrip_failures", "added_token_ids_moved")
+            if any(metrics[name] for name in failed):
+                raise AssertionError(f"extended tokenizer self-check failed: {metrics}")
+        if has_model:
+            model = load_model(folder)
+            parts = bpe_vocab.original_ids(base, extension.tokens)
+            metrics.update(resize_model(model, first_id, parts, noise_std=cfg.init_noise_std, seed=cfg.seed))
+            save_model(model, None, stage.path)
+        metrics["seconds"] = round(time.time() - started, 1)
+        print(
+            f"youri vocab: {first_id} + {len(extension.tokens)} tokens (ids {first_id}..), "
+            f"{len(extension.merges)} merges appended; chars/token on the corpus "
+            f"{metrics['corpus_chars_per_token_base']} -> {metrics['corpus_chars_per_token_extended']}; "
+            f"{'model resized' if has_model else 'tokenizer only'} -> {cfg.out}"
+        )
+        return stage.finish(metrics)
