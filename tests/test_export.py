@@ -14,7 +14,7 @@ import pytest
 import sentencepiece as spm
 import torch
 from conftest import shared_path
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from youri.config import ConfigError
@@ -390,10 +390,13 @@ def llama_cpp_against_transformers(folder: Path, gguf_file: Path, rows: list[lis
     scored = run_llama_cpp(gguf_file, texts=list(texts), rows=rows)
     if not rows:
         return scored, None
+    return scored, next_token_agreement(transformers_logprobs(folder, rows), scored.logprobs, rows)
+
+
+def transformers_logprobs(folder: Path, rows: list[list[int]]) -> list[np.ndarray]:
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     with torch.no_grad():
-        reference = [torch.log_softmax(model(torch.tensor([row])).logits[0], -1).numpy() for row in rows]
-    return scored, next_token_agreement(reference, scored.logprobs, rows)
+        return [torch.log_softmax(model(torch.tensor([row])).logits[0], -1).numpy() for row in rows]
 
 
 @pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "llama3-rope"])
@@ -475,3 +478,58 @@ def test_byte_level_pre_tokenizer_is_the_one_convert_picks(name):
     ids = tok.encode(CONVERT_PROBE, add_special_tokens=False)
     hashes = [hashlib.sha256(str(row).encode()).hexdigest() for row in (ids, [tok.bos_token_id, *ids])]
     assert {CONVERT_PRE_HASHES.get(h) for h in hashes} - {None} == {bpe_pre_tokenizer(read_tokenizer_json(source))}
+
+
+def rtn_twin(fp: Path, out: Path, group: int = 32) -> Path:
+    """A GPTQ v1 twin of any family made with youri's RTN quantizer and packer (4 bit, symmetric, in order):
+    each projection of ``youri.families`` becomes qweight/qzeros/scales/g_idx; biases and norms stay as they are."""
+    config = json.loads((fp / "config.json").read_text())
+    state = load_file(str(fp / "model.safetensors"))
+    for layer in range(config["num_hidden_layers"]):
+        for projection in family_of(config).projections:
+            key = f"model.layers.{layer}.{projection}"
+            parts = pack(*rtn_quantize(state.pop(f"{key}.weight"), bits=4, group_size=group), bits=4)
+            state.update({f"{key}.{part}": value.contiguous() for part, value in parts.items()})
+    shutil.copytree(fp, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    quant = {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": 4, "group_size": group, "sym": True}
+    (out / "config.json").write_text(json.dumps({**config, "quantization_config": {**quant, "desc_act": False}}))
+    return out
+
+
+def test_gptq_twin_of_another_family_becomes_q4_0_blocks_bit_for_bit(model, tmp_path):
+    """Qwen2 (q/k/v biases, NeoX RoPE: no row permutation): the twin's codes are its Q4_0 blocks exactly, the
+    biases stay F32, and llama.cpp runs the file as the twin (its dequantised weights), not as the fp model."""
+    tok = load_tokenizer(model)
+    fp = family_folder(tmp_path / "fp", "qwen2", tok)
+    shutil.copy(model / "tokenizer.model", fp)
+    twin = rtn_twin(fp, tmp_path / "qwen2")
+    out = run(Config(model=str(twin), out=str(tmp_path / "gguf"), type="q4_0", eval_samples=0))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["gptq_layers"] == {"lossless from GPTQ codes": 14, "RTN": 0, "dequantised": 0}
+    tensors = {t.name: t for t in gguf.GGUFReader(str(out / "qwen2-q4_0.gguf")).tensors}
+    state = load_file(str(twin / "model.safetensors"))
+    checked = ((0, "self_attn.q_proj", "attn_q"), (1, "self_attn.k_proj", "attn_k"), (1, "mlp.up_proj", "ffn_up"))
+    for layer, hf, name in checked:
+        prefix = f"model.layers.{layer}.{hf}"
+        expected = dequantize(**{k: state[f"{prefix}.{k}"] for k in GPTQ_PARTS}, bits=4).numpy()
+        tensor = tensors[f"blk.{layer}.{name}.weight"]
+        assert tensor.tensor_type.name == "Q4_0"
+        assert np.array_equal(gguf.quants.dequantize(tensor.data, tensor.tensor_type), expected)
+    assert tensors["blk.0.attn_q.bias"].tensor_type.name == "F32"
+    np.testing.assert_array_equal(tensors["blk.0.attn_q.bias"].data, state["model.layers.0.self_attn.q_proj.bias"])
+    if runtime_missing():
+        pytest.skip(runtime_missing())
+    dequantised = tmp_path / "dequantised"  # the twin's weights as a plain fp checkpoint: the exact reference
+    shutil.copytree(fp, dequantised)
+    weights = load_file(str(fp / "model.safetensors"))
+    for key in [k for k in state if k.endswith(".qweight")]:
+        module = key.removesuffix(".qweight")
+        parts = {k: state[f"{module}.{k}"] for k in GPTQ_PARTS}
+        weights[f"{module}.weight"] = dequantize(**parts, bits=4).contiguous()
+    save_file(weights, str(dequantised / "model.safetensors"), metadata={"format": "pt"})
+    rows = [[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"][:31]] for text in SAMPLE_JA[-2:]]
+    scored, as_twin = llama_cpp_against_transformers(dequantised, out / "qwen2-q4_0.gguf", rows)
+    as_fp = next_token_agreement(transformers_logprobs(fp, rows), scored.logprobs, rows)
+    print(f"llama.cpp qwen2 q4_0 of the twin: vs the twin {as_twin}, vs the fp model {as_fp}")
+    assert as_twin["kl"] < as_fp["kl"] / 10 and as_twin["argmax_agreement"] >= 0.9
