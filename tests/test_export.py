@@ -15,7 +15,7 @@ import sentencepiece as spm
 import torch
 from conftest import shared_path
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from youri.config import ConfigError
 from youri.families import family_of
@@ -23,14 +23,14 @@ from youri.io import resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.quant.export import GPTQ_PARTS, Config, run
 from youri.quant.gguf_vocab import bpe_pre_tokenizer, hf_vocab, read_tokenizer_json, tokenizer_kind
-from youri.quant.gguf_writer import Q, gptq_blocks, gptq_grid_mismatch, rope_permute
+from youri.quant.gguf_writer import GGUFExportError, Q, gptq_blocks, gptq_grid_mismatch, model_hparams, rope_permute
 from youri.quant.gptq import rtn_quantize
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing
 from youri.quant.quantize import Config as QuantizeConfig
 from youri.quant.quantize import run as quantize
 from youri.runtime.gptq_format import dequantize, pack
 from youri.runtime.quant_linear import prepare_kernels
-from youri.testing import random_family_model, save_random_llama
+from youri.testing import FAMILY_SHAPES, TINY_SHAPE, random_family_model, save_random_llama
 from youri.train.init_base import train_tokenizer
 
 SAMPLE_JA = [json.loads(line)["text"] for line in resolve_path("builtin:corpus_ja.jsonl").open(encoding="utf-8")]
@@ -533,3 +533,20 @@ def test_gptq_twin_of_another_family_becomes_q4_0_blocks_bit_for_bit(model, tmp_
     as_fp = next_token_agreement(transformers_logprobs(fp, rows), scored.logprobs, rows)
     print(f"llama.cpp qwen2 q4_0 of the twin: vs the twin {as_twin}, vs the fp model {as_fp}")
     assert as_twin["kl"] < as_fp["kl"] / 10 and as_twin["argmax_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    "model_type,change,match",
+    [
+        ("gemma2", {"query_pre_attn_scalar": 32}, "query_pre_attn_scalar 32: llama.cpp's gemma2 scales queries"),
+        ("gemma3_text", {"layer_types": ["full_attention", "sliding_attention"]}, "differ from llama.cpp's gemma3"),
+        ("gemma3_text", {"final_logit_softcapping": 30.0}, "llama.cpp's gemma3 always applies neither"),
+        ("qwen2", {"use_sliding_window": True}, "llama.cpp's qwen2 attends to the whole context"),
+        ("llama", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_type 'yarn' is not supported"),
+    ],
+)
+def test_configs_llama_cpp_would_run_differently_are_refused(model_type, change, match):
+    config = AutoConfig.for_model(model_type, **TINY_SHAPE, **FAMILY_SHAPES[model_type], vocab_size=64).to_dict()
+    model_hparams(config)  # the family's own defaults are what llama.cpp runs
+    with pytest.raises(GGUFExportError, match=match):
+        model_hparams({**config, **change})
