@@ -449,6 +449,8 @@ def test_real_tokenizers_in_llama_cpp_match_its_own_test_vectors(tmp_path, name,
         shutil.copy(source / "tokenizer.model", folder)
     out = run(Config(model=str(folder), out=str(tmp_path / "gguf"), type="f16", eval_samples=0))
     gguf_file = out / f"{name}-f16.gguf"
+    own = json.loads((out / "metrics.json").read_text())["prompt_format"] == "own"
+    assert own == bool(tok.chat_template) and own != ("TEMPLATE" in (out / "Modelfile").read_text())  # Ollama's
     spec = read_tokenizer_json(source)  # what was written (gguf's reader takes minutes on 262k tokens + merges)
     assert tokenizer_kind(spec) == kind
     if kind != "llama":
