@@ -3,7 +3,9 @@ llama.cpp itself (node-llama-cpp's prebuilt binaries; skipped with the reason wh
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import gguf
@@ -11,21 +13,24 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from conftest import shared_path
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from youri.config import ConfigError
+from youri.families import family_of
 from youri.io import resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.quant.export import GPTQ_PARTS, Config, run
-from youri.quant.gguf_writer import Q, gptq_blocks, gptq_grid_mismatch, rope_permute
+from youri.quant.gguf_vocab import bpe_pre_tokenizer, hf_vocab, read_tokenizer_json, tokenizer_kind
+from youri.quant.gguf_writer import GGUFExportError, Q, gptq_blocks, gptq_grid_mismatch, model_hparams, rope_permute
 from youri.quant.gptq import rtn_quantize
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing
 from youri.quant.quantize import Config as QuantizeConfig
 from youri.quant.quantize import run as quantize
 from youri.runtime.gptq_format import dequantize, pack
 from youri.runtime.quant_linear import prepare_kernels
-from youri.testing import save_random_llama
+from youri.testing import FAMILY_SHAPES, TINY_SHAPE, random_family_model, save_random_llama
 from youri.train.init_base import train_tokenizer
 
 SAMPLE_JA = [json.loads(line)["text"] for line in resolve_path("builtin:corpus_ja.jsonl").open(encoding="utf-8")]
@@ -329,3 +334,221 @@ def test_pipeline_export_step_is_optional_and_exports_the_twin_as_q4_0():
     for cfg, recipe in fp_source:
         nodes = {n.name: n for n in plan(cfg, recipe)}
         assert nodes["export_chat"].wiring == {"model": "sft_chat"}, recipe
+
+
+# ----------------------------------------------------------------------------- every family, every tokenizer kind
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,  # short, so that the tiny test's positions reach the scaled bands
+}
+CONVERT_PRE_HASHES = {  # convert_hf_to_gguf.py get_vocab_base_pre: sha256 of the probe's tokens -> pre-tokenizer
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Meta-Llama-3-8B
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5-7B
+}
+CONVERT_PROBE = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ "
+    "🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+    "កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= "
+    "нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure "
+    "I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+
+
+def llama_cpp_vectors(inp: Path) -> list[tuple[str, list[int]]]:
+    """llama.cpp's tokenizer test vectors (``tests/test-tokenizer-0``): inputs separated by
+    ``\\n__ggml_vocab_test__\\n`` in ``.inp``, one line of space-separated ids per input in ``.out``."""
+    texts = inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    lines = inp.with_suffix(".out").read_text(encoding="utf-8").split("\n")[:-1]  # the file ends with a newline
+    texts = texts[: len(lines)]  # an .inp ending with the separator leaves one empty piece after the last input
+    assert len(texts) == len(lines) > 40
+    return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, lines)]
+
+
+def family_folder(out: Path, model_type: str, tokenizer, **shape) -> Path:
+    """A tiny random model of a family (youri.testing) with sharp logits and non-unit norms (so that a missing
+    ``1 + w`` or a wrong RoPE shows), saved with its tokenizer."""
+    model = random_family_model(model_type, tokenizer, seed=3, **shape)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.mul_(5)
+            elif name.endswith("norm.weight"):
+                p.add_(0.3 * torch.randn(p.shape, generator=generator))
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def llama_cpp_against_transformers(folder: Path, gguf_file: Path, rows: list[list[int]], texts=()):
+    """llama.cpp's tokens of ``texts`` and its next-token agreement with transformers' forward of ``folder``."""
+    scored = run_llama_cpp(gguf_file, texts=list(texts), rows=rows)
+    if not rows:
+        return scored, None
+    return scored, next_token_agreement(transformers_logprobs(folder, rows), scored.logprobs, rows)
+
+
+def transformers_logprobs(folder: Path, rows: list[list[int]]) -> list[np.ndarray]:
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    with torch.no_grad():
+        return [torch.log_softmax(model(torch.tensor([row])).logits[0], -1).numpy() for row in rows]
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "llama3-rope"])
+def test_every_family_runs_in_llama_cpp_as_in_transformers(model, tmp_path, model_type):
+    """Each family's GGUF (architecture, metadata, tensor names, Gemma's 1 + w norms, RoPE order) gives
+    llama.cpp the next-token distributions transformers computes (Llama 3.1 RoPE scaling: llama3-rope)."""
+    tok = load_tokenizer(model)  # the small SentencePiece vocabulary: the architecture is what is tested here
+    shape = {"rope_parameters": LLAMA3_ROPE} if model_type == "llama3-rope" else {}
+    model_type = model_type.replace("llama3-rope", "llama")
+    folder = family_folder(tmp_path / model_type, model_type, tok, **shape)
+    shutil.copy(model / "tokenizer.model", folder)
+    out = run(Config(model=str(folder), out=str(tmp_path / "gguf"), type="f16", eval_samples=0))
+    reader = gguf.GGUFReader(str(out / f"{model_type}-f16.gguf"))
+    family = family_of(json.loads((folder / "config.json").read_text()))
+    assert reader.fields["general.architecture"].contents() == family.gguf_arch
+    tensors = {t.name: t for t in reader.tensors}
+    state = load_file(str(folder / "model.safetensors"))
+    stored = tensors["blk.0.attn_norm.weight"].data
+    np.testing.assert_array_equal(stored, state["model.layers.0.input_layernorm.weight"].numpy() + family.norm_offset)
+    q = state["model.layers.0.self_attn.q_proj.weight"].numpy().astype(np.float16)
+    expected_q = rope_permute(q, 4) if family.gguf_rope_permute else q
+    assert np.array_equal(tensors["blk.0.attn_q.weight"].data, expected_q)
+    assert ("output.weight" in tensors) != bool(family.embed_scale)  # Gemma's head is the embedding
+    assert ("rope_freqs.weight" in tensors) == bool(shape)
+    if runtime_missing():
+        pytest.skip(runtime_missing())
+    rows = [[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"][:31]] for text in SAMPLE_JA[-2:]]
+    _, stats = llama_cpp_against_transformers(folder, out / f"{model_type}-f16.gguf", rows)
+    print(f"llama.cpp {model_type} f16 vs transformers: {stats}")
+    assert stats["max_abs_logprob_diff"] < 0.05 and stats["argmax_agreement"] >= 0.95 and abs(stats["kl"]) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "name,model_type,kind,pre",
+    [
+        ("llama2", "llama", "llama", "default"),
+        ("llama3", "llama", "gpt2", "llama-bpe"),
+        ("qwen3", "qwen3", "gpt2", "qwen2"),
+        ("gemma3", "gemma3_text", "gemma4", None),
+    ],
+)
+def test_real_tokenizers_in_llama_cpp_match_its_own_test_vectors(tmp_path, name, model_type, kind, pre):
+    """A tiny model with a base's real tokenizer exports the tokenizer llama.cpp runs for that base (model, pre,
+    tokens, types, merges, special ids), and llama.cpp tokenises llama.cpp's own test vectors for that vocabulary
+    (``ggml-vocab-*.gguf.inp/.out``) to the expected ids, and Japanese as transformers does."""
+    source = shared_path(f"{name}-tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(source))
+    folder = family_folder(tmp_path / name, model_type, tok, hidden_size=32, intermediate_size=32)
+    if (source / "tokenizer.model").is_file():
+        shutil.copy(source / "tokenizer.model", folder)
+    out = run(Config(model=str(folder), out=str(tmp_path / "gguf"), type="f16", eval_samples=0))
+    gguf_file = out / f"{name}-f16.gguf"
+    own = json.loads((out / "metrics.json").read_text())["prompt_format"] == "own"
+    assert own == bool(tok.chat_template) and own != ("TEMPLATE" in (out / "Modelfile").read_text())  # Ollama's
+    spec = read_tokenizer_json(source)  # what was written (gguf's reader takes minutes on 262k tokens + merges)
+    assert tokenizer_kind(spec) == kind
+    if kind != "llama":
+        vocab = hf_vocab(spec, len(tok), kind)
+        assert (vocab.model, vocab.pre, vocab.merges, len(vocab.tokens)) == (kind, pre, True, len(tok))
+        assert vocab.types[tok.eos_token_id] == gguf.TokenType.CONTROL and gguf.TokenType.UNUSED not in vocab.types
+        assert vocab.tokens[1000] == tok.convert_ids_to_tokens(1000)  # tokenizer.json's own strings (Ġ / ▁ form)
+    if runtime_missing():
+        pytest.skip(runtime_missing())
+    vectors = llama_cpp_vectors(next(source.glob("*.gguf.inp")))
+    texts = [text for text, _ in vectors] + SAMPLE_JA[:3]
+    scored, _ = llama_cpp_against_transformers(folder, gguf_file, [], texts)
+    wrong = [(text, ids, got) for (text, ids), got in zip(vectors, scored.tokens) if ids != got]
+    assert not wrong, f"{len(wrong)}/{len(vectors)} test vectors differ, e.g. {wrong[0]}"
+    assert scored.tokens[len(vectors) :] == [tok(t, add_special_tokens=False)["input_ids"] for t in SAMPLE_JA[:3]]
+    assert (scored.bos, scored.eos) == (tok.bos_token_id, tok.eos_token_id)
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen3"])
+def test_byte_level_pre_tokenizer_is_the_one_convert_picks(name):
+    """youri names the pre-tokenizer by its split regex (robust to appended tokens and merges); convert names it
+    by hashing the tokens of its probe text: the two agree on the real tokenizers. (Meta's Llama 3 tokenizer, which
+    convert hashed, adds BOS; the copy in ../shared does not, so both the ids and BOS + ids are hashed. Qwen3's
+    BPE is Qwen1.5's.)"""
+    source = shared_path(f"{name}-tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(source))
+    ids = tok.encode(CONVERT_PROBE, add_special_tokens=False)
+    hashes = [hashlib.sha256(str(row).encode()).hexdigest() for row in (ids, [tok.bos_token_id, *ids])]
+    assert {CONVERT_PRE_HASHES.get(h) for h in hashes} - {None} == {bpe_pre_tokenizer(read_tokenizer_json(source))}
+
+
+def rtn_twin(fp: Path, out: Path, group: int = 32) -> Path:
+    """A GPTQ v1 twin of any family made with youri's RTN quantizer and packer (4 bit, symmetric, in order):
+    each projection of ``youri.families`` becomes qweight/qzeros/scales/g_idx; biases and norms stay as they are."""
+    config = json.loads((fp / "config.json").read_text())
+    state = load_file(str(fp / "model.safetensors"))
+    for layer in range(config["num_hidden_layers"]):
+        for projection in family_of(config).projections:
+            key = f"model.layers.{layer}.{projection}"
+            parts = pack(*rtn_quantize(state.pop(f"{key}.weight"), bits=4, group_size=group), bits=4)
+            state.update({f"{key}.{part}": value.contiguous() for part, value in parts.items()})
+    shutil.copytree(fp, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    quant = {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": 4, "group_size": group, "sym": True}
+    (out / "config.json").write_text(json.dumps({**config, "quantization_config": {**quant, "desc_act": False}}))
+    return out
+
+
+def test_gptq_twin_of_another_family_becomes_q4_0_blocks_bit_for_bit(model, tmp_path):
+    """Qwen2 (q/k/v biases, NeoX RoPE: no row permutation): the twin's codes are its Q4_0 blocks exactly, the
+    biases stay F32, and llama.cpp runs the file as the twin (its dequantised weights), not as the fp model."""
+    tok = load_tokenizer(model)
+    fp = family_folder(tmp_path / "fp", "qwen2", tok)
+    shutil.copy(model / "tokenizer.model", fp)
+    twin = rtn_twin(fp, tmp_path / "qwen2")
+    out = run(Config(model=str(twin), out=str(tmp_path / "gguf"), type="q4_0", eval_samples=0))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["gptq_layers"] == {"lossless from GPTQ codes": 14, "RTN": 0, "dequantised": 0}
+    tensors = {t.name: t for t in gguf.GGUFReader(str(out / "qwen2-q4_0.gguf")).tensors}
+    state = load_file(str(twin / "model.safetensors"))
+    checked = ((0, "self_attn.q_proj", "attn_q"), (1, "self_attn.k_proj", "attn_k"), (1, "mlp.up_proj", "ffn_up"))
+    for layer, hf, name in checked:
+        prefix = f"model.layers.{layer}.{hf}"
+        expected = dequantize(**{k: state[f"{prefix}.{k}"] for k in GPTQ_PARTS}, bits=4).numpy()
+        tensor = tensors[f"blk.{layer}.{name}.weight"]
+        assert tensor.tensor_type.name == "Q4_0"
+        assert np.array_equal(gguf.quants.dequantize(tensor.data, tensor.tensor_type), expected)
+    assert tensors["blk.0.attn_q.bias"].tensor_type.name == "F32"
+    np.testing.assert_array_equal(tensors["blk.0.attn_q.bias"].data, state["model.layers.0.self_attn.q_proj.bias"])
+    if runtime_missing():
+        pytest.skip(runtime_missing())
+    dequantised = tmp_path / "dequantised"  # the twin's weights as a plain fp checkpoint: the exact reference
+    shutil.copytree(fp, dequantised)
+    weights = load_file(str(fp / "model.safetensors"))
+    for key in [k for k in state if k.endswith(".qweight")]:
+        module = key.removesuffix(".qweight")
+        parts = {k: state[f"{module}.{k}"] for k in GPTQ_PARTS}
+        weights[f"{module}.weight"] = dequantize(**parts, bits=4).contiguous()
+    save_file(weights, str(dequantised / "model.safetensors"), metadata={"format": "pt"})
+    rows = [[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"][:31]] for text in SAMPLE_JA[-2:]]
+    scored, as_twin = llama_cpp_against_transformers(dequantised, out / "qwen2-q4_0.gguf", rows)
+    as_fp = next_token_agreement(transformers_logprobs(fp, rows), scored.logprobs, rows)
+    print(f"llama.cpp qwen2 q4_0 of the twin: vs the twin {as_twin}, vs the fp model {as_fp}")
+    assert as_twin["kl"] < as_fp["kl"] / 10 and as_twin["argmax_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    "model_type,change,match",
+    [
+        ("gemma2", {"query_pre_attn_scalar": 32}, "query_pre_attn_scalar 32: llama.cpp's gemma2 scales queries"),
+        ("gemma3_text", {"layer_types": ["full_attention", "sliding_attention"]}, "differ from llama.cpp's gemma3"),
+        ("gemma3_text", {"final_logit_softcapping": 30.0}, "llama.cpp's gemma3 always applies neither"),
+        ("qwen2", {"use_sliding_window": True}, "llama.cpp's qwen2 attends to the whole context"),
+        ("llama", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_type 'yarn' is not supported"),
+    ],
+)
+def test_configs_llama_cpp_would_run_differently_are_refused(model_type, change, match):
+    config = AutoConfig.for_model(model_type, **TINY_SHAPE, **FAMILY_SHAPES[model_type], vocab_size=64).to_dict()
+    model_hparams(config)  # the family's own defaults are what llama.cpp runs
+    with pytest.raises(GGUFExportError, match=match):
+        model_hparams({**config, **change})

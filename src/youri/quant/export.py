@@ -8,8 +8,9 @@ quantizer: ``llama-quantize MODEL-f16.gguf MODEL-q4_k_m.gguf Q4_K_M`` on the f16
 layers on the type's grid (4-bit symmetric in-order codes for q4_0) are written as they are, lossless;
 others are dequantised and rounded again, and the one printed line (``source`` in metrics.json) says so.
 
-Output folder: ``MODEL-TYPE.gguf`` (Llama metadata, SentencePiece vocabulary with scores and token types,
-BOS/EOS ids, the chat template as ``tokenizer.chat_template``), an Ollama ``Modelfile`` (prompt format of
+Output folder: ``MODEL-TYPE.gguf`` (the family's llama.cpp architecture and metadata, its tokenizer:
+SentencePiece with scores and token types, byte-level BPE with merges and pre-tokenizer, or Gemma's BPE;
+special ids, the chat template as ``tokenizer.chat_template``), an Ollama ``Modelfile`` (prompt format of
 the model's chat template), ``metrics.json`` (file size against fp16, held-out Japanese perplexity and
 KL(model ‖ GGUF) computed by a real llama.cpp runtime when one is installed, see ``youri.quant.llamacpp``)
 and ``youri.json``.
@@ -33,7 +34,8 @@ from youri.io import atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
 from youri.prompts import INPUT_HEADER, INSTRUCTION_HEADER, INSTRUCTION_INTRO, RESPONSE_HEADER, SETTING, SYSTEM, USER
 from youri.prompts import chat_template as youri_chat_template
-from youri.quant.gguf_writer import GGUF_TYPES, TensorSource, WriteReport, llama_hparams, write_gguf
+from youri.quant.gguf_vocab import Vocab, hf_vocab, read_tokenizer_json, sentencepiece_vocab, tokenizer_kind
+from youri.quant.gguf_writer import GGUF_TYPES, TensorSource, WriteReport, model_hparams, write_gguf
 from youri.quant.llamacpp import next_token_agreement, run_llama_cpp, runtime_missing, runtime_name
 from youri.runtime.gptq_format import dequantize, gptq_settings
 from youri.stage import StageWriter, read_manifest
@@ -45,7 +47,7 @@ GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 @dataclass
 class Config:
     model: str = field(default="", metadata={"positional": True})
-    """Model folder: a youri model stage (fp or GPTQ twin) or a local HF Llama checkpoint."""
+    """Model folder: a youri model stage (fp or GPTQ twin) or a local HF checkpoint of a supported family."""
     out: str = ""
     """Output stage folder (default: MODEL-gguf-TYPE beside the model)."""
     format: str = "gguf"
@@ -64,7 +66,7 @@ class Config:
 
 
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
-    folder, hf_config, sp_model = _validate(cfg)
+    folder, hf_config, vocab = _validate(cfg)
     quant = gptq_settings(hf_config)
     out = Path(cfg.out) if cfg.out else folder.with_name(f"{folder.name}-gguf-{cfg.type}")
     with StageWriter(out, stage="export", config=cfg, inputs=[folder], parent=folder, overwrite=overwrite) as stage:
@@ -72,13 +74,12 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
         gguf_file = stage.path / f"{folder.name}-{cfg.type}.gguf"
         tensors = list(_tensor_sources(folder, quant))
         written = write_gguf(
-            gguf_file, hf_config, tensors, tokenizer_dir=folder, sp_model=sp_model, kind=cfg.type, name=folder.name
+            gguf_file, hf_config, tensors, vocab=vocab, tokenizer_dir=folder, kind=cfg.type, name=folder.name
         )
         source = _source_line(folder, quant, cfg.type, written)
         print(f"youri export: {source}")
         fp16_bytes = 2 * sum(int(np.prod(t.shape)) for t in tensors)
-        tokenizer = load_tokenizer(folder)
-        kind = _template_kind(tokenizer)
+        kind = _template_kind(_chat_template(folder))
         atomic_write_text(stage.path / "Modelfile", ollama_modelfile(gguf_file.name, kind))
         metrics = {
             "format": "gguf",
@@ -95,7 +96,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> Path:
         metrics["weights"] = _weights_word(quant, written)
         if quant:
             metrics["gptq_layers"] = _gptq_layers(written)
-        metrics["quality"] = _quality(folder, gguf_file, tokenizer, cfg)
+        metrics["quality"] = _quality(folder, gguf_file, cfg)
         stage.finish(metrics)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     return out
@@ -139,7 +140,7 @@ def _gptq_layers(written: WriteReport) -> dict:
 # ----------------------------------------------------------------------------- checks before any work
 
 
-def _validate(cfg: Config) -> tuple[Path, dict, Path]:
+def _validate(cfg: Config) -> tuple[Path, dict, Vocab]:
     if not cfg.model:
         raise ConfigError("export: give the model folder (youri export MODEL --type q4_0)")
     if cfg.format not in FORMATS:
@@ -156,13 +157,29 @@ def _validate(cfg: Config) -> tuple[Path, dict, Path]:
         raise FileNotFoundError(f"{folder}: not a model folder (no config.json)")
     hf_config = read_json(folder / "config.json")
     try:
-        llama_hparams(hf_config, f"{folder}/config.json")
+        model_hparams(hf_config, f"{folder}/config.json")
         gptq_settings(hf_config)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"{folder}: no *.safetensors weights")
-    return folder, hf_config, _sentencepiece_model(folder)
+    return folder, hf_config, _vocab(folder, hf_config["vocab_size"])
+
+
+def _vocab(folder: Path, vocab_size: int) -> Vocab:
+    """The model's vocabulary for llama.cpp (``youri.quant.gguf_vocab``): byte-level or Gemma-style BPE from
+    ``tokenizer.json``, SentencePiece from the lineage's ``tokenizer.model``."""
+    try:
+        spec = read_tokenizer_json(folder)
+        kind = tokenizer_kind(spec)
+        if kind != "llama":
+            return hf_vocab(spec, vocab_size, kind, folder / "tokenizer.json")
+        del spec
+        sp_model = _sentencepiece_model(folder)
+        tokens, scores, types = sentencepiece_vocab(sp_model, vocab_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return Vocab("llama", tokens, types, scores=scores, pre="default")
 
 
 def _sentencepiece_model(folder: Path) -> Path:
@@ -250,7 +267,7 @@ def _dequantizer(parts, bits: int):
 # ----------------------------------------------------------------------------- what it cost
 
 
-def _quality(folder: Path, gguf_file: Path, tokenizer, cfg: Config) -> dict:
+def _quality(folder: Path, gguf_file: Path, cfg: Config) -> dict:
     """Held-out Japanese: youri's runtime of the source model against llama.cpp running the GGUF file."""
     if cfg.eval_samples == 0:
         return {"skipped": "eval_samples is 0"}
@@ -260,6 +277,7 @@ def _quality(folder: Path, gguf_file: Path, tokenizer, cfg: Config) -> dict:
     source = heldout_source(folder, cfg.heldout_ja, "ja")
     if source is None:
         return {"skipped": "no held-out Japanese text (set heldout_ja)"}
+    tokenizer = load_tokenizer(folder)
     rows = token_rows([source], tokenizer, cfg.eval_samples, cfg.seq_len, "val/ja").tolist()
     if not rows:
         return {"skipped": f"{source}: not one held-out row of {cfg.seq_len} tokens"}
@@ -280,9 +298,21 @@ def _quality(folder: Path, gguf_file: Path, tokenizer, cfg: Config) -> dict:
 # ----------------------------------------------------------------------------- Ollama
 
 
-def _template_kind(tokenizer) -> str:
-    """Which of youri's prompt formats the tokenizer's chat template renders (``base`` when none)."""
-    return next((k for k in ("chat", "instruction") if tokenizer.chat_template == youri_chat_template(k)), "base")
+def _chat_template(folder: Path) -> str | None:
+    """The model's chat template as transformers saves it (``chat_template.jinja`` or ``tokenizer_config.json``),
+    read without loading the tokenizer (a 262k-token ``tokenizer.json`` takes seconds to load)."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    return config.get("chat_template")
+
+
+def _template_kind(template: str | None) -> str:
+    """Which of youri's prompt formats a chat template renders: ``chat``, ``instruction``, ``own`` (another
+    template, e.g. the base's Llama 3 / ChatML / Gemma turns) or ``base`` (none)."""
+    if not template:
+        return "base"
+    return next((k for k in ("chat", "instruction") if template == youri_chat_template(k)), "own")
 
 
 def ollama_modelfile(gguf_name: str, kind: str) -> str:
@@ -315,6 +345,8 @@ def ollama_modelfile(gguf_name: str, kind: str) -> str:
             + f"{RESPONSE_HEADER}:\n"
         )
         lines += [f'TEMPLATE """{template}"""', 'PARAMETER stop "</s>"']
+    elif kind == "own":
+        pass  # no TEMPLATE: Ollama takes the prompt format from the GGUF's own tokenizer.chat_template
     else:
         lines += ['TEMPLATE """{{ .Prompt }}"""']
     return "\n".join(lines) + "\n"

@@ -1,14 +1,27 @@
-"""GGUF files for llama.cpp (and Ollama, LM Studio) from a Llama model, written with the ``gguf`` package.
+"""GGUF files for llama.cpp (and Ollama, LM Studio) from a model of any ``youri.families`` row, written with
+the ``gguf`` package.
 
-The container, the metadata keys, the tensor names and the block quantizers are the ``gguf`` package's own
-(llama.cpp's reference Python writer, the one ``convert_hf_to_gguf.py`` uses); this module only decides what
-goes in, the way ``convert_hf_to_gguf.py`` does for ``LlamaForCausalLM``:
+The container, the metadata keys, the architecture names, the tensor names (``gguf.get_tensor_name_map``)
+and the block quantizers are the ``gguf`` package's own (llama.cpp's reference Python writer, the one
+``convert_hf_to_gguf.py`` uses); this module only decides what goes in, the way ``convert_hf_to_gguf.py``
+does for ``LlamaForCausalLM`` / ``MistralForCausalLM`` (arch ``llama``), ``Qwen2``/``Qwen3ForCausalLM`` and
+``Gemma2``/``Gemma3ForCausalLM``:
 
-- ``llama.*`` hyper-parameters from ``config.json``; ``general.file_type`` from the export type;
-- the SentencePiece vocabulary (pieces, scores, token types) from ``tokenizer.model``; BOS/EOS/UNK ids, the
-  add-BOS flag and the chat template (``tokenizer.chat_template``) through ``gguf.SpecialVocab``;
-- q_proj/k_proj rows permuted from Hugging Face's rotate-half order to llama.cpp's interleaved RoPE order;
-- 1-D tensors (norms) stay F32; 2-D weights get the export type.
+- ``{arch}.*`` hyper-parameters from ``config.json`` (heads, key/value length, RoPE theta and linear scaling,
+  Llama 3.1's ``rope_freqs.weight`` factors, Gemma 3's local RoPE theta, RMS eps, Gemma's sliding window and
+  Gemma 2's soft-caps); ``general.file_type`` from the export type. Where llama.cpp hard-codes what a config
+  could set otherwise (Gemma's window pattern and query scale, Qwen's disabled window), a config that differs
+  is refused with one line rather than written to run differently;
+- the tokenizer (``youri.quant.gguf_vocab``: SentencePiece, byte-level BPE with its pre-tokenizer, or Gemma's
+  SentencePiece-style BPE), special ids, add-BOS flag and chat template;
+- q_proj/k_proj rows permuted from Hugging Face's rotate-half order to llama.cpp's interleaved RoPE order for
+  the ``llama`` architecture only (``families.gguf_rope_permute``; the others run NeoX RoPE as transformers);
+- Gemma's norm weights stored as ``1 + w`` (``families.norm_offset``); a tied LM head left out (llama.cpp
+  reuses ``token_embd``);
+- 1-D tensors (norms, biases) stay F32; 2-D weights get the export type.
+
+Mistral's ``sliding_window`` (v0.1: 4096) is not written: llama.cpp's ``llama`` architecture attends to the
+whole context, which equals transformers up to the window.
 
 Types: ``f16``, ``bf16``, ``q8_0`` (every 2-D weight, as ``convert_hf_to_gguf --outtype q8_0``) and ``q4_0``:
 the transformer blocks' weights Q4_0 (4.5 bits per weight), the token embedding Q8_0 and the LM head F16.
@@ -33,6 +46,7 @@ sits in memory whole.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +54,10 @@ from typing import Callable, Iterable
 
 import gguf
 import numpy as np
-import sentencepiece as spm
 import torch
 
-from youri.families import family_of
+from youri.families import family_of, head_dim
+from youri.quant.gguf_vocab import Vocab, add_vocab
 from youri.runtime.gptq_format import unpack
 
 Q = gguf.GGMLQuantizationType
@@ -91,15 +105,19 @@ class TensorSource:
     """The GPTQ layer's bits."""
 
 
-def llama_hparams(config: dict, where: str = "config.json") -> dict:
-    """The ``config.json`` fields a llama.cpp Llama needs, checked; an error names what cannot be exported."""
+LLAMA_CPP_SWA_PERIOD = {"gemma2": 2, "gemma3": 6}
+"""llama.cpp's fixed sliding-window layer pattern (``set_swa_pattern``): layer ``i`` attends to a window unless
+``(i + 1) % period == 0``; a config whose ``layer_types`` differ cannot be written for it."""
+LLAMA_CPP_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+"""The layer counts at which llama.cpp scales Gemma queries by ``1/sqrt(hidden/heads)`` (its 27B rule) instead
+of ``1/sqrt(head_dim)``; it reads no ``query_pre_attn_scalar``, so that scalar must be the one it assumes."""
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def model_hparams(config: dict, where: str = "config.json") -> dict:
+    """The ``config.json`` facts a llama.cpp model of the config's family needs, checked; an error names what
+    llama.cpp would run differently from transformers."""
     family = family_of(config, where)
-    if family.model_type != "llama":
-        raise GGUFExportError(f"{where}: GGUF export of {family.name} models is not implemented yet (Llama only)")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", None):
-        raise GGUFExportError(f"{where}: rope_type {rope_type!r} is not supported by youri export (default RoPE only)")
     missing = [
         k
         for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -107,46 +125,82 @@ def llama_hparams(config: dict, where: str = "config.json") -> dict:
     ]
     if missing:
         raise GGUFExportError(f"{where}: missing integer field(s) {', '.join(missing)}")
-    heads = config["num_attention_heads"]
-    return {
-        "layers": config["num_hidden_layers"],
+    arch, layers, heads = family.gguf_arch, config["num_hidden_layers"], config["num_attention_heads"]
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    full, local = rope.get("full_attention", rope), rope.get("sliding_attention")
+    rope_type = full.get("rope_type", full.get("type")) or "default"
+    if rope_type not in ROPE_TYPES:
+        raise GGUFExportError(f"{where}: rope_type {rope_type!r} is not supported by youri export ({ROPE_TYPES})")
+    if config.get("partial_rotary_factor", 1.0) != 1.0:
+        raise GGUFExportError(f"{where}: partial_rotary_factor is not supported by youri export")
+    hp = {
+        "family": family,
+        "arch": arch,
+        "layers": layers,
         "hidden": config["hidden_size"],
         "intermediate": config["intermediate_size"],
         "heads": heads,
         "kv_heads": config.get("num_key_value_heads") or heads,
-        "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
+        "head_dim": head_dim(config),
         "context": config.get("max_position_embeddings", 4096),
-        "rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+        "rope_theta": float(full.get("rope_theta", config.get("rope_theta", 10000.0))),
+        "rope": {**full, "rope_type": rope_type},
+        "rope_theta_swa": float(local["rope_theta"]) if local and "rope_theta" in local else None,
         "rms_eps": float(config.get("rms_norm_eps", 1e-6)),
         "vocab": config["vocab_size"],
+        "tied": bool(config.get("tie_word_embeddings", family.embed_scale)),
+        "sliding_window": None,
     }
+    if arch in ("qwen2", "qwen3") and config.get("use_sliding_window"):
+        raise GGUFExportError(f"{where}: use_sliding_window: llama.cpp's {arch} attends to the whole context")
+    if arch in LLAMA_CPP_SWA_PERIOD:
+        hp["sliding_window"] = _gemma_checks(config, hp, where)
+    return hp
 
 
-def sentencepiece_vocab(model_file: Path, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
-    """Pieces, scores and llama.cpp token types of a SentencePiece model, padded to the model's vocab size."""
-    sp = spm.SentencePieceProcessor(model_file=str(model_file))
-    if sp.vocab_size() > vocab_size:
+def _gemma_checks(config: dict, hp: dict, where: str) -> int:
+    """A Gemma config as llama.cpp runs it (window pattern, query scale, soft-caps), else an error; its window."""
+    arch, layers, period = hp["arch"], hp["layers"], LLAMA_CPP_SWA_PERIOD[hp["arch"]]
+    expected = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(layers)]
+    if (config.get("layer_types") or expected) != expected or not config.get("sliding_window"):
         raise GGUFExportError(
-            f"{model_file}: {sp.vocab_size()} pieces but the model has only {vocab_size} embedding rows"
+            f"{where}: layer_types/sliding_window differ from llama.cpp's {arch} (a window on all layers but "
+            f"every {period}th)"
         )
-    kinds = gguf.TokenType
-    tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]  # rows past the tokenizer: unused, as convert does
-    scores, types = [-10000.0] * vocab_size, [int(kinds.UNUSED)] * vocab_size
-    for i in range(sp.vocab_size()):
-        tokens[i], scores[i] = sp.id_to_piece(i).encode("utf-8"), sp.get_score(i)
-        kind = (
-            kinds.UNKNOWN
-            if sp.is_unknown(i)
-            else kinds.CONTROL
-            if sp.is_control(i)
-            else kinds.UNUSED
-            if sp.is_unused(i)
-            else kinds.BYTE
-            if sp.is_byte(i)
-            else kinds.NORMAL
+    scale_dim = hp["hidden"] // hp["heads"] if layers == LLAMA_CPP_27B_LAYERS[arch] else hp["head_dim"]
+    if config.get("query_pre_attn_scalar", scale_dim) != scale_dim:
+        raise GGUFExportError(
+            f"{where}: query_pre_attn_scalar {config['query_pre_attn_scalar']}: llama.cpp's {arch} scales queries "
+            f"by 1/sqrt({scale_dim}) at {layers} layers"
         )
-        types[i] = int(kind)
-    return tokens, scores, types
+    caps = (config.get("attn_logit_softcapping"), config.get("final_logit_softcapping"))
+    if arch == "gemma2" and None in caps or arch == "gemma3" and caps != (None, None):
+        raise GGUFExportError(
+            f"{where}: attn/final logit soft-capping {caps}: llama.cpp's {arch} always applies "
+            f"{'both' if arch == 'gemma2' else 'neither'}"
+        )
+    hp["softcaps"] = caps
+    return int(config["sliding_window"])
+
+
+def llama3_rope_factors(hp: dict) -> np.ndarray:
+    """Llama 3.1's RoPE frequency factors, one per rotary pair: llama.cpp's ``rope_freqs.weight`` (convert's
+    ``LlamaModel.generate_extra_tensors``, the same wavelength bands as transformers' ``llama3`` rope)."""
+    rope, dim = hp["rope"], hp["head_dim"]
+    factor, low, high = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old = rope.get("original_max_position_embeddings", 8192)
+    freqs = 1.0 / (hp["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
 
 
 def rope_permute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -170,29 +224,31 @@ class WriteReport:
 
 
 def write_gguf(
-    out: Path,
-    config: dict,
-    tensors: Iterable[TensorSource],
-    *,
-    tokenizer_dir: Path,
-    sp_model: Path,
-    kind: str,
-    name: str,
+    out: Path, config: dict, tensors: Iterable[TensorSource], *, vocab: Vocab, tokenizer_dir: Path, kind: str, name: str
 ) -> WriteReport:
     """Write ``out``; the report says which GPTQ layers kept their codes and which were rounded again."""
-    hp = llama_hparams(config)
+    hp = model_hparams(config)
     gtype = GGUF_TYPES[kind]
-    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == hp["arch"])
+    writer = gguf.GGUFWriter(str(out), hp["arch"])
     _add_metadata(writer, hp, gtype, name)
-    _add_vocab(writer, tokenizer_dir, sp_model, hp["vocab"])
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, hp["layers"])
+    add_vocab(writer, vocab, tokenizer_dir)
+    names = gguf.get_tensor_name_map(arch, hp["layers"])
     plan = []
+    if hp["rope"]["rope_type"] == "llama3":  # llama.cpp's rope_freqs.weight, as convert adds it
+        factors = llama3_rope_factors(hp)
+        plan.append((TensorSource("rope_freqs", factors.shape, lambda: torch.from_numpy(factors)), "rope_freqs.weight"))
     for source in tensors:
+        if source.name == "lm_head.weight" and hp["tied"]:
+            continue  # tied to the embedding: llama.cpp reuses token_embd, as convert leaves it out
         gguf_name = names.get_name(source.name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise GGUFExportError(f"tensor {source.name} has no llama.cpp name (not a Llama tensor)")
+            raise GGUFExportError(f"tensor {source.name} has no llama.cpp {hp['arch']} name")
+        plan.append((_shifted(source, hp) if gguf_name.endswith("norm.weight") else source, gguf_name))
+    typed = []
+    for source, gguf_name in plan:
         qtype = _tensor_type(gguf_name, source.shape, gtype)
-        plan.append((source, qtype))
+        typed.append((source, qtype))
         nbytes = (
             int(np.prod(gguf.quant_shape_to_byte_shape(source.shape, qtype)))
             if qtype not in (Q.F32, Q.F16)
@@ -204,11 +260,19 @@ def write_gguf(
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    report = WriteReport(dict(Counter(qtype.name for _, qtype in plan)), [], {}, [])
-    for source, qtype in plan:
+    report = WriteReport(dict(Counter(qtype.name for _, qtype in typed)), [], {}, [])
+    for source, qtype in typed:
         writer.write_tensor_data(_for_llama_cpp(source.name, _tensor_data(source, qtype, report), hp))
     writer.close()
     return report
+
+
+def _shifted(source: TensorSource, hp: dict) -> TensorSource:
+    """A norm weight as llama.cpp multiplies by it: Gemma's ``1 + w`` stored (``families.norm_offset``)."""
+    offset = hp["family"].norm_offset
+    if not offset:
+        return source
+    return TensorSource(source.name, source.shape, lambda: source.load() + offset)
 
 
 def _tensor_data(source: TensorSource, qtype: Q, report: WriteReport) -> np.ndarray:
@@ -281,6 +345,8 @@ def gptq_blocks(
 
 
 def _add_metadata(writer: gguf.GGUFWriter, hp: dict, gtype: GGUFType, name: str) -> None:
+    """The ``{arch}.*`` keys convert_hf_to_gguf writes for the family (``TextModel.set_gguf_parameters`` and the
+    Llama/Qwen2/Gemma2/Gemma3 classes)."""
     writer.add_name(name)
     writer.add_context_length(hp["context"])
     writer.add_embedding_length(hp["hidden"])
@@ -288,23 +354,24 @@ def _add_metadata(writer: gguf.GGUFWriter, hp: dict, gtype: GGUFType, name: str)
     writer.add_feed_forward_length(hp["intermediate"])
     writer.add_head_count(hp["heads"])
     writer.add_head_count_kv(hp["kv_heads"])
+    writer.add_key_length(hp["head_dim"])
+    writer.add_value_length(hp["head_dim"])
     writer.add_rope_dimension_count(hp["head_dim"])
     writer.add_rope_freq_base(hp["rope_theta"])
+    if hp["rope"]["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(hp["rope"]["factor"]))
+    if hp["rope_theta_swa"] is not None:
+        writer.add_rope_freq_base_swa(hp["rope_theta_swa"])
     writer.add_layer_norm_rms_eps(hp["rms_eps"])
+    if hp["sliding_window"]:
+        writer.add_sliding_window(hp["sliding_window"])
+    if hp["arch"] == "gemma2":
+        writer.add_attn_logit_softcapping(float(hp["softcaps"][0]))
+        writer.add_final_logit_softcapping(float(hp["softcaps"][1]))
     writer.add_vocab_size(hp["vocab"])
     writer.add_file_type(gtype.file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-
-def _add_vocab(writer: gguf.GGUFWriter, tokenizer_dir: Path, sp_model: Path, vocab_size: int) -> None:
-    tokens, scores, types = sentencepiece_vocab(sp_model, vocab_size)
-    writer.add_tokenizer_model("llama")  # llama.cpp's SentencePiece (SPM) tokenizer
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    special = gguf.SpecialVocab(tokenizer_dir, load_merges=False, n_vocab=vocab_size)
-    special.add_to_gguf(writer, quiet=True)  # BOS/EOS/UNK ids, add_bos_token, tokenizer.chat_template
 
 
 def _tensor_type(gguf_name: str, shape: tuple[int, ...], gtype: GGUFType) -> Q:
@@ -316,10 +383,13 @@ def _tensor_type(gguf_name: str, shape: tuple[int, ...], gtype: GGUFType) -> Q:
 
 
 def _for_llama_cpp(hf_name: str, data: np.ndarray, hp: dict) -> np.ndarray:
-    """q/k rows in llama.cpp's RoPE order; rows are whole blocks, so encoded data permutes the same way."""
-    if hf_name.endswith("self_attn.q_proj.weight"):
+    """q/k rows (and biases) in llama.cpp's interleaved RoPE order where its architecture wants them
+    (``families.gguf_rope_permute``); rows are whole blocks, so encoded data permutes the same way."""
+    if not hp["family"].gguf_rope_permute:
+        return data
+    if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
         return rope_permute(data, hp["heads"])
-    if hf_name.endswith("self_attn.k_proj.weight"):
+    if hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
         return rope_permute(data, hp["kv_heads"])
     return data
 
