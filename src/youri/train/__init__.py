@@ -7,7 +7,8 @@ and weight arithmetic between trained models (merge), which sits in the same cha
 - ``checkpoint``  — atomic distributed checkpoints and resume.
 - ``distributed`` — ``init_distributed`` and FSDP2 wrapping, in one place.
 - ``estimate``    — parameter, FLOP and memory arithmetic (MFU, ``--dry_run`` plans).
-- ``batches``     — batches from token shards and held-out perplexity rows.
+- ``batches``     — batches from token shards, SFT rows and preference pairs; held-out perplexity rows.
+- ``finetune``    — what sft and prefer share: the LoRA option, the chat model's generation config.
 - Stages: ``init_base`` (``youri init``), ``pretrain`` (``youri pretrain``), ``sft`` (``youri sft``),
   ``merge`` (``youri merge``: chat vector / task arithmetic, linear; no gradient), ``prefer`` (``youri prefer``).
 """
