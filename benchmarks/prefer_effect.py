@@ -29,7 +29,7 @@ from pathlib import Path
 SAMPLE = "builtin:preferences_ja.jsonl"
 HELDOUT = 16  # asked for; youri prefer holds out at most a tenth: 8 of the 80 pairs
 PREFER = {
-    "dpo": {"beta": 0.1, "lr": 5e-4},
+    "dpo": {"beta": 0.5, "lr": 2e-4},
     "orpo": {"beta": 0.1, "lr": 5e-4},
     "simpo": {"beta": 2.0, "gamma": 0.5, "lr": 5e-4},
 }

@@ -130,6 +130,22 @@ def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
 
 
+class EpochOrder:
+    """Stream position ``k`` -> item index: a seeded shuffle of ``range(n)`` per epoch (the current one cached)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perm: tuple[int, list[int]] | None = None
+
+    def __call__(self, k: int) -> int:
+        epoch, i = divmod(k, self.n)
+        if self._perm is None or self._perm[0] != epoch:
+            order = list(range(self.n))
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            self._perm = (epoch, order)
+        return self._perm[1][i]
+
+
 @dataclass
 class RowBatches:
     """``BatchSource`` over SFT rows: a seeded permutation per epoch (as ``youri.train.batches.ShardBatches``),
@@ -144,15 +160,10 @@ class RowBatches:
     def __post_init__(self) -> None:
         if not self.rows:
             raise DataError("no training rows: every example was held out or dropped")
-        self._perm: tuple[int, list[int]] | None = None
+        self._order = EpochOrder(len(self.rows), self.seed)
 
     def _row(self, k: int) -> Row:
-        epoch, i = divmod(k, len(self.rows))
-        if self._perm is None or self._perm[0] != epoch:
-            order = list(range(len(self.rows)))
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
-            self._perm = (epoch, order)
-        return self.rows[self._perm[1][i]]
+        return self.rows[self._order(k)]
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
         per_rank = self.micro_batch_size * self.grad_accum
@@ -213,15 +224,7 @@ class PairBatches:
     def __post_init__(self) -> None:
         if not self.pairs:
             raise DataError("no training pairs: every pair was held out or dropped")
-        self._perm: tuple[int, list[int]] | None = None
-
-    def _index(self, k: int) -> int:
-        epoch, i = divmod(k, len(self.pairs))
-        if self._perm is None or self._perm[0] != epoch:
-            order = list(range(len(self.pairs)))
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
-            self._perm = (epoch, order)
-        return self._perm[1][i]
+        self._index = EpochOrder(len(self.pairs), self.seed)
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
         per_rank = self.micro_batch_size * self.grad_accum
