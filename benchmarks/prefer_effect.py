@@ -30,8 +30,8 @@ SAMPLE = "builtin:preferences_ja.jsonl"
 HELDOUT = 16  # asked for; youri prefer holds out at most a tenth: 8 of the 80 pairs
 PREFER = {
     "dpo": {"beta": 0.5, "lr": 2e-4},
-    "orpo": {"beta": 0.1, "lr": 5e-4},
-    "simpo": {"beta": 2.0, "gamma": 0.5, "lr": 5e-4},
+    "orpo": {"beta": 1.0, "lr": 5e-4},  # beta 0.1: held-out accuracy 0.125 -> 0.375 in 15 steps
+    "simpo": {"beta": 2.0, "gamma": 0.5, "lr": 1e-4},  # lr 5e-4: accuracy 1.0 but perplexity +173 %
 }
 
 
