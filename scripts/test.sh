@@ -25,6 +25,13 @@ if ! "$AGQ/bin/python" -c "import auto_gptq" 2>/dev/null; then
      pyarrow==15.0.2 fsspec==2024.2.0) || echo "test.sh: AutoGPTQ venv unavailable; the AutoGPTQ loader test will skip"
 fi
 if "$AGQ/bin/python" -c "import auto_gptq" 2>/dev/null; then export YOURI_AUTOGPTQ_PYTHON="$AGQ/bin/python"; fi
+# mergekit 0.1.5 (youri merge's bit-exact oracle) and TRL 1.16.0 (youri prefer's loss oracle) in one venv.
+MRG=${YOURI_MERGE_REF_VENV:-$HOME/.cache/youri/mergeref}
+if ! "$MRG/bin/python" -c "import mergekit, trl" 2>/dev/null; then
+  (python3 -m venv "$MRG" && "$MRG/bin/python" -m pip install -q mergekit==0.1.5 trl==1.16.0 torch==2.13.0 \
+     transformers==5.25.0) || echo "test.sh: mergekit/TRL venv unavailable; the merge and preference oracle tests will skip"
+fi
+if "$MRG/bin/python" -c "import mergekit, trl" 2>/dev/null; then export YOURI_MERGE_REFERENCE_PYTHON="$MRG/bin/python"; fi
 # llama.cpp for the GGUF tests: node-llama-cpp's prebuilt CPU binaries (no compiler; llama-cpp-python has no
 # CPU wheel on PyPI; its source build spent 5 CPU-minutes on 80 of its 140 compile steps here).
 export YOURI_NODE_LLAMA_CPP=${YOURI_NODE_LLAMA_CPP:-$HOME/.cache/youri/node-llama-cpp}

@@ -54,6 +54,16 @@ COMMANDS: list[Command] = [
         "instruction or multi-turn chat SFT (one prompt renderer, packing, optional LoRA)",
         section="sft_instruction",
     ),
+    Command(
+        "merge",
+        "youri.train.merge",
+        "chat vector / task arithmetic or linear merge of model folders, streamed tensor by tensor (= mergekit)",
+    ),
+    Command(
+        "prefer",
+        "youri.train.prefer",
+        "preference tuning: DPO (cached reference log-probs), ORPO, SimPO on the shared loop (= TRL's losses)",
+    ),
     Command("vocab", "youri.data.vocab", "extend a Llama tokenizer with Japanese pieces and resize the model"),
     Command(
         "quantize", "youri.quant.quantize", "GPTQ 4-bit twin (GPTQ v1 checkpoint) of a model folder, with its cost"

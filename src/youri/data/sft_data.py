@@ -202,25 +202,25 @@ HH_MARKER = re.compile(r"\n\n(Human|Assistant): ?")
 HH_SPEAKERS = {"Human": USER, "Assistant": SYSTEM}
 
 
-def hh_turns(transcript: str) -> list[Turn]:
-    """An HH-RLHF transcript as ユーザー/システム turns; ``DataError`` (naming field 'chosen') if the turns
+def hh_turns(transcript: str, name: str = "chosen") -> list[Turn]:
+    """An HH-RLHF transcript as ユーザー/システム turns; ``DataError`` (naming field ``name``) if the turns
     do not alternate Human/Assistant from a Human turn to an Assistant turn, or one is empty."""
     parts = HH_MARKER.split(transcript)
     if parts[0].strip() or len(parts) < 3:
-        raise DataError("field 'chosen': expected a transcript starting with '\\n\\nHuman: '")
+        raise DataError(f"field '{name}': expected a transcript starting with '\\n\\nHuman: '")
     turns = []
     for number, (who, text) in enumerate(zip(parts[1::2], parts[2::2]), start=1):
         expected = "Human" if number % 2 else "Assistant"
         if who != expected:
             raise DataError(
-                f"field 'chosen': turn {number} is {who}, expected {expected} "
+                f"field '{name}': turn {number} is {who}, expected {expected} "
                 "(turns alternate Human/Assistant, starting with Human)"
             )
         if not text.strip():
-            raise DataError(f"field 'chosen': turn {number} ({who}) is empty")
+            raise DataError(f"field '{name}': turn {number} ({who}) is empty")
         turns.append(Turn(HH_SPEAKERS[who], text.strip()))
     if turns[-1].speaker != SYSTEM:
-        raise DataError(f"field 'chosen': the last turn (turn {len(turns)}) is Human; it must be the Assistant's")
+        raise DataError(f"field '{name}': the last turn (turn {len(turns)}) is Human; it must be the Assistant's")
     return turns
 
 

@@ -130,6 +130,22 @@ def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
 
 
+class EpochOrder:
+    """Stream position ``k`` -> item index: a seeded shuffle of ``range(n)`` per epoch (the current one cached)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perm: tuple[int, list[int]] | None = None
+
+    def __call__(self, k: int) -> int:
+        epoch, i = divmod(k, self.n)
+        if self._perm is None or self._perm[0] != epoch:
+            order = list(range(self.n))
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            self._perm = (epoch, order)
+        return self._perm[1][i]
+
+
 @dataclass
 class RowBatches:
     """``BatchSource`` over SFT rows: a seeded permutation per epoch (as ``youri.train.batches.ShardBatches``),
@@ -144,15 +160,10 @@ class RowBatches:
     def __post_init__(self) -> None:
         if not self.rows:
             raise DataError("no training rows: every example was held out or dropped")
-        self._perm: tuple[int, list[int]] | None = None
+        self._order = EpochOrder(len(self.rows), self.seed)
 
     def _row(self, k: int) -> Row:
-        epoch, i = divmod(k, len(self.rows))
-        if self._perm is None or self._perm[0] != epoch:
-            order = list(range(len(self.rows)))
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
-            self._perm = (epoch, order)
-        return self.rows[self._perm[1][i]]
+        return self.rows[self._order(k)]
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
         per_rank = self.micro_batch_size * self.grad_accum
@@ -176,3 +187,52 @@ class HeldOutRows:
         mine = list(range(rank, n, world))
         for i in range(0, len(mine), self.micro_batch_size):
             yield collate([self.rows[j] for j in mine[i : i + self.micro_batch_size]], self.pad_id)
+
+
+# ----------------------------------------------------------------------------- preference pairs
+
+
+def collate_pairs(
+    pairs: list, pad_id: int, ref_logps: list[tuple[float, float]] | None = None
+) -> dict[str, torch.Tensor]:
+    """``b`` pairs as ``2b`` right-padded rows, chosen first (TRL's concatenated layout): ``input_ids``,
+    ``labels`` (final reply only), ``lengths`` and, for DPO, the cached ``ref_logps`` in the same order."""
+    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    width = max(len(r.input_ids) for r in rows)
+    batch = {
+        "input_ids": torch.tensor([r.input_ids + [pad_id] * (width - len(r.input_ids)) for r in rows]),
+        "labels": torch.tensor([r.labels + [IGNORE_INDEX] * (width - len(r.labels)) for r in rows]),
+        "lengths": torch.tensor([len(r.input_ids) for r in rows]),
+    }
+    if ref_logps is not None:
+        batch["ref_logps"] = torch.tensor([c for c, _ in ref_logps] + [r for _, r in ref_logps], dtype=torch.float64)
+    return batch
+
+
+@dataclass
+class PairBatches:
+    """``BatchSource`` over encoded preference pairs: a seeded permutation per epoch, ``micro_batch_size`` pairs
+    per micro-batch, ``grad_accum`` micro-batches per rank and step (as ``RowBatches``)."""
+
+    pairs: list
+    micro_batch_size: int
+    grad_accum: int
+    pad_id: int
+    seed: int = 0
+    ref_logps: list[tuple[float, float]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.pairs:
+            raise DataError("no training pairs: every pair was held out or dropped")
+        self._index = EpochOrder(len(self.pairs), self.seed)
+
+    def micro_batches(self, step: int, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
+        per_rank = self.micro_batch_size * self.grad_accum
+        first = (step * world + rank) * per_rank
+        ids = [self._index(k) for k in range(first, first + per_rank)]
+        out = []
+        for i in range(0, per_rank, self.micro_batch_size):
+            chunk = ids[i : i + self.micro_batch_size]
+            refs = [self.ref_logps[j] for j in chunk] if self.ref_logps is not None else None
+            out.append(collate_pairs([self.pairs[j] for j in chunk], self.pad_id, refs))
+        return out

@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
 
-from youri.config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, Range
+from youri.config import ConfigError, NonNegativeInt, PositiveInt
 from youri.data.sft_data import DatasetConfig, build_mixture, encode_all
 from youri.io import SkipCounter, resolve_path
 from youri.model import load_model, load_tokenizer, resolve_export_dtype
@@ -37,23 +37,8 @@ from youri.stage import StageWriter, check_stage_output
 from youri.train import checkpoint
 from youri.train.batches import HeldOutRows, RowBatches, pack_examples
 from youri.train.distributed import close_distributed, init_distributed
+from youri.train.finetune import LoraConfig, add_lora, set_generation_config
 from youri.train.trainer import TrainConfig, train
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class LoraConfig:
-    enabled: bool = False
-    """Train LoRA adapters (peft) instead of all weights; merged into plain weights on save."""
-    r: PositiveInt = 16
-    """Adapter rank."""
-    alpha: PositiveFloat = 32.0
-    """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.05
-    """Dropout on the adapter input."""
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
-    """Linear layers that get adapters."""
 
 
 def _default_datasets() -> list[DatasetConfig]:
@@ -128,7 +113,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     model = load_model(model_dir, dtype=torch.float32)
     model.config.use_cache = False  # a KV cache would disable the packed-sequence (block-diagonal) mask
     if cfg.lora.enabled:
-        model = _add_lora(model, cfg.lora)
+        model = add_lora(model, cfg.lora)
     inputs = [model_dir] + [resolve_path(d.path) for d in cfg.datasets]
     stage = StageWriter(cfg.out, stage="sft", config=cfg, inputs=inputs, parent=model_dir, overwrite=overwrite)
     if dist.is_main:
@@ -143,7 +128,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
     if cfg.lora.enabled:
         model = model.merge_and_unload()  # plain weights: the folder needs no peft to load
     model.config.use_cache = True  # the loop turned it off (packed rows need that); generation wants it
-    _set_generation_config(model, tokenizer, base_template)
+    set_generation_config(model, tokenizer, template_stop_ids(tokenizer) if base_template else None)
     checkpoint.export_model(model, None, stage.path, dist, dtype=export_dtype)
     curve = result["eval"]["heldout"]
     metrics = {
@@ -184,30 +169,3 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict:
         )
     close_distributed(dist)
     return metrics
-
-
-def _add_lora(model, lora: LoraConfig):
-    try:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-    except ImportError as err:
-        raise ConfigError("lora.enabled needs peft: pip install 'youri[lora]'") from err
-    peft_cfg = PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, peft_cfg)
-
-
-def _set_generation_config(model, tokenizer, base_template: bool) -> None:
-    """Generation stops at ``</s>`` (the end of every reply; with the base's template: the template's
-    end-of-turn token and EOS, e.g. Llama 3's ``<|eot_id|>`` and ``<|end_of_text|>``) and pads with EOS
-    when there is no pad."""
-    gen = model.generation_config
-    stops = template_stop_ids(tokenizer) if base_template else [tokenizer.eos_token_id]
-    gen.eos_token_id = stops[0] if len(stops) == 1 else stops
-    gen.bos_token_id = tokenizer.bos_token_id
-    gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -49,7 +49,7 @@ from youri.io import DataError
 from youri.train import checkpoint
 from youri.train.distributed import Dist, set_gradient_sync, shard_model
 from youri.train.estimate import flops_per_token, peak_flops
-from youri.train.losses import supervised_tokens, token_loss_sum
+from youri.train.losses import TokenObjective, token_loss_sum
 
 
 @dataclass
@@ -109,6 +109,19 @@ class BatchSource(Protocol):
 EvalFn = Callable[[int, int], Iterable[dict[str, torch.Tensor]]]
 
 
+class Objective(Protocol):
+    """What one optimizer step minimises (``youri.train.losses``: ``TokenObjective``, ``PreferenceObjective``)."""
+
+    def units(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """How many units (supervised tokens, preference pairs) this micro-batch's loss sums over."""
+        ...
+
+    def loss_sum(self, forward, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss summed over the units, and detached statistics summed the same way (logged per unit);
+        ``forward(model_kwargs) -> logits`` runs the model under the loop's autocast."""
+        ...
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``."""
     if step < cfg.warmup_steps:
@@ -166,7 +179,17 @@ def evaluate(model, evals: dict[str, EvalFn], dist: Dist, amp: torch.dtype) -> d
     return results
 
 
-def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, EvalFn], run_dir, dist: Dist) -> dict:
+def train(
+    model,
+    *,
+    cfg: TrainConfig,
+    batches: BatchSource,
+    evals: dict[str, EvalFn],
+    run_dir,
+    dist: Dist,
+    objective: Objective | None = None,
+) -> dict:
+    objective = objective or TokenObjective()
     if dist.device.type == "cpu":
         retain_freed_memory()
     torch.manual_seed(cfg.seed)
@@ -176,7 +199,7 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
     model = prepare_model(model, cfg, dist)
     optimizer = build_optimizer(model, cfg, dist)
     run_dir, ckpt_root = Path(run_dir), Path(run_dir) / "checkpoints"
-    hist = {"train_loss": [], "lr": [], "grad_norm": [], "eval": {name: [] for name in evals}}
+    hist = {"train_loss": [], "lr": [], "grad_norm": [], "eval": {name: [] for name in evals}, "stats": {}}
 
     # ---------------------------------------------------------------- resume or start fresh
     start = 0
@@ -196,18 +219,18 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
         for group in optimizer.param_groups:
             group["lr"] = lr
         micro = batches.micro_batches(step, dist.rank, dist.world)
-        n_tokens = dist.all_reduce_sum(sum(supervised_tokens(b["labels"]) for b in micro).double().to(dist.device))
+        n_tokens = dist.all_reduce_sum(sum(objective.units(b) for b in micro).double().to(dist.device))
         loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
+        stat_sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro):
             set_gradient_sync(model, i == len(micro) - 1)
             batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with _autocast(dist.device, amp):
-                logits = model(**batch).logits
-            loss, _ = token_loss_sum(logits, labels)
+            loss, stats = objective.loss_sum(_forward(model, dist.device, amp), batch)
             # FSDP averages gradients over ranks; x world turns that into a sum over the global batch.
             (loss * (dist.world / n_tokens.clamp(min=1))).backward()
             loss_sum += loss.detach()
+            for name, value in stats.items():
+                stat_sums[name] = stat_sums.get(name, 0) + value
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -217,8 +240,13 @@ def train(model, *, cfg: TrainConfig, batches: BatchSource, evals: dict[str, Eva
         hist["train_loss"].append([done, mean_loss])
         hist["lr"].append([done, lr])
         hist["grad_norm"].append([done, grad_norm])
+        step_stats = {k: (dist.all_reduce_sum(v) / n_tokens.clamp(min=1)).item() for k, v in stat_sums.items()}
+        for name, value in step_stats.items():
+            hist.setdefault("stats", {}).setdefault(name, []).append([done, value])
         tokens = sum(b["input_ids"].numel() for b in micro) * dist.world
-        log.step(done, mean_loss, lr, grad_norm, tokens, time.perf_counter() - t0, micro[0]["input_ids"].shape[1])
+        log.step(
+            done, mean_loss, lr, grad_norm, tokens, time.perf_counter() - t0, micro[0]["input_ids"].shape[1], step_stats
+        )
 
         last = done == cfg.max_steps
         if evals and (last or (cfg.eval_every > 0 and done % cfg.eval_every == 0)):
@@ -272,6 +300,16 @@ def retain_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h; mallopt takes a C int
     return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def _forward(model, device: torch.device, amp: torch.dtype):
+    """``forward(model_kwargs) -> logits`` under the loop's autocast (what an ``Objective`` calls)."""
+
+    def forward(kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with _autocast(device, amp):
+            return model(**kwargs).logits
+
+    return forward
 
 
 def _autocast(device: torch.device, amp: torch.dtype):
@@ -328,7 +366,17 @@ class _Logger:
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         self.tokens, self.times, self.tok_s, self.mfus = 0, [], [], []
 
-    def step(self, step: int, loss: float, lr: float, gnorm: float, tokens: int, dt: float, seq_len: int) -> None:
+    def step(
+        self,
+        step: int,
+        loss: float,
+        lr: float,
+        gnorm: float,
+        tokens: int,
+        dt: float,
+        seq_len: int,
+        stats: dict[str, float] | None = None,
+    ) -> None:
         self.tokens += tokens
         self.times.append(dt)
         tok_s = tokens / dt
@@ -339,13 +387,16 @@ class _Logger:
         self.bar.update(1)
         self.scalar("train/loss", loss, step)
         self.scalar("train/lr", lr, step)
+        for name, value in (stats or {}).items():
+            self.scalar(f"train/{name}", value, step)
         if step % self.cfg.log_every and step != self.cfg.max_steps:
             return
         recent = sorted(self.times[-20:])[len(self.times[-20:]) // 2]  # median: robust to eval/save pauses
         eta = recent * (self.cfg.max_steps - step)
         self.write(
             f"step {step}/{self.cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm:.3f} | "
-            f"tok/s {tok_s:,.0f} | mfu {f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | "
+            + "".join(f"{name} {value:.4f} | " for name, value in (stats or {}).items())
+            + f"tok/s {tok_s:,.0f} | mfu {f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | "
             f"mem {_peak_memory_gib(self.dist.device):.2f}GiB | eta {_hms(eta)}"
         )
 
