@@ -91,6 +91,12 @@ class Config:
     """Write every rendered request (JSON Lines, the jp-eval-vectors schema) to this file and stop; no model."""
     backend: Literal["hf", "vllm"] = "hf"
     """lm-eval model backend. vllm needs `pip install vllm` and a GPU, and cannot take a GPTQ twin of youri's."""
+    server: str = ""
+    """Score through an OpenAI-compatible /v1/completions URL instead of loading the model (lm-eval's
+    local-completions: token-id prompts, echo, logprobs; needs `pip install 'lm-eval[api]'`). MODEL is then the
+    served model's folder (its tokenizer and context size are read); generation tasks need hf-causal-experimental."""
+    server_model: str = ""
+    """With --server: the model name the server expects (default: MODEL's folder name)."""
     batch_size: str = "1"
     """lm-eval batch size: a number or 'auto'."""
     device: str = ""
@@ -150,6 +156,12 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
         return run_suite(cfg, out_folder(cfg), overwrite=overwrite, asked=cfg)
     asked, cfg = cfg, resolve_preset(cfg)  # youri.json keeps what was asked; its facts, what it resolved to
     plan = plan_tasks(cfg)  # every user error surfaces here, before any model is loaded
+    generating = [sel.key for sel, paths in plan if paths and sel.task.kind == "gen"]
+    if cfg.server and cfg.generation == HF_CAUSAL and generating and not cfg.write_requests:
+        raise ConfigError(
+            f"eval --server: {generating[0]} generates, and preset {cfg.preset}'s hf-causal rule runs in-process "
+            "only; give --generation hf-causal-experimental, or multiple-choice --tasks only"
+        )
     if cfg.write_requests:  # refused before any work: an existing file only with --overwrite
         check_new_file(cfg.write_requests, overwrite, "--write_requests")
     else:
@@ -375,7 +387,7 @@ def _score_leaderboard(
             else {"results": {}, "samples": {}}
         )
         tasks = leaderboard.task_scores(output, [sel for sel, _ in runnable])
-        not_run = {leaderboard.LEADERBOARD[sel.task.name]: NO_DATA for sel, paths in plan if not paths}
+        not_run = {sel.task.leaderboard: NO_DATA for sel, paths in plan if not paths}
         scores = [t["score"] for t in tasks.values()]
         metrics = {
             "suite": "japanese_leaderboard",
@@ -416,9 +428,15 @@ def out_folder(cfg: Config) -> Path:
 
 
 def build_lm(cfg: Config, tokenizer, max_length: int):
-    """The lm-eval LM. ``hf``: the model is loaded by youri.model.load_model (GPTQ twins included)."""
+    """The lm-eval LM. ``hf``: the model is loaded by youri.model.load_model (GPTQ twins included); with
+    ``server``: lm-eval's local-completions against that URL (``lm_eval_bridge.server_lm``)."""
     bridge.offline_env()
     batch = int(cfg.batch_size) if cfg.batch_size.isdigit() else cfg.batch_size
+    if cfg.server:
+        name = cfg.server_model or resolve_path(cfg.model).name
+        return bridge.server_lm(
+            cfg.server, tokenizer, resolve_path(cfg.model), model_name=name, batch_size=batch, max_length=max_length
+        )
     if cfg.backend == "vllm":
         return bridge.vllm_lm(cfg.model, tokenizer, batch_size=batch, max_length=max_length, dtype=cfg.dtype)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -30,9 +30,8 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backe
 
 from youri.config import PositiveInt
 from youri.data.shards import TokenShards, read_index
-from youri.eval.averages import JP8_NAME
+from youri.eval.averages import JP8, JP8_NAME
 from youri.eval.chatbench import SUITES
-from youri.eval.tasks import TASKS
 from youri.io import atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
 from youri.run.figures import FigureSpec, loss_spec, scores_spec, write_figures
@@ -50,7 +49,6 @@ from youri.serve.engine import Engine, SamplingParams, generate
 from youri.stage import StageExistsError, fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum
 
-JP8 = tuple(TASKS)  # the eight tasks in the harness's order
 GEN_ENGINE = "youri-engine-1"
 """What measured ``gen_tokens_per_s``: cached figures from another generator (HF generate) are measured again."""
 
