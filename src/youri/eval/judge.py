@@ -19,6 +19,7 @@ import ast
 import hashlib
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -125,7 +126,8 @@ class Judge:
             self.url += "/chat/completions"
         self.model, self.key, self.retries, self.timeout = model, key, retries, timeout
         self.cache_dir = Path(cache_dir)
-        self.calls = 0
+        self.calls = 0  # HTTP requests made (retries included): what the judge bills
+        self._lock = threading.Lock()
 
     def cache_key(self, prompt_name: str, question_id: Any, turn: int, system: str, user: str) -> str:
         blob = json.dumps([self.model, prompt_name, str(question_id), turn, system, user], ensure_ascii=False)
@@ -169,7 +171,8 @@ class Judge:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(RETRY_SLEEP * 2 ** (attempt - 1), 30.0))
-            self.calls += 1
+            with self._lock:
+                self.calls += 1
             request = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
