@@ -14,6 +14,18 @@ from youri.config import ConfigError
 from youri.eval import chatbench, judge
 from youri.eval import evaluate as ev
 from youri.io import iter_jsonl
+from youri.prompts import (
+    INPUT_HEADER,
+    INSTRUCTION_HEADER,
+    INSTRUCTION_INTRO,
+    RESPONSE_HEADER,
+    SYSTEM,
+    USER,
+    Instruction,
+    Turn,
+    encode_prompt,
+    install_chat_template,
+)
 from youri.testing import char_tokenizer, save_random_llama
 
 # (question, turn) -> what the fake judge answers: text, an HTTP status, a body that is no completion,
@@ -212,3 +224,16 @@ def test_shared_suites_load_with_their_references():
     vq = chatbench.load_questions(str(shared_path("ja-vicuna-qa-benchmark")), chatbench.SUITES["ja-vicuna-qa"])
     assert len(vq) == 80 and all(len(q.turns) == 1 for q in vq)
     assert {q.category for q in vq if q.reference} == {"math", "coding"}
+
+
+def test_youri_formats_render_through_the_one_renderer():
+    text = "abcxyz#：: \n" + INSTRUCTION_INTRO + INSTRUCTION_HEADER + INPUT_HEADER + RESPONSE_HEADER
+    tokenizer = char_tokenizer(text)
+    assert chatbench.prompt_format(tokenizer) == "youri-chat"  # no template: youri's chat format
+    turns = [Turn(USER, "a"), Turn(SYSTEM, "x"), Turn(USER, "b")]
+    assert chatbench.encode_conversation(tokenizer, "youri-chat", ["a", "b"], ["x"]) == encode_prompt(turns, tokenizer)
+    install_chat_template(tokenizer, "instruction")
+    assert chatbench.prompt_format(tokenizer) == "youri-instruction"
+    first = chatbench.encode_conversation(tokenizer, "youri-instruction", ["a"], [])
+    assert first == encode_prompt(Instruction("a"), tokenizer)
+    assert chatbench.encode_conversation(tokenizer, "youri-instruction", ["a", "b"], ["x"]) is None  # single-turn
