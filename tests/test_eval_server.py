@@ -16,8 +16,6 @@ from youri.eval import evaluate as ev
 from youri.model import load_model, load_tokenizer
 from youri.testing import save_random_llama
 
-pytest.importorskip("tenacity", reason="lm-eval's API models need its [api] extra: pip install 'lm-eval[api]'")
-
 FIXTURES = Path(__file__).parent / "fixtures" / "jp_eval"
 MARC = {"marc_ja": {"eval": str(FIXTURES / "marc_ja_valid.jsonl"), "fewshot": str(FIXTURES / "marc_ja_train.jsonl")}}
 
@@ -66,6 +64,7 @@ def tiny(tmp_path, llama2_tokenizer_dir):
 
 
 def test_multiple_choice_through_a_completions_server_equals_in_process(tmp_path, tiny):
+    pytest.importorskip("tenacity", reason="lm-eval's API models need its [api] extra: pip install 'lm-eval[api]'")
     common = dict(
         model=str(tiny), tasks=["marc_ja"], data=MARC, shots={"marc_ja": 1}, limit=3, device="cpu", bootstrap_iters=10
     )
