@@ -282,6 +282,8 @@ def print_scores(metrics: dict[str, Any], file=None) -> None:
         if metrics[kind]:
             items = ", ".join(f"q{q} turn {t}" for q, t in metrics[f"{kind}_items"])
             print(f"{kind} judgments (not in the means): {items}", file=file)
+    if metrics["failed"]:
+        print("failed requests are not cached: run again with --overwrite to ask only for those", file=file)
 
 
 def answer_records(questions: list[Question], generated: dict[Any, dict[str, Any]], model_id: str) -> list[dict]:
