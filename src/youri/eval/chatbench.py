@@ -139,7 +139,7 @@ def encode_conversation(tokenizer, fmt: str, questions: list[str], answers: list
             if a is not None:
                 messages.append({"role": "assistant", "content": a})
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return list(ids if isinstance(ids, list) else ids["input_ids"])  # a BatchEncoding where return_dict wins
     turns = [Turn(USER, questions[0])]
     for q, a in zip(questions[1:], answers):
         turns += [Turn(SYSTEM, a), Turn(USER, q)]
