@@ -86,7 +86,7 @@ class Config:
     data: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per task (name, or name-VERSION such as jnli-1.1): {eval: scored split file, fewshot: pool file}."""
     limit: NonNegativeInt = 0
-    """Score only the first N documents of each task in evaluation order (0: all)."""
+    """Score only the first N documents of each task in evaluation order (chat suites: questions; 0: all)."""
     write_requests: str = ""
     """Write every rendered request (JSON Lines, the jp-eval-vectors schema) to this file and stop; no model."""
     backend: Literal["hf", "vllm"] = "hf"
@@ -98,7 +98,7 @@ class Config:
     server_model: str = ""
     """With --server: the model name the server expects (default: MODEL's folder name)."""
     batch_size: str = "1"
-    """lm-eval batch size: a number or 'auto'."""
+    """lm-eval batch size: a number or 'auto' (chat suites: answers generated at once; auto = 16)."""
     device: str = ""
     """cpu, cuda, cuda:1 ... (default: cuda when available)."""
     dtype: str = "auto"
