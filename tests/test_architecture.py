@@ -10,7 +10,14 @@ from youri.cli import COMMANDS
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "youri"
 # Imported inside functions on purpose: optional dependencies that youri does not install.
-OPTIONAL = ("peft", "vllm", "lm_eval.models.vllm_causallms", "torch.utils.tensorboard", "gptqmodel")
+OPTIONAL = (
+    "peft",
+    "vllm",
+    "lm_eval.models.vllm_causallms",
+    "lm_eval.models.openai_completions",  # needs lm-eval[api] (tenacity): youri eval --server only
+    "torch.utils.tensorboard",
+    "gptqmodel",
+)
 
 
 def _module_name(path: Path) -> str:

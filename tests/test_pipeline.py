@@ -54,6 +54,25 @@ def test_plan_wires_every_variant_and_rejects_unknown_stages():
         run(build_config(Config, {"recipe": str(REPO / "recipes" / "demo.yaml"), "until": "pretrian"}))
 
 
+def test_chat_models_are_judged_only_when_a_judge_is_configured(tmp_path, capsys):
+    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text(encoding="utf-8"))
+    judge = {"judge_url": "http://127.0.0.1:9/v1", "judge_model": "judge-x"}
+    recipe["chat_eval"] = {"suite": "ja-mt-bench", "bench_dir": str(tmp_path), **judge}
+    path = tmp_path / "judged.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    planned = run(build_config(Config, {"recipe": str(path), "plan_only": True}))
+    assert {"ja_mt_bench_chat", "ja_mt_bench_chat_gptq"} <= set(planned)
+    nodes = {n.name: n for n in plan(Config(recipe=str(path)), recipe)}
+    assert nodes["ja_mt_bench_chat_gptq"].wiring == {"model": "quantize_chat"}
+    assert nodes["ja_mt_bench_chat"].group == "chat_eval"
+    del recipe["chat_eval"]["judge_url"]
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    capsys.readouterr()
+    planned = run(build_config(Config, {"recipe": str(path), "plan_only": True}))
+    assert not [name for name in planned if name.startswith("ja_mt_bench")]
+    assert "chat_eval: skipped, no judge configured" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_demo_pipeline_runs_skips_and_reruns_what_changed(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the recipe's builtin: paths and relative data paths

@@ -55,6 +55,18 @@ def fake_run(root: Path, shift: float = 0.0) -> Path:
                 root / f"eval_{variant}{'_gptq' if precision == 'gptq' else ''}",
                 {"tasks": tasks, "average": round(sum(scores) / len(scores), 2), "average_note": "x"},
             )
+    for precision, drop in (("fp", 0.0), ("gptq", 0.5)):  # MT-Bench judged for the chat models only
+        stage_folder(
+            root / f"ja_mt_bench_chat{'_gptq' if precision == 'gptq' else ''}",
+            {
+                "first_turn": 6.0 - drop,
+                "second_turn": 5.0 - drop,
+                "overall": 5.5 - drop,
+                "categories": {"writing": {"score": 7.0 - drop, "n": 20}, "math": {"score": None, "n": 0}},
+                "n_judged": 158,
+                "judge": {"model": "judge-x"},
+            },
+        )
     (root / "report").mkdir()
     (root / "report" / "measures.json").write_text(json.dumps(measures), encoding="utf-8")
     return root
@@ -89,7 +101,14 @@ def report_dir(tmp_path_factory):
 
 
 def test_every_figure_is_written(report_dir):
-    for name in ("loss_curves.png", "scores.png", "task_scores.png", "cost_of_4bit.png", "compare.png"):
+    for name in (
+        "loss_curves.png",
+        "scores.png",
+        "task_scores.png",
+        "cost_of_4bit.png",
+        "compare.png",
+        "ja-mt-bench.png",
+    ):
         assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
@@ -106,6 +125,22 @@ def test_task_bars_and_chance_lines_equal_report_json(report_dir):
     (chance,) = [c for c in fig.axes[0].collections if c.get_gid() == "chance"]
     assert [seg[0][1] for seg in chance.get_segments()] == [row(report, "chat", "fp")["chance"][t] for t in tasks]
     assert spec.rows[0][:3] == ["jcommonsenseqa", "20.00", f"{score(row(report, 'base', 'fp'), 'jcommonsenseqa'):.2f}"]
+
+
+def test_chat_suite_bars_equal_report_json(report_dir):
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    fig, spec = figures.chat_suite_scores(report, "ja-mt-bench")
+    plotted = heights(fig.axes[0])
+    assert set(plotted) == {"chat fp", "chat 4-bit"}  # only the models that ran it
+    for precision, label in (("fp", "fp"), ("gptq", "4-bit")):
+        s = row(report, "chat", precision)["chat_suites"]["ja-mt-bench"]
+        expected = [s["categories"]["writing"], float("nan"), s["first_turn"], s["second_turn"], s["overall"]]
+        assert same(plotted[f"chat {label}"], expected)
+    assert plotted["chat 4-bit"][0] == 6.5 and spec.rows[-1] == ["judged answers", "158", "158"]
+    markdown = (report_dir / "report.md").read_text(encoding="utf-8")
+    assert "| JP-8 avg | ja-mt-bench | ppl ja |" in markdown or "| ja-mt-bench | ppl ja |" in markdown
+    chat_fp = next(line for line in markdown.splitlines() if line.startswith("| chat (fp)"))
+    assert "| 5.50 |" in chat_fp
 
 
 def test_cost_of_4bit_equals_report_json(report_dir):
@@ -147,7 +182,14 @@ def test_html_embeds_every_figure_with_alt_text_and_its_table(report_dir):
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     sections = page.split("<figure>")[1:]
     files = [re.search(r"<img src='([^']+)' alt='([^']+)'>", s).group(1) for s in sections]
-    assert files == ["loss_curves.png", "scores.png", "task_scores.png", "cost_of_4bit.png", "compare.png"]
+    assert files == [
+        "loss_curves.png",
+        "scores.png",
+        "task_scores.png",
+        "cost_of_4bit.png",
+        "compare.png",
+        "ja-mt-bench.png",
+    ]
     for section in sections:
         assert "</figure><table>" in section and len(re.search(r"alt='([^']+)'", section).group(1)) > 40
     task_table = sections[2].split("</figure>")[1]

@@ -9,5 +9,8 @@
 - ``leaderboard``    — lm-eval's own ``japanese_leaderboard`` tasks on the same local files.
 - ``averages``       — what an average may be called (JP-8 only when all eight ran; rinna's 4/6-task subsets).
 - ``download``       — ``youri eval --download``: every JP-8 dataset from the Hugging Face Hub, as local files.
+- ``chatbench``      — judged chat suites (Japanese MT-Bench, Japanese Vicuna QA): answers, judgments, scores.
+- ``judge``          — LLM-as-a-judge grading (FastChat's prompts in ``judge_prompts/``) through any
+  OpenAI-compatible endpoint, with the on-disk judgment cache.
 - ``evaluate``       — the ``youri eval`` stage.
 """

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from youri.eval.tasks import TASKS
+from youri.eval import tasks
 
-JP8 = tuple(TASKS)  # jcommonsenseqa, jnli, marc_ja, jsquad, jaqket_v2, xlsum_ja, xwinograd_ja, mgsm
+JP8 = tuple(t.name for t in tasks.JP8)  # jcommonsenseqa, jnli, marc_ja, jsquad, jaqket_v2, xlsum_ja, xwinograd_ja, mgsm
 JP8_NAME = "JP-8 average"
 # compute_average_from_json.py --mode jglue: rinna's "4-task" column.
 RINNA_4 = ("jcommonsenseqa", "jnli", "marc_ja", "jsquad")

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,54 +32,12 @@ from youri.eval.tasks import TASKS
 from youri.eval.tasks.formats import iter_rows
 from youri.io import DataError, atomic_write_text
 
-PARQUET_EXPORT = "refs/convert/parquet"
 MARK = "written by youri eval --download"
 DATA_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
 class DownloadError(DataError):
     """A dataset that could not be fetched; the message says why and what to do instead."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where one task's splits live on the Hub: ``splits`` maps split -> glob of its file(s)."""
-
-    repo: str
-    revision: str
-    splits: dict[str, str]
-
-
-def _jglue(config: str, split: str) -> tuple[Source, ...]:
-    return (Source("shunk031/JGLUE", PARQUET_EXPORT, {"train": f"{config}/*train*", split: f"{config}/*{split}*"}),)
-
-
-# Per task, the sources tried in order (the harness's DATASET_PATH first; see the module docstring).
-SOURCES: dict[str, tuple[Source, ...]] = {
-    "jcommonsenseqa": _jglue("JCommonsenseQA", "validation"),
-    "jnli": _jglue("JNLI", "validation"),
-    "marc_ja": _jglue("MARC-ja", "validation"),
-    "jsquad": _jglue("JSQuAD", "validation"),
-    "jaqket_v2": (
-        Source("kumapo/JAQKET", "main", {"train": "train_jaqket_59.350.json", "validation": "dev_jaqket_59.350.json"}),
-    ),
-    "xlsum_ja": (
-        Source("mkshing/xlsum_ja", "main", {"train": "*train*", "test": "*test*"}),
-        Source("mkshing/xlsum_ja", PARQUET_EXPORT, {"train": "*train*", "test": "*test*"}),
-    ),
-    "xwinograd_ja": (
-        Source("polm-stability/xwinograd-ja", "main", {"test": "*test*"}),
-        Source("polm-stability/xwinograd-ja", PARQUET_EXPORT, {"test": "*test*"}),
-    ),
-    "mgsm": (Source("juletxara/mgsm", PARQUET_EXPORT, {"train": "ja/*train*", "test": "ja/*test*"}),),
-}
-
-WITHDRAWN = {
-    "marc_ja": "MARC-ja is built from the Amazon Multilingual Reviews corpus, whose download "
-    "(s3://amazon-reviews-pds) was withdrawn in 2023, so the JGLUE loader cannot rebuild it, and its fallback, "
-    "the Hub's Parquet export, is gone too; evaluate without it (the average is then not the JP-8 average) or "
-    "point eval.data.marc_ja at a copy you hold (sentence, label, review_id)",
-}
 
 
 def download(out: str | os.PathLike) -> dict[str, Any]:
@@ -112,7 +69,7 @@ def download(out: str | os.PathLike) -> dict[str, Any]:
     _write_own(out / "eval-data.yaml", _recipe_section(out, fetched))
     if failed:
         kept = f"the {len(fetched)} others are in {out} (eval-data.yaml reads them); " if fetched else ""
-        reasons = " | ".join(failed[name] for name in failed if name in WITHDRAWN)  # the one a user must know
+        reasons = " | ".join(failed[name] for name in failed if TASKS[name].withdrawn)  # the one a user must know
         raise DownloadError(
             f"not downloaded: {', '.join(failed)}; {kept}reasons above and in {out}/sources.json"
             + (f". {reasons}" if reasons else "")
@@ -122,7 +79,7 @@ def download(out: str | os.PathLike) -> dict[str, Any]:
 
 def _fetch_task(name: str, out: Path, cache: Path) -> dict[str, Any]:
     reasons = []
-    for source in SOURCES[name]:
+    for source in TASKS[name].sources:
         try:
             folder = Path(
                 huggingface_hub.snapshot_download(
@@ -144,7 +101,7 @@ def _fetch_task(name: str, out: Path, cache: Path) -> dict[str, Any]:
             continue
         splits = {split: _write_split(out / name / f"{split}.jsonl", folder, found) for split, found in files.items()}
         return {"repo": source.repo, "revision": source.revision, "commit": folder.name, "splits": splits}
-    why = f"{WITHDRAWN[name]}; " if name in WITHDRAWN else ""
+    why = f"{TASKS[name].withdrawn}; " if TASKS[name].withdrawn else ""
     raise DownloadError(f"{name}: cannot be obtained: {why}tried {'; '.join(reasons)}")
 
 

@@ -18,6 +18,12 @@ Full JP-8 on a GPU with chat prompts and lm-eval's vLLM backend (or `--backend h
 Inspect every prompt without loading a model (one JSON object per document)::
 
     youri eval runs/tiny-base --recipe recipes/demo.yaml --write_requests requests.jsonl
+
+Japanese MT-Bench (``--suite ja-vicuna-qa`` likewise) judged by any OpenAI-compatible endpoint
+(``youri.eval.chatbench``; 160 judge calls, cached on disk)::
+
+    youri eval runs/youri-chat --suite ja-mt-bench --bench_dir ../shared/data/japanese-mt-bench \
+        --judge_url https://api.openai.com/v1 --judge_model gpt-4o-2024-08-06 --batch_size 16
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from youri.eval import leaderboard, presets
 from youri.eval import lm_eval_bridge as bridge
 from youri.eval import metrics as jp_metrics
 from youri.eval.averages import averages
+from youri.eval.chatbench import SUITES, run_suite
 from youri.eval.download import download
 from youri.eval.generation import HF_CAUSAL
 from youri.eval.lm_eval_bridge import task_metrics
@@ -61,8 +68,9 @@ class Config:
     tasks: list[str] = field(default_factory=list)
     """Tasks to run (default: the preset's): bare names take the preset's versions (jnli), harness keys are
     used as given (jnli-1.1-0.3, mgsm-1.0-0.3-d4bdbfa, xwinograd_ja)."""
-    suite: Literal["jp-stable", "japanese_leaderboard"] = "jp-stable"
-    """jp-stable: youri's byte-exact protocol; japanese_leaderboard: lm-eval's own group on the same files."""
+    suite: Literal["jp-stable", "japanese_leaderboard", "ja-mt-bench", "ja-vicuna-qa"] = "jp-stable"
+    """jp-stable: youri's byte-exact protocol; japanese_leaderboard: lm-eval's own group on the same files;
+    ja-mt-bench / ja-vicuna-qa: judged chat suites (youri.eval.chatbench; need --bench_dir and a judge)."""
     model_kind: Literal["auto", "base", "instruction", "chat"] = "auto"
     """Picks the default preset (presets.KIND_PRESETS): base -> rinna, instruction -> ja-alpaca (0.3),
     chat -> rinna-bilingual (0.5). auto reads the model folder's youri.json."""
@@ -78,13 +86,19 @@ class Config:
     data: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per task (name, or name-VERSION such as jnli-1.1): {eval: scored split file, fewshot: pool file}."""
     limit: NonNegativeInt = 0
-    """Score only the first N documents of each task in evaluation order (0: all)."""
+    """Score only the first N documents of each task in evaluation order (chat suites: questions; 0: all)."""
     write_requests: str = ""
     """Write every rendered request (JSON Lines, the jp-eval-vectors schema) to this file and stop; no model."""
     backend: Literal["hf", "vllm"] = "hf"
     """lm-eval model backend. vllm needs `pip install vllm` and a GPU, and cannot take a GPTQ twin of youri's."""
+    server: str = ""
+    """Score through an OpenAI-compatible /v1/completions URL instead of loading the model (lm-eval's
+    local-completions: token-id prompts, echo, logprobs; needs `pip install 'lm-eval[api]'`). MODEL is then the
+    served model's folder (its tokenizer and context size are read); generation tasks need hf-causal-experimental."""
+    server_model: str = ""
+    """With --server: the model name the server expects (default: MODEL's folder name)."""
     batch_size: str = "1"
-    """lm-eval batch size: a number or 'auto'."""
+    """lm-eval batch size: a number or 'auto' (chat suites: answers generated at once; auto = 16)."""
     device: str = ""
     """cpu, cuda, cuda:1 ... (default: cuda when available)."""
     dtype: str = "auto"
@@ -100,6 +114,33 @@ class Config:
     """XL-Sum ROUGE-2 tokens: the evaluated model's tokenizer (what the harness really computes) or MeCab."""
     cache: str = ""
     """lm-eval request cache (SQLite path prefix): a rerun answers cached requests without the model."""
+    bench_dir: str = ""
+    """Chat suites: the folder holding question.jsonl and the GPT-4 reference answers (reference_answer_gpt-4.jsonl
+    or FastChat's reference_answer/gpt-4.jsonl), e.g. ../shared/data/japanese-mt-bench."""
+    answers: str = ""
+    """Chat suites: judge these answers (FastChat model_answer JSON Lines, e.g. an earlier run's answers.jsonl)
+    instead of generating; MODEL may then be left out."""
+    judge_url: str = ""
+    """Chat suites: the judge's OpenAI-compatible base URL (https://api.openai.com/v1, a vLLM or youri serve /v1)."""
+    judge_model: str = ""
+    """Chat suites: the judge's model name as its server knows it (e.g. gpt-4o-2024-08-06)."""
+    judge_key_env: str = "OPENAI_API_KEY"
+    """Chat suites: the environment variable holding the judge's API key (unset or empty: no key is sent)."""
+    judge_prompts: Literal["auto", "fastchat", "stability-ja", "ku-nlp"] = "auto"
+    """Chat suites: grading prompts (youri.eval.judge). auto: the suite's own (ja-mt-bench: FastChat's,
+    ja-vicuna-qa: ku-nlp's); stability-ja: the Japanese fork's turn-1 prompts."""
+    judge_cache: str = ""
+    """Chat suites: folder of cached judgments (default ~/.cache/youri/judgments); a cached one costs no call."""
+    judge_parallel: PositiveInt = 4
+    """Chat suites: judge requests in flight at once."""
+    judge_retries: NonNegativeInt = 3
+    """Chat suites: retries of a judge request that failed (network, HTTP 429/5xx), with doubling waits."""
+    temperatures: Literal["fastchat", "stability-ja"] = "fastchat"
+    """Chat suites: per-category sampling temperatures: FastChat MT-Bench's or Stability's Japanese fork's."""
+    max_new_tokens: PositiveInt = 1024
+    """Chat suites: new tokens per answer turn (FastChat: 1024)."""
+    seed: int = 0
+    """Chat suites: sampling seed (each question and turn draws from its own generator)."""
     download: str = ""
     """Fetch every JP-8 dataset from the Hugging Face Hub (HF_ENDPOINT: a mirror) into this folder as
     TASK/SPLIT.jsonl, with sources.json and eval-data.yaml (the data_dir/data settings that read it), and stop."""
@@ -110,8 +151,17 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
     With ``download``: fetch the JP-8 datasets instead (``youri.eval.download``) and stop."""
     if cfg.download:  # a data command: no model, no tasks
         return download(cfg.download)
+    if cfg.suite in SUITES:  # judged chat suites: generation + judge, no lm-eval
+        check_stage_output(out_folder(cfg), "eval", overwrite)
+        return run_suite(cfg, out_folder(cfg), overwrite=overwrite, asked=cfg)
     asked, cfg = cfg, resolve_preset(cfg)  # youri.json keeps what was asked; its facts, what it resolved to
     plan = plan_tasks(cfg)  # every user error surfaces here, before any model is loaded
+    generating = [sel.key for sel, paths in plan if paths and sel.task.kind == "gen"]
+    if cfg.server and cfg.generation == HF_CAUSAL and generating and not cfg.write_requests:
+        raise ConfigError(
+            f"eval --server: {generating[0]} generates, and preset {cfg.preset}'s hf-causal rule runs in-process "
+            "only; give --generation hf-causal-experimental, or multiple-choice --tasks only"
+        )
     if cfg.write_requests:  # refused before any work: an existing file only with --overwrite
         check_new_file(cfg.write_requests, overwrite, "--write_requests")
     else:
@@ -337,7 +387,7 @@ def _score_leaderboard(
             else {"results": {}, "samples": {}}
         )
         tasks = leaderboard.task_scores(output, [sel for sel, _ in runnable])
-        not_run = {leaderboard.LEADERBOARD[sel.task.name]: NO_DATA for sel, paths in plan if not paths}
+        not_run = {sel.task.leaderboard: NO_DATA for sel, paths in plan if not paths}
         scores = [t["score"] for t in tasks.values()]
         metrics = {
             "suite": "japanese_leaderboard",
@@ -369,13 +419,24 @@ def _eval_folder(cfg: Config, asked: Config, inputs: list, overwrite: bool) -> S
 
 
 def out_folder(cfg: Config) -> Path:
-    return Path(cfg.out) if cfg.out else resolve_path(cfg.model).with_name(resolve_path(cfg.model).name + "-eval")
+    if cfg.out:
+        return Path(cfg.out)
+    if not cfg.model:
+        raise ConfigError("eval: give --out (there is no MODEL to put the eval folder beside)")
+    model = resolve_path(cfg.model)
+    return model.with_name(model.name + (f"-{cfg.suite}" if cfg.suite in SUITES else "-eval"))
 
 
 def build_lm(cfg: Config, tokenizer, max_length: int):
-    """The lm-eval LM. ``hf``: the model is loaded by youri.model.load_model (GPTQ twins included)."""
+    """The lm-eval LM. ``hf``: the model is loaded by youri.model.load_model (GPTQ twins included); with
+    ``server``: lm-eval's local-completions against that URL (``lm_eval_bridge.server_lm``)."""
     bridge.offline_env()
     batch = int(cfg.batch_size) if cfg.batch_size.isdigit() else cfg.batch_size
+    if cfg.server:
+        name = cfg.server_model or resolve_path(cfg.model).name
+        return bridge.server_lm(
+            cfg.server, tokenizer, resolve_path(cfg.model), model_name=name, batch_size=batch, max_length=max_length
+        )
     if cfg.backend == "vllm":
         return bridge.vllm_lm(cfg.model, tokenizer, batch_size=batch, max_length=max_length, dtype=cfg.dtype)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,69 +23,15 @@ from youri.eval import lm_eval_bridge as bridge
 from youri.eval.tasks import Selected
 from youri.io import write_jsonl
 
-LEADERBOARD = {
-    "jcommonsenseqa": "ja_leaderboard_jcommonsenseqa",
-    "jnli": "ja_leaderboard_jnli",
-    "marc_ja": "ja_leaderboard_marc_ja",
-    "jsquad": "ja_leaderboard_jsquad",
-    "jaqket_v2": "ja_leaderboard_jaqket_v2",
-    "xlsum_ja": "ja_leaderboard_xlsum",
-    "xwinograd_ja": "ja_leaderboard_xwinograd",
-    "mgsm": "ja_leaderboard_mgsm",
-}
-METRIC = {"jsquad": "exact_match", "jaqket_v2": "exact_match", "xlsum_ja": "rouge2"}
-
 
 def yaml_dir() -> Path:
     return Path(lm_eval.__file__).resolve().parent / "tasks" / "japanese_leaderboard"
 
 
-def hf_schema(name: str, doc: dict) -> dict[str, Any]:
-    """One youri-loaded document in the field layout of the task's Hugging Face dataset."""
-    if name == "jcommonsenseqa":
-        return {
-            "q_id": doc["id"],
-            "question": doc["question"],
-            "label": doc["gold"],
-            **{f"choice{i}": c for i, c in enumerate(doc["choices"])},
-        }
-    if name == "jnli":
-        return {
-            "sentence_pair_id": str(doc["id"]),
-            "sentence1": doc["premise"],
-            "sentence2": doc["hypothesis"],
-            "label": doc["gold"],
-        }
-    if name == "marc_ja":
-        return {"sentence": doc["sentence"], "label": doc["gold"], "review_id": str(doc["id"])}
-    if name == "jsquad":
-        return {
-            "id": doc["id"],
-            "title": doc["title"],
-            "context": doc["context"],
-            "question": doc["question"],
-            "answers": {"text": doc["answers"], "answer_start": [-1] * len(doc["answers"])},
-        }
-    if name == "jaqket_v2":
-        return {
-            "qid": str(doc["id"]),
-            "question": doc["question"],
-            "answers": {"text": doc["answers"], "answer_start": [-1] * len(doc["answers"])},
-            "ctxs": {"title": doc["titles"], "text": doc["texts"]},
-        }
-    if name == "xlsum_ja":
-        return {"id": str(doc["id"]), "text": doc["text"], "summary": doc["summary"]}
-    if name == "xwinograd_ja":
-        return {"sentence1": doc["sentences"][0], "sentence2": doc["sentences"][1], "answer": str(doc["gold"] + 1)}
-    assert name == "mgsm", name
-    # "" rather than None for test rows: datasets infers one schema over all files of the task.
-    return {"question": doc["question"], "answer": doc["cot"], "answer_number": doc["gold"]}
-
-
 def task_config(sel: Selected, paths: dict[str, str], folder: Path) -> dict[str, Any]:
     """lm-eval's YAML for the task with its data redirected to JSON files converted from ``paths``."""
     name = sel.task.name
-    cfg = dict(load_yaml(yaml_dir() / f"{LEADERBOARD[name]}.yaml", resolve_func=True))
+    cfg = dict(load_yaml(yaml_dir() / f"{sel.task.leaderboard}.yaml", resolve_func=True))
     scored = "test" if cfg.get("test_split") else "validation"
     files = {scored: _convert(sel, paths["eval"], folder / f"{name}-{scored}.jsonl", sel.task.load_eval)}
     if "fewshot" in paths:
@@ -105,7 +51,7 @@ def task_config(sel: Selected, paths: dict[str, str], folder: Path) -> dict[str,
 
 
 def _convert(sel: Selected, source: str, target: Path, loader) -> str:
-    write_jsonl(target, [hf_schema(sel.task.name, doc) for doc in loader(source)])
+    write_jsonl(target, [sel.task.hf_row(doc) for doc in loader(source)])
     return str(target)
 
 
@@ -113,7 +59,7 @@ def task_scores(output: dict[str, Any], runnable: list[Selected]) -> dict[str, d
     """Per lm-eval task key: the score entry of metrics.json, read from lm-eval's ``simple_evaluate`` output."""
     tasks = {}
     for sel in runnable:
-        key, metric = LEADERBOARD[sel.task.name], METRIC.get(sel.task.name, "acc")
+        key, metric = sel.task.leaderboard, sel.task.leaderboard_metric
         raw = bridge.task_metrics(output["results"], key)
         samples = output.get("samples", {}).get(key) or [{}]
         tasks[key] = {

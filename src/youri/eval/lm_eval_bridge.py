@@ -30,6 +30,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
+from youri.config import ConfigError
 from youri.eval import metrics
 from youri.eval.generation import HF_CAUSAL, hf_causal_generate
 from youri.eval.tasks import Selected
@@ -145,7 +146,15 @@ def _lm_class(backend: str):
         from lm_eval.models.vllm_causallms import VLLM  # optional: vllm is not a youri dependency
 
         return type("JpStableVLLM", (SeparatePairEncoding, VLLM), {})
-    raise ValueError(f"unknown backend '{backend}' (hf or vllm)")
+    if backend == "server":
+        try:  # optional: lm-eval's API models need its [api] extra (tenacity, aiohttp, requests)
+            from lm_eval.models.openai_completions import LocalCompletionsAPI
+        except ImportError as err:
+            raise ConfigError(
+                f"eval --server needs lm-eval's API extra ({err.name} is missing): pip install 'lm-eval[api]'"
+            ) from err
+        return type("JpStableServerLM", (SeparatePairEncoding, LocalCompletionsAPI), {})
+    raise ValueError(f"unknown backend '{backend}' (hf, vllm or server)")
 
 
 def hf_lm(model, tokenizer, *, batch_size: int | str, max_length: int, generation: str = "hf-causal-experimental"):
@@ -177,6 +186,37 @@ def vllm_lm(model_path: str, tokenizer, *, batch_size: int | str, max_length: in
     # lm-eval loaded its own tokenizer from the folder: give it the harness's reading of "<s>" in prompt
     # text that ``evaluate`` gives youri's (an SFT folder's tokenizer keeps such strings as text).
     lm.tokenizer.split_special_tokens = tokenizer.split_special_tokens
+    return lm
+
+
+def server_lm(url: str, tokenizer, tokenizer_path: str, *, model_name: str, batch_size: int | str, max_length: int):
+    """lm-eval's ``local-completions`` model against any OpenAI-compatible ``/v1/completions`` server.
+
+    Multiple-choice requests are sent as token ids, jp-stable's separate pair encoding (``SeparatePairEncoding``;
+    an empty context is the EOS id), one request body per batch of ``batch_size`` documents::
+
+        {"model": NAME, "prompt": [[id, ...], ...], "max_tokens": 1, "echo": true, "logprobs": 1,
+         "temperature": 0, "seed": 1234}
+
+    and lm-eval reads, per choice (``index`` = the prompt's position in the batch), ``logprobs.token_logprobs``
+    (one per prompt token, the first ``null``, then the one generated token, which it drops) and
+    ``logprobs.top_logprobs`` (per position a ``{token: logprob}`` map holding the most likely token: the
+    greedy check). A continuation's log-likelihood is the sum over its tokens. Generation requests
+    (``hf-causal-experimental``) send ``prompt`` ids with ``max_tokens``, ``stop`` and ``temperature: 0``
+    and read ``choices[i].text``. The tokenizer is the model folder's, loaded here, so that the ids
+    are the ones in-process ``youri eval`` scores."""
+    lm = _lm_class("server")(
+        base_url=url,
+        model=model_name,
+        tokenizer_backend="huggingface",
+        tokenizer=str(tokenizer_path),
+        batch_size=batch_size,
+        max_length=max_length,
+        add_bos_token=False,
+        custom_prefix_token_id=tokenizer.eos_token_id,
+        tokenized_requests=True,
+    )
+    lm.tokenizer = tokenizer  # youri's reading of "<s>" in prompt text (split_special_tokens=False)
     return lm
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from youri.config import ConfigError
+from youri.eval.tasks import JP8
 
 GENERATION_RULES = ("hf-causal", "hf-causal-experimental")
-JA8_SHOTS = (3, 3, 3, 2, 1, 1, 0, 5)  # jcommonsenseqa, jnli, marc_ja, jsquad, jaqket_v2, xlsum_ja, xwinograd_ja, mgsm
+JA8_NAMES = tuple(t.name for t in JP8)  # jcommonsenseqa, jnli, marc_ja, jsquad, jaqket_v2, xlsum_ja, xwinograd_ja, mgsm
+JA8_SHOTS = tuple(t.shots for t in JP8)  # (3, 3, 3, 2, 1, 1, 0, 5): each task definition's standard shots
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ PRESETS: dict[str, Preset] = {
         # The harness's suite file (JNLI 1.3, JAQKET v2 0.2); scripts/run_suite.py defaults to hf-causal-experimental.
         Preset(
             "ja8",
-            ("jcommonsenseqa", "jnli", "marc_ja", "jsquad", "jaqket_v2", "xlsum_ja", "xwinograd_ja", "mgsm"),
+            JA8_NAMES,
             JA8_SHOTS,
             "hf-causal-experimental",
             "lm_eval/suites/configs/ja8.conf with scripts/run_suite.py",

@@ -6,6 +6,8 @@
   GPTQ), beside the size ratio (GPTQ / fp weights on disk) and the held-out perplexity change.
 * ``compare.png`` (with ``--compare OLD_RUN``) -- score change per task (and of the average) against
   the old run, for all six models.
+* ``ja-mt-bench.png`` (and ``ja-vicuna-qa.png``), when a judged chat suite ran -- the judge's mean
+  rating per category, then of turn 1, turn 2 and overall, one bar per evaluated model.
 
 Every builder returns the matplotlib figure and a ``FigureSpec``: file name, title, alt text, and the
 plotted numbers as a table (the HTML report prints it beneath the figure). The figures plot exactly
@@ -43,6 +45,8 @@ def write_figures(report: dict[str, Any], out: Path) -> list[FigureSpec]:
     """Draw every figure the report has data for into ``out``; their specs, in display order."""
     specs = []
     builders = [task_scores, cost_of_4bit] + ([compare_deltas] if report.get("compare") else [])
+    suites = [s for s in dict.fromkeys(s for row in report["rows"] for s in row.get("chat_suites", {}))]
+    builders += [lambda r, s=suite: chat_suite_scores(r, s) for suite in suites]
     for build in builders:
         fig, spec = build(report)
         fig.savefig(out / spec.file, dpi=100)
@@ -236,6 +240,53 @@ def compare_deltas(report: dict[str, Any]):
         "chat; full precision and GPTQ 4-bit); bars above zero are improvements."
     )
     return fig, FigureSpec("compare.png", "Change against the older run", alt, header, rows)
+
+
+def chat_suite_scores(report: dict[str, Any], suite: str):
+    """One bar per model that ran the suite, per category, then turn 1, turn 2 and overall."""
+    ran = [r for r in report["rows"] if suite in r.get("chat_suites", {})]
+    models = [(r, f"{r['variant']} {LABELS[r['precision']]}") for r in ran]
+    categories = list(dict.fromkeys(c for r, _ in models for c in r["chat_suites"][suite]["categories"]))
+    groups = categories + ["turn 1", "turn 2", "overall"]
+
+    def values(row: dict[str, Any]) -> list[float]:
+        s = row["chat_suites"][suite]
+        cells = [s["categories"].get(c) for c in categories] + [s["first_turn"], s["second_turn"], s["overall"]]
+        return [NAN if v is None else float(v) for v in cells]
+
+    fig = Figure(figsize=(max(6.0, 0.9 * len(groups) + 2), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / max(len(models), 1)
+    for i, (row, label) in enumerate(models):
+        xs = [k - 0.4 + width * (i + 0.5) for k in range(len(groups))]
+        bars = ax.bar(
+            xs,
+            values(row),
+            width,
+            label=label,
+            color=COLORS[row["variant"]],
+            alpha=1.0 if row["precision"] == "fp" else 0.55,
+            hatch="" if row["precision"] == "fp" else "//",
+            edgecolor="white",
+        )
+        _label_bars(ax, bars, values(row), 1, rotation=90)
+    ax.set_xticks(range(len(groups)), groups, fontsize=7, rotation=30)
+    ax.set_ylim(0, 11)
+    ax.set_ylabel("judge rating (1-10)")
+    judges = ", ".join(sorted({str(r["chat_suites"][suite]["judge"]) for r in ran}))
+    ax.set_title(f"{suite} per category (judge: {judges})")
+    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
+    fig.tight_layout()
+    header = ["category"] + [label for _, label in models]
+    table = [values(row) for row, _ in models]
+    rows = [[g] + [_fmt(t[k]) for t in table] for k, g in enumerate(groups)]
+    rows.append(["judged answers"] + [str(r["chat_suites"][suite]["n_judged"]) for r, _ in models])
+    alt = (
+        f"Grouped bar chart of {suite}: the judge's mean rating (1-10) per category ({', '.join(categories)}), "
+        f"then of the first turn, the second turn and overall, one bar per evaluated model "
+        f"({', '.join(label for _, label in models)}); a missing mean is written n/a."
+    )
+    return fig, FigureSpec(f"{suite}.png", f"{suite} per category", alt, header, rows)
 
 
 def _series() -> list[tuple[str, str, str]]:

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from youri.config import ConfigError, build_config, config_to_dict, load_recipe
+from youri.eval.chatbench import SUITES
 from youri.quant.gguf_writer import GGUF_TYPES, grid_mismatch
 from youri.run.card import write_model_card
-from youri.run.layout import VARIANTS, eval_folder, model_folder
+from youri.run.layout import VARIANTS, chat_suite_folder, eval_folder, model_folder
 from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
 
 REPORT_MODULE = "youri.run.report"
@@ -56,6 +57,9 @@ class Config:
     when the type is q4_0 and the twins are on Q4_0's grid (their codes as they are), else of the fp model."""
     evaluate: bool = True
     """Evaluate every model (full precision and GPTQ) on the JP-8 tasks that have data."""
+    chat_eval: bool = True
+    """Judge the chat models (fp and GPTQ) on the recipe's chat_eval suite (youri eval --suite ja-mt-bench: 160
+    judge calls a model) when that section names a judge (judge_url, judge_model) and bench_dir; else skipped."""
     until: str = ""
     """Stop after this stage (or stage group: data, pretrain, sft, quantize, export, eval)."""
     only: str = ""
@@ -73,10 +77,12 @@ class Node:
     section: str
     wiring: dict[str, str]
     """config field -> name of the upstream node whose folder it receives."""
+    kind: str = ""
+    """The stage group when it is not the name's first word (chat_eval: ja_mt_bench_chat)."""
 
     @property
     def group(self) -> str:
-        return self.name.split("_")[0]
+        return self.kind or self.name.split("_")[0]
 
 
 def plan(cfg: Config, recipe: dict[str, Any] | None = None) -> list[Node]:
@@ -112,7 +118,25 @@ def plan(cfg: Config, recipe: dict[str, Any] | None = None) -> list[Node]:
                         {"model": model_folder(variant, "gptq")},
                     )
                 )
+    if cfg.evaluate and cfg.chat_eval and not _chat_eval_skip(recipe or {}):
+        suite = (recipe or {})["chat_eval"]["suite"]
+        for precision in ("fp", "gptq") if cfg.quantize else ("fp",):
+            folder, model = chat_suite_folder(suite, "chat", precision), model_folder("chat", precision)
+            nodes.append(Node(folder, "youri.eval.evaluate", "chat_eval", {"model": model}, kind="chat_eval"))
     return nodes
+
+
+def _chat_eval_skip(recipe: dict[str, Any]) -> str:
+    """Why the chat models are not judged ("" when they are): the chat_eval section must name a judged
+    suite, a judge and the suite's questions."""
+    section = recipe.get("chat_eval") or {}
+    if not section.get("judge_url") or not section.get("judge_model"):
+        return "no judge configured (recipe section chat_eval: judge_url, judge_model)"
+    if section.get("suite") not in SUITES:
+        return f"chat_eval.suite must be one of {', '.join(SUITES)}"
+    if not section.get("bench_dir") or not Path(section["bench_dir"]).is_dir():
+        return f"chat_eval.bench_dir {section.get('bench_dir') or '(unset)'} not found"
+    return ""
 
 
 def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
@@ -121,6 +145,8 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
     recipe = load_recipe(cfg.recipe)
     run_dir = Path(cfg.run_dir)
     nodes = plan(cfg, recipe)
+    if cfg.evaluate and cfg.chat_eval and _chat_eval_skip(recipe):
+        print(f"[pipeline] chat_eval: skipped, {_chat_eval_skip(recipe)}")
     selected = _select(nodes, cfg)
     folders = {node.name: run_dir / node.name for node in nodes}
     if cfg.base:

@@ -30,18 +30,25 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backe
 
 from youri.config import PositiveInt
 from youri.data.shards import TokenShards, read_index
-from youri.eval.averages import JP8_NAME
-from youri.eval.tasks import TASKS
+from youri.eval.averages import JP8, JP8_NAME
+from youri.eval.chatbench import SUITES
 from youri.io import atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
 from youri.run.figures import FigureSpec, loss_spec, scores_spec, write_figures
-from youri.run.layout import PRECISIONS, REPORT, TRAINING_STAGES, VARIANTS, eval_folder, model_folder
+from youri.run.layout import (
+    PRECISIONS,
+    REPORT,
+    TRAINING_STAGES,
+    VARIANTS,
+    chat_suite_folder,
+    eval_folder,
+    model_folder,
+)
 from youri.runtime.quant_linear import kernel_summary
 from youri.serve.engine import Engine, SamplingParams, generate
 from youri.stage import StageExistsError, fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum
 
-JP8 = tuple(TASKS)  # the eight tasks in the harness's order
 GEN_ENGINE = "youri-engine-1"
 """What measured ``gen_tokens_per_s``: cached figures from another generator (HF generate) are measured again."""
 
@@ -119,6 +126,7 @@ def collect_rows(run_dir: Path, *, measure: bool, eval_rows: int) -> list[dict[s
                 "present": is_complete(model_dir),
             }
             row.update(_scores(eval_dir))
+            row["chat_suites"] = _chat_suites(run_dir, variant, precision)
             if row["present"]:
                 row["size_mb"] = round(_weights_bytes(model_dir) / 2**20, 2)
                 if measure:
@@ -158,6 +166,31 @@ def _scores(eval_dir: Path) -> dict[str, Any]:
         "average_note": metrics.get("average_note", ""),
         "subsets": metrics.get("subsets", {}),
     }
+
+
+def _chat_suites(run_dir: Path, variant: str, precision: str) -> dict[str, Any]:
+    """Per judged chat suite that ran for this model: its turn, overall and per-category means."""
+    found = {}
+    for suite in SUITES:
+        folder = run_dir / chat_suite_folder(suite, variant, precision)
+        if not is_complete(folder) or _stale(folder):
+            continue
+        m = read_metrics(folder)
+        found[suite] = {
+            "first_turn": m.get("first_turn"),
+            "second_turn": m.get("second_turn"),
+            "overall": m.get("overall"),
+            "categories": {name: c.get("score") for name, c in m.get("categories", {}).items()},
+            "n_judged": m.get("n_judged"),
+            "unparsable": m.get("unparsable"),
+            "failed": m.get("failed"),
+            "judge": (m.get("judge") or {}).get("model"),
+        }
+    return found
+
+
+def chat_suite_columns(rows: list[dict[str, Any]]) -> list[str]:
+    return [suite for suite in SUITES if any(suite in row.get("chat_suites", {}) for row in rows)]
 
 
 def _stale(eval_dir: Path) -> bool:
@@ -244,7 +277,8 @@ def average_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     tasks = report["tasks"]
-    header = ["model", *tasks, average_header(report["rows"]), "ppl ja", "ppl en", "size MB", "gen tok/s"]
+    suites = chat_suite_columns(report["rows"])
+    header = ["model", *tasks, average_header(report["rows"]), *suites, "ppl ja", "ppl en", "size MB", "gen tok/s"]
     old = {(r["variant"], r["precision"]): r for r in report.get("compare", {}).get("rows", [])}
     if old:
         header.append("Δ avg vs old")
@@ -252,8 +286,9 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for row in report["rows"]:
         cells = [f"{row['variant']} ({'GPTQ 4-bit' if row['precision'] == 'gptq' else 'fp'})"]
         cells += [_fmt(row["scores"].get(t)) for t in tasks]
+        cells += [_fmt(row["average"])]
+        cells += [_fmt(row.get("chat_suites", {}).get(s, {}).get("overall")) for s in suites]
         cells += [
-            _fmt(row["average"]),
             _fmt(row.get("ppl_ja")),
             _fmt(row.get("ppl_en")),
             _fmt(row.get("size_mb")),
@@ -279,7 +314,8 @@ def render_markdown(report: dict[str, Any], figures: list[FigureSpec] = ()) -> s
     lines += [
         "",
         f"{average_header(report['rows'])}: " + ("; ".join(notes) if notes else "n/a"),
-        "Perplexity on the data stage's held-out rows; `n/a`: stage not run or no data.",
+        "Perplexity on the data stage's held-out rows; `n/a`: stage not run or no data."
+        + (" Chat suites: the judge's mean rating (1-10), all turns." if chat_suite_columns(report["rows"]) else ""),
         "",
     ]
     lines += [f"![{f.title}]({f.file})" for f in figures] + [""]

@@ -49,9 +49,27 @@ class Variant:
     length_rule: str = ""  # "", "fewer_shots" (MGSM/JAQKET 0.2 HEAD), "xlsum", "drop_earliest"
 
 
+PARQUET_EXPORT = "refs/convert/parquet"  # the Hub's Parquet export of a dataset (youri.eval.download)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a task's splits live on the Hugging Face Hub: ``splits`` maps split -> glob of its file(s)."""
+
+    repo: str
+    revision: str
+    splits: dict[str, str]
+
+
+def jglue_sources(config: str, split: str) -> tuple[Source, ...]:
+    """A JGLUE task's splits in the Hub's Parquet export of ``shunk031/JGLUE`` (its loader is a script)."""
+    return (Source("shunk031/JGLUE", PARQUET_EXPORT, {"train": f"{config}/*train*", split: f"{config}/*{split}*"}),)
+
+
 @dataclass(frozen=True)
 class TaskDef:
-    """A JP-8 task: data loading, request type, metric and its prompt variants."""
+    """A JP-8 task, every fact of it in one place: data loading, request type, metric, prompt variants, its
+    lm-eval ``japanese_leaderboard`` twin (task name, metric, Hugging Face row layout) and its Hub sources."""
 
     name: str  # harness name, e.g. "jcommonsenseqa"
     variants: dict[str, Variant]  # task VERSION -> variant
@@ -70,6 +88,11 @@ class TaskDef:
     answer_lengths: Callable[[Doc, TokenLen], int] | None = None  # hf-causal per-request cap
     data_keys: tuple[str, ...] = ("eval", "fewshot")
     split: str = "validation"
+    leaderboard: str = ""  # lm-eval's japanese_leaderboard task of the same data (youri.eval.leaderboard)
+    leaderboard_metric: str = "acc"  # the metric that task reports as its score
+    hf_row: Callable[[Doc], dict[str, Any]] | None = None  # a loaded doc in the Hugging Face dataset's fields
+    sources: tuple[Source, ...] = ()  # Hub sources tried in order by `youri eval --download`
+    withdrawn: str = ""  # why the sources may be gone and what to do instead (said when a download fails)
 
 
 @dataclass

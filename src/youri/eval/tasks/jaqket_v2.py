@@ -15,7 +15,7 @@ longest answer; the ``5921154`` era's answer-passage-only examples are not repro
 
 from __future__ import annotations
 
-from youri.eval.tasks.base import Prompt, TaskDef, Variant, read_records
+from youri.eval.tasks.base import Prompt, Source, TaskDef, Variant, read_records
 from youri.eval.tasks.jsquad import answer0, answer_budget, extraction_prompts
 from youri.io import DataError
 
@@ -91,7 +91,22 @@ def _prompts(with_06: bool) -> dict[str, Prompt]:
     return table
 
 
+def hf_row(doc: dict) -> dict:
+    return {
+        "qid": str(doc["id"]),
+        "question": doc["question"],
+        "answers": {"text": doc["answers"], "answer_start": [-1] * len(doc["answers"])},
+        "ctxs": {"title": doc["titles"], "text": doc["texts"]},
+    }
+
+
 TASK = TaskDef(
+    leaderboard="ja_leaderboard_jaqket_v2",
+    leaderboard_metric="exact_match",
+    hf_row=hf_row,
+    sources=(
+        Source("kumapo/JAQKET", "main", {"train": "train_jaqket_59.350.json", "validation": "dev_jaqket_59.350.json"}),
+    ),
     name="jaqket_v2",
     variants={"0.2": Variant(_prompts(True), length_rule="fewer_shots"), "0.1": Variant(_prompts(False))},
     default_variant="0.2",

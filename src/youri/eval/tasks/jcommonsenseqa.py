@@ -6,7 +6,7 @@ Data: ``eval`` = JGLUE ``valid-v1.x.json``, ``fewshot`` = ``train-v1.x.json``; f
 
 from __future__ import annotations
 
-from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
+from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, jglue_sources, read_records
 from youri.io import DataError
 
 FIELDS = {"q_id": int, "question": str, **{f"choice{i}": str for i in range(5)}, "label": int}
@@ -98,7 +98,21 @@ PROMPTS = {
     ),
 }
 
+
+def hf_row(doc: dict) -> dict:
+    return {
+        "q_id": doc["id"],
+        "question": doc["question"],
+        "label": doc["gold"],
+        **{f"choice{i}": c for i, c in enumerate(doc["choices"])},
+    }
+
+
 TASK = TaskDef(
+    leaderboard="ja_leaderboard_jcommonsenseqa",
+    leaderboard_metric="acc",
+    hf_row=hf_row,
+    sources=jglue_sources("JCommonsenseQA", "validation"),
     name="jcommonsenseqa",
     variants={"1.1": Variant(PROMPTS)},
     default_variant="1.1",

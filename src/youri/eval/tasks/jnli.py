@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, label_index, read_records
+from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, jglue_sources, label_index, read_records
 
 LABELS = ["entailment", "contradiction", "neutral"]  # the dataset's ClassLabel order -> gold index
 META_SYS = (
@@ -93,7 +93,22 @@ def prompts(choices: list[str], system_06: str) -> dict[str, Prompt]:
 
 
 JA_CHOICES = ["含意", "矛盾", "中立"]
+
+
+def hf_row(doc: dict) -> dict:
+    return {
+        "sentence_pair_id": str(doc["id"]),
+        "sentence1": doc["premise"],
+        "sentence2": doc["hypothesis"],
+        "label": doc["gold"],
+    }
+
+
 TASK = TaskDef(
+    leaderboard="ja_leaderboard_jnli",
+    leaderboard_metric="acc",
+    hf_row=hf_row,
+    sources=jglue_sources("JNLI", "validation"),
     name="jnli",
     variants={
         "1.3": Variant(prompts(JA_CHOICES, LLAMA2_SYS), stratified=True),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
+from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, jglue_sources, read_records
 from youri.io import DataError, read_json
 
 EXTRACT = "与えられた文脈から、質問に対する答えを抜き出してください。"
@@ -181,7 +181,21 @@ def answer_budget(doc: dict, token_len) -> int:
     return max(token_len(a) for a in doc["answers"])
 
 
+def hf_row(doc: dict) -> dict:
+    return {
+        "id": doc["id"],
+        "title": doc["title"],
+        "context": doc["context"],
+        "question": doc["question"],
+        "answers": {"text": doc["answers"], "answer_start": [-1] * len(doc["answers"])},
+    }
+
+
 TASK = TaskDef(
+    leaderboard="ja_leaderboard_jsquad",
+    leaderboard_metric="exact_match",
+    hf_row=hf_row,
+    sources=jglue_sources("JSQuAD", "validation"),
     name="jsquad",
     variants={"1.1": Variant(_v11()), "1.2": Variant(_v12())},
     default_variant="1.1",

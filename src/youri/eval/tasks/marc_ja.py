@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, label_index, read_records
+from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, jglue_sources, label_index, read_records
 
 LABELS = ["positive", "negative"]  # ClassLabel positive=0, negative=1 (neutral is filtered by the loader)
 JA = ["ポジティブ", "ネガティブ"]
@@ -84,7 +84,23 @@ def _prompts() -> dict[str, Prompt]:
 
 
 PROMPTS = _prompts()
+
+
+def hf_row(doc: dict) -> dict:
+    return {"sentence": doc["sentence"], "label": doc["gold"], "review_id": str(doc["id"])}
+
+
 TASK = TaskDef(
+    leaderboard="ja_leaderboard_marc_ja",
+    leaderboard_metric="acc",
+    hf_row=hf_row,
+    sources=jglue_sources("MARC-ja", "validation"),
+    withdrawn=(
+        "MARC-ja is built from the Amazon Multilingual Reviews corpus, whose download "
+        "(s3://amazon-reviews-pds) was withdrawn in 2023, so the JGLUE loader cannot rebuild it, and its fallback, "
+        "the Hub's Parquet export, is gone too; evaluate without it (the average is then not the JP-8 average) or "
+        "point eval.data.marc_ja at a copy you hold (sentence, label, review_id)"
+    ),
     name="marc_ja",
     variants={"1.1": Variant(PROMPTS)},
     default_variant="1.1",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
+from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, PARQUET_EXPORT, Prompt, Source, TaskDef, Variant, read_records
 from youri.io import DataError, read_text
 
 STEPS = "与えられた問題に対して、ステップごとに答えを導き出してください。"
@@ -89,7 +89,17 @@ PROMPTS = {
     ),
 }
 
+
+def hf_row(doc: dict) -> dict:
+    # "" rather than None for test rows: datasets infers one schema over all files of the task.
+    return {"question": doc["question"], "answer": doc["cot"], "answer_number": doc["gold"]}
+
+
 TASK = TaskDef(
+    leaderboard="ja_leaderboard_mgsm",
+    leaderboard_metric="acc",
+    hf_row=hf_row,
+    sources=(Source("juletxara/mgsm", PARQUET_EXPORT, {"train": "ja/*train*", "test": "ja/*test*"}),),
     name="mgsm",
     variants={"1.0": Variant(PROMPTS, length_rule="fewer_shots")},
     default_variant="1.0",

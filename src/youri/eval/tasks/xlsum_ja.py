@@ -9,7 +9,7 @@ Over-long contexts are shortened sentence by sentence with the model's tokenizer
 
 from __future__ import annotations
 
-from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, Prompt, TaskDef, Variant, read_records
+from youri.eval.tasks.base import ALPACA, LLAMA2_SYS, PARQUET_EXPORT, Prompt, Source, TaskDef, Variant, read_records
 
 SUMMARISE = "与えられたニュース記事を要約してください。"
 
@@ -54,7 +54,19 @@ PROMPTS = {
     ),
 }
 
+
+def hf_row(doc: dict) -> dict:
+    return {"id": str(doc["id"]), "text": doc["text"], "summary": doc["summary"]}
+
+
 TASK = TaskDef(
+    leaderboard="ja_leaderboard_xlsum",
+    leaderboard_metric="rouge2",
+    hf_row=hf_row,
+    sources=(
+        Source("mkshing/xlsum_ja", "main", {"train": "*train*", "test": "*test*"}),
+        Source("mkshing/xlsum_ja", PARQUET_EXPORT, {"train": "*train*", "test": "*test*"}),
+    ),
     name="xlsum_ja",
     variants={"1.0": Variant(PROMPTS, length_rule="xlsum")},
     default_variant="1.0",

@@ -7,7 +7,7 @@ Data: JSON Lines (or Parquet/CSV) with ``sentence1``, ``sentence2``, ``answer`` 
 
 from __future__ import annotations
 
-from youri.eval.tasks.base import Prompt, TaskDef, Variant, read_records
+from youri.eval.tasks.base import PARQUET_EXPORT, Prompt, Source, TaskDef, Variant, read_records
 from youri.io import DataError
 
 
@@ -22,7 +22,20 @@ def load(path: str) -> list[dict]:
 
 # No prompt at all: the context is '' (the EOS token stands in for it).
 _EMPTY = Prompt("1.0 (no prompt version)", "", lambda d: "", lambda d: "", "\n\n")
+
+
+def hf_row(doc: dict) -> dict:
+    return {"sentence1": doc["sentences"][0], "sentence2": doc["sentences"][1], "answer": str(doc["gold"] + 1)}
+
+
 TASK = TaskDef(
+    leaderboard="ja_leaderboard_xwinograd",
+    leaderboard_metric="acc",
+    hf_row=hf_row,
+    sources=(
+        Source("polm-stability/xwinograd-ja", "main", {"test": "*test*"}),
+        Source("polm-stability/xwinograd-ja", PARQUET_EXPORT, {"test": "*test*"}),
+    ),
     name="xwinograd_ja",
     variants={"1.0": Variant({"": _EMPTY})},
     default_variant="1.0",
