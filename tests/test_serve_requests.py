@@ -23,7 +23,6 @@ from youri.prompts import encode_prompt, messages_to_turns
 from youri.serve.api import (
     APIError,
     Limits,
-    StopText,
     chat_turns,
     completion_text,
     model_name,
@@ -32,6 +31,7 @@ from youri.serve.api import (
 )
 from youri.serve.engine import Engine, SamplingParams, generate
 from youri.serve.inference import ChatError, sampling_params
+from youri.serve.stops import StopText
 
 # test_serve.py's fixtures: its tiny chat stage folder, the model loaded from it, one torch thread.
 model_dir, loaded, one_torch_thread = test_serve.model_dir, test_serve.loaded, test_serve.one_torch_thread

@@ -1,0 +1,122 @@
+"""The endpoints of ``youri serve``: one function each on one ``APIRouter``.
+
+The API key is one dependency (``authorized``) on every ``/v1`` route; an ``APIError`` raised anywhere
+in a route (or its dependencies) is answered as an OpenAI error object by the app's handler
+(``youri.serve.server.create_app``). Adding an endpoint is one function here and one test.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request  # module level: FastAPI resolves the annotations here
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from youri.serve.api import APIError, params_for, parse_options, read_json
+from youri.serve.service import Server, collect, stream_events, usage
+
+router = APIRouter()
+WEB = resources.files("youri.serve") / "web"
+
+
+def served(request: Request) -> Server:
+    return request.app.state.server
+
+
+def authorized(request: Request) -> Server:
+    """The server, once the request carries its API key (when it has one)."""
+    server = served(request)
+    if server.api_key and request.headers.get("authorization", "") != f"Bearer {server.api_key}":
+        raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")
+    return server
+
+
+Authorized = Annotated[Server, Depends(authorized)]
+Served = Annotated[Server, Depends(served)]
+
+
+async def _generate(server: Server, request: Request, *, chat: bool):
+    body = await read_json(request, server.limits.max_body_bytes)
+    server.check_model(body)
+    options = parse_options(body)
+    prompt_ids = server.chat_prompt(body) if chat else server.text_prompt(body)
+    params = params_for(options, len(prompt_ids), server.limits)
+    if options.stream:
+        return StreamingResponse(
+            stream_events(server, prompt_ids, params, options, chat=chat),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    results, completion = await collect(server, prompt_ids, params, options)
+    if chat:
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None}
+            for i, (text, reason) in enumerate(results)
+        ]
+    else:
+        choices = [
+            {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+            for i, (text, reason) in enumerate(results)
+        ]
+    return JSONResponse(
+        {
+            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": server.name,
+            "choices": choices,
+            "usage": usage(len(prompt_ids), completion),
+        }
+    )
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, server: Authorized):
+    return await _generate(server, request, chat=True)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, server: Authorized):
+    return await _generate(server, request, chat=False)
+
+
+@router.get("/v1/models")
+async def models(server: Authorized):
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": server.name,
+                "object": "model",
+                "created": server.created,
+                "owned_by": "youri",
+                "max_model_len": server.limits.context,
+            }
+        ],
+    }
+
+
+@router.get("/health")
+async def health(server: Served):
+    return {
+        "status": "ok",
+        "model": server.name,
+        "batching": server.engine.max_batch_size > 1,
+        "running": len(server.engine.active),
+        **server.engine.stats,
+    }
+
+
+@router.get("/")
+async def page():
+    return FileResponse(str(WEB / "index.html"), media_type="text/html; charset=utf-8")
+
+
+@router.get("/web/{name}")
+async def asset(name: str):
+    if name not in {"chat.js", "chat.css"}:
+        raise APIError(404, "not found")
+    return FileResponse(str(WEB / name))
