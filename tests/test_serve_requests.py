@@ -79,6 +79,8 @@ BAD_FIELDS = [
     ({"stop": [""]}, "stop"),
     ({"stop": [1]}, "stop"),
     ({"stop": []}, "stop"),
+    ({"stop": "x" * 257}, "stop"),
+    ({"stop": ["ok", "y" * 1000]}, "stop"),
     ({"logprobs": True}, "logprobs"),
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"logit_bias": {"2": 100}}, "logit_bias"),
@@ -159,6 +161,50 @@ def test_stop_text_holds_back_what_may_become_a_stop_string():
     assert run(["\n\n", "END"], ["hello\n", "world E", "N", "D more"]) == (["hello", "\nworld ", "", ""], True, "")
     assert run(["xyz"], ["ab", "xy"]) == (["ab", ""], False, "xy")  # never completed: given back at the end
     assert run([], ["ab", "c"]) == (["ab", "c"], False, "")
+
+
+def first_stop(text: str, stops: list[str]) -> str:
+    """The reference: the text cut where a stop string is first completed (the longest on a tie)."""
+    for end in range(1, len(text) + 1):
+        starts = [end - len(stop) for stop in stops if text[:end].endswith(stop)]
+        if starts:
+            return text[: min(starts)]
+    return text
+
+
+def test_stop_text_equals_the_reference_on_random_streams():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 4))]
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 40)))
+        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(1, 8))))
+        deltas = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+        cut = StopText(stops)
+        out = "".join(cut.push(d) for d in deltas)
+        out += "" if cut.hit else cut.flush()
+        assert out == first_stop(text, stops), (stops, deltas)
+
+
+def test_stop_matching_is_linear_in_the_text_produced():
+    """The heaviest legal stop strings (4 of the longest allowed, each almost matching all the time) cost
+    per character what one-character stop strings cost: no rescanning of the held-back text."""
+    import time
+
+    from youri.serve.api import MAX_STOP_CHARS, MAX_STOP_STRINGS
+
+    def seconds(stops):
+        cut, start = StopText(stops), time.perf_counter()
+        for _ in range(2000):
+            cut.push("a" * 5)
+        assert not cut.hit and len(cut.held) <= MAX_STOP_CHARS
+        return time.perf_counter() - start
+
+    heavy = ["a" * (MAX_STOP_CHARS - 1) + "b"] * MAX_STOP_STRINGS
+    light = ["b"] * MAX_STOP_STRINGS
+    best_heavy, best_light = min(seconds(heavy) for _ in range(3)), min(seconds(light) for _ in range(3))
+    assert best_heavy < 5 * best_light + 0.02, (best_heavy, best_light)
 
 
 # ----------------------------------------------------------------------------- chat flags
@@ -421,3 +467,75 @@ def test_special_token_strings_through_the_api_stay_text(served, loaded, monkeyp
     assert len(seen) == 2 and not special & set(seen[0]) and not special & set(seen[1])
     assert seen[0] == encode_prompt(messages_to_turns(messages), tokenizer)
     assert tokenizer.decode(seen[1]) == hostile
+
+
+def test_a_flood_of_the_heaviest_legal_request_does_not_hold_other_clients(served):
+    """Issue 27.1: the heaviest legal request (body at the size limit, 4 stop strings of the longest allowed
+    length that almost match all the time, n and sampling at their most expensive) sent by 3 clients in a
+    loop. Another client's /health stays within a bound of the idle baseline, and its streamed tokens within a
+    bound of a flood of the same requests without their size (same rows, same sampling: the batch's compute is
+    shared fairly; what must not cost anything is the size), all measured in this run."""
+    import statistics
+    import time
+
+    from youri.serve.api import MAX_STOP_CHARS, MAX_STOP_STRINGS
+
+    url, server = served
+    limits = server.limits
+    light = {
+        "model": "tiny-chat",
+        "messages": [{"role": "user", "content": "あ" * 20}],
+        "max_tokens": 48,
+        "n": limits.max_n,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "top_k": 50,
+        "repetition_penalty": 1.2,
+        "stream": True,
+    }
+    heavy = {**light, "stop": ["a" * (MAX_STOP_CHARS - 1) + "b"] * MAX_STOP_STRINGS}
+    padding = limits.max_body_bytes - len(json.dumps(heavy)) - 64
+    heavy["padding"] = [0] * (padding // 3)  # an unknown field (ignored): JSON to parse, up to the body limit
+    assert len(json.dumps(heavy)) <= limits.max_body_bytes
+
+    def probe() -> tuple[float, float]:
+        """Median /health latency, and seconds per streamed token of a small request."""
+        health = []
+        for _ in range(8):
+            start = time.perf_counter()
+            with urllib.request.urlopen(url + "/health", timeout=60) as response:
+                response.read()
+            health.append(time.perf_counter() - start)
+        body = {"model": "tiny-chat", "messages": MESSAGES, "max_tokens": 24, "temperature": 0, "stream": True}
+        start = time.perf_counter()
+        status, text = post(url + "/v1/chat/completions", body)
+        assert status == 200 and "[DONE]" in text
+        return statistics.median(health), (time.perf_counter() - start) / 24
+
+    def flooded(body: dict) -> tuple[float, float]:
+        raw, stop, served_count = json.dumps(body).encode(), threading.Event(), [0]
+
+        def flood():
+            while not stop.is_set():
+                status, text = post(url + "/v1/chat/completions", raw=raw)
+                assert status == 200, text
+                served_count[0] += 1
+
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(3)]  # 12 rows: the probe finds room
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.5)
+            probes = [probe() for _ in range(3)]
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(120)
+        assert served_count[0] >= 3
+        return statistics.median(p[0] for p in probes), statistics.median(p[1] for p in probes)
+
+    idle = min(probe() for _ in range(2))
+    same_rows, busy = flooded(light), flooded(heavy)
+    print(f"\nidle {idle}, light flood {same_rows}, heavy flood {busy}")
+    assert busy[0] < 10 * idle[0] + 0.02, (idle, busy)  # the event loop answers at once
+    assert busy[1] < 2 * same_rows[1] + 0.005, (same_rows, busy)  # the size of a request costs others nothing

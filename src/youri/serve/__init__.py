@@ -6,7 +6,7 @@
 - ``decoder``   — the engine's forward: a static KV cache and a lean Llama step (the model's own forward otherwise).
 - ``inference`` — loading a stage folder for inference and encoding conversations with its prompt format.
 - ``chat``      — the ``youri chat`` stage (terminal).
-- ``service``   — what ``youri serve`` does with a checked request: the ``Server`` state, collected and streamed replies.
+- ``service``   — what ``youri serve`` does with a checked request: ``Server`` state, collected and streamed replies.
 - ``routes``    — the endpoints of ``youri serve``, one function each on a FastAPI ``APIRouter``.
 - ``server``    — the ``youri serve`` stage (OpenAI-compatible HTTP API and the web chat page in ``web/``).
 """

@@ -26,6 +26,7 @@ from youri.prompts import PromptError, Turn, messages_to_turns
 from youri.serve.engine import GenerationError, SamplingParams
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_STOP_CHARS = 256  # per stop string: what may be held back of a streamed reply, at most
 
 
 class APIError(Exception):
@@ -73,8 +74,8 @@ class Options:
 # ----------------------------------------------------------------------------- the body
 
 
-async def read_json(request, limit: int) -> dict:
-    """The request body as a JSON object, at most ``limit`` bytes."""
+async def read_body(request, limit: int) -> bytes:
+    """The raw request body, at most ``limit`` bytes (413 above; nothing more is read)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise APIError(
@@ -85,8 +86,13 @@ async def read_json(request, limit: int) -> dict:
         raw += chunk
         if len(raw) > limit:
             raise APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
+    return bytes(raw)
+
+
+def parse_json(raw: bytes) -> dict:
+    """The body as a JSON object (CPU work that grows with the body: the routes run it off the event loop)."""
     try:
-        body = json.loads(bytes(raw))
+        body = json.loads(raw)
     except (ValueError, RecursionError) as err:  # also: nesting too deep, integers of over 4300 digits
         raise APIError(400, f"the request body is not valid JSON: {str(err)[:200]}", code="invalid_json") from err
     if not isinstance(body, dict):
@@ -188,6 +194,8 @@ def _stop(body: dict) -> list[str]:
     for stop in stops:
         if not _text(stop, "stop"):
             raise _value_error("stop", "'stop' strings must not be empty")
+        if len(stop) > MAX_STOP_CHARS:
+            raise _value_error("stop", f"a 'stop' string has {len(stop)} characters; at most {MAX_STOP_CHARS}")
     return stops
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request  # module level: FastAPI resolves the annotations here
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
-from youri.serve.api import APIError, params_for, parse_options, read_json
+from youri.serve.api import APIError, read_body
 from youri.serve.service import Server, collect, stream_events, usage
 
 router = APIRouter()
@@ -39,11 +41,9 @@ Served = Annotated[Server, Depends(served)]
 
 
 async def _generate(server: Server, request: Request, *, chat: bool):
-    body = await read_json(request, server.limits.max_body_bytes)
-    server.check_model(body)
-    options = parse_options(body)
-    prompt_ids = server.chat_prompt(body) if chat else server.text_prompt(body)
-    params = params_for(options, len(prompt_ids), server.limits)
+    raw = await read_body(request, server.limits.max_body_bytes)
+    job = await run_in_threadpool(partial(server.prepare, raw, chat=chat))  # grows with the request: off the loop
+    prompt_ids, params, options = job.prompt_ids, job.params, job.options
     if options.stream:
         return StreamingResponse(
             stream_events(server, prompt_ids, params, options, chat=chat),

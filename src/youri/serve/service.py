@@ -9,13 +9,33 @@ import json
 import time
 import uuid
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 from youri.prompts import PromptError
-from youri.serve.api import APIError, Limits, Options, chat_turns, completion_text, model_name
+from youri.serve.api import (
+    APIError,
+    Limits,
+    Options,
+    chat_turns,
+    completion_text,
+    model_name,
+    params_for,
+    parse_json,
+    parse_options,
+)
 from youri.serve.engine import Engine, SamplingParams
 from youri.serve.inference import encode_turns, prompt_kind
 from youri.serve.stops import StopText
+
+
+@dataclass
+class Job:
+    """A checked generation request: its prompt, the engine's settings and the request's options."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    options: Options
 
 
 class Server:
@@ -52,6 +72,15 @@ class Server:
     def text_prompt(self, body: dict) -> list[int]:
         # Raw text is text: a literal "</s>" in it stays characters, never the eos id.
         return self.tokenizer(completion_text(body), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def prepare(self, raw: bytes, *, chat: bool) -> Job:
+        """Parse, check and encode a generation request. Its cost grows with the request (JSON, the chat
+        template, the tokenizer), so the routes run it in a worker thread, never on the event loop."""
+        body = parse_json(raw)
+        self.check_model(body)
+        options = parse_options(body)
+        prompt_ids = self.chat_prompt(body) if chat else self.text_prompt(body)
+        return Job(prompt_ids, params_for(options, len(prompt_ids), self.limits), options)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, n: int) -> tuple[asyncio.Queue, list]:
         """Queue ``n`` generations; events arrive on one asyncio queue as ``(index, Event)``."""
