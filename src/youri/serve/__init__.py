@@ -7,6 +7,7 @@
 - ``inference`` — loading a stage folder for inference and encoding conversations with its prompt format.
 - ``chat``      — the ``youri chat`` stage (terminal).
 - ``service``   — what ``youri serve`` does with a checked request: ``Server`` state, collected and streamed replies.
+- ``replies``   — whole replies and event-stream chunks in OpenAI's shapes (logprobs: chat and legacy).
 - ``routes``    — the endpoints of ``youri serve``, one function each on a FastAPI ``APIRouter``.
 - ``server``    — the ``youri serve`` stage (OpenAI-compatible HTTP API and the web chat page in ``web/``).
 """

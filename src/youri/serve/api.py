@@ -57,6 +57,7 @@ class Limits:
     default_max_tokens: int
     max_n: int
     max_body_bytes: int
+    max_prompts: int = 32  # prompts in one /v1/completions request (a batch, as lm-eval sends)
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Options:
     stream: bool = False
     include_usage: bool = False
     stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: no logprobs; k: each token's log-probability and its k top alternatives
+    echo: bool = False  # /v1/completions: the prompt returned (and scored, with logprobs) before the completion
 
 
 # ----------------------------------------------------------------------------- the body
@@ -151,10 +154,7 @@ def _text(value: Any, name: str) -> str:
 UNSUPPORTED = {
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
-    "logprobs": (False, 0),
-    "top_logprobs": (0,),
     "logit_bias": ({},),
-    "echo": (False,),
     "best_of": (1,),
     "suffix": ("",),
     "tools": ([],),
@@ -221,9 +221,30 @@ PARAM_OF = {
 }
 
 
-def parse_options(body: dict) -> Options:
+MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's top_logprobs limit)
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Chat: ``logprobs`` true/false and ``top_logprobs`` 0-20; text completions: ``logprobs`` 0-20 (the legacy
+    API's number of alternatives). None when no logprobs are wanted."""
+    if chat:
+        wanted = _boolean(body.get("logprobs"), "logprobs")
+        top = _integer(body.get("top_logprobs"), "top_logprobs")
+        if top is not None and not wanted:
+            raise _value_error("top_logprobs", "'top_logprobs' needs \"logprobs\": true")
+        name, value = "top_logprobs", (top or 0) if wanted else None
+    else:
+        name, value = "logprobs", _integer(body.get("logprobs"), "logprobs")
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        raise _value_error(name, f"'{name}' must be between 0 and {MAX_LOGPROBS}, got {value}")
+    return value
+
+
+def parse_options(body: dict, *, chat: bool = True) -> Options:
     """Every non-prompt field of a chat or text completion request, type-checked."""
     _refuse_unsupported(body)
+    if chat and body.get("echo") not in (None, False):
+        raise APIError(400, "'echo' is a /v1/completions field", param="echo", code="unsupported_parameter")
     max_tokens = _integer(body.get("max_tokens"), "max_tokens")
     if max_tokens is None:
         max_tokens = _integer(body.get("max_completion_tokens"), "max_completion_tokens")
@@ -238,7 +259,16 @@ def parse_options(body: dict) -> Options:
         stream=stream,
         include_usage=_stream_options(body, stream),
         stop=_stop(body),
+        logprobs=_logprobs(body, chat),
+        echo=_echo(body, stream),
     )
+
+
+def _echo(body: dict, stream: bool) -> bool:
+    echo = _boolean(body.get("echo"), "echo")
+    if echo and stream:
+        raise _value_error("echo", "'echo' is not supported with \"stream\": true")
+    return echo
 
 
 def params_for(options: Options, prompt_tokens: int, limits: Limits) -> SamplingParams:
@@ -271,8 +301,8 @@ def params_for(options: Options, prompt_tokens: int, limits: Limits) -> Sampling
     if not 1 <= options.n <= limits.max_n:
         raise APIError(400, f"n is {options.n}; this server accepts 1 to {limits.max_n}", param="n", code="n_exceeded")
     params = SamplingParams(max_new_tokens=max_tokens, **{"temperature": 1.0, **options.sampling})
-    try:
-        return params.validate()
+    try:  # max_tokens 0: only the echoed prompt (scored, with logprobs), as lm-eval asks for it
+        return params.validate(min_new_tokens=0 if options.echo else 1)
     except GenerationError as err:
         param = PARAM_OF.get(err.field or "", err.field)
         raise APIError(
@@ -297,14 +327,31 @@ def chat_turns(body: dict) -> list[Turn]:
         raise APIError(400, str(err), param="messages", code="invalid_value") from err
 
 
-def completion_text(body: dict) -> str:
-    """``prompt``: one non-empty string (or a list holding exactly one)."""
+def completion_prompts(body: dict, vocab_size: int, max_prompts: int) -> list[str | list[int]]:
+    """``prompt``: a non-empty string or token-id list, or a list of up to ``max_prompts`` of them (a batch:
+    choice ``i * n + j`` is the ``j``-th completion of prompt ``i``). Token ids must be in ``[0, vocab_size)``."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise _type_error("prompt", "one non-empty string", prompt)
-    return _text(prompt, "prompt")
+    expected = "a non-empty string, a list of token ids, or a list of those"
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt)):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt:
+        prompts = prompt
+    else:
+        raise _type_error("prompt", expected, prompt)
+    if len(prompts) > max_prompts:
+        raise _value_error(
+            "prompt", f"'prompt' holds {len(prompts)} prompts; this server accepts at most {max_prompts}"
+        )
+    for i, one in enumerate(prompts):
+        name = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+        if isinstance(one, str) and one:
+            _text(one, name)
+        elif isinstance(one, list) and one and all(_is_int(t) for t in one):
+            if not all(0 <= t < vocab_size for t in one):
+                raise _value_error(name, f"'{name}' holds token ids outside the vocabulary [0, {vocab_size})")
+        else:
+            raise _type_error(name, expected, one)
+    return prompts
 
 
 def model_name(body: dict) -> str:

@@ -59,9 +59,10 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the context
     seed: int | None = None
 
-    def validate(self) -> "SamplingParams":
-        """Check every setting's type and range (finite numbers only), naming the field at fault."""
-        _check_int("max_new_tokens", self.max_new_tokens, 1)
+    def validate(self, *, min_new_tokens: int = 1) -> "SamplingParams":
+        """Check every setting's type and range (finite numbers only), naming the field at fault
+        (``max_new_tokens`` may be 0 only where the caller scores the prompt: ``min_new_tokens=0``)."""
+        _check_int("max_new_tokens", self.max_new_tokens, min_new_tokens)
         _check_number("temperature", self.temperature, *TEMPERATURE_RANGE, zero=True)
         _check_number("top_p", self.top_p, 0.0, 1.0)
         if self.top_p == 0:
@@ -176,6 +177,22 @@ class IncrementalDecoder:
 # ----------------------------------------------------------------------------- requests
 
 
+TokenLogprob = tuple[int, float, list[tuple[int, float]]]
+"""A token, its log-probability under the model (log-softmax of its raw logits), and the top alternatives."""
+
+
+def token_logprobs(logits: torch.Tensor, targets: list[int], top: int) -> list[TokenLogprob]:
+    """``logits [n, V]`` predict ``targets[i]``: each target's log-probability and the ``top`` most likely ids."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs[torch.arange(len(targets)), torch.tensor(targets, dtype=torch.long)].tolist()
+    if top:
+        values, ids = torch.topk(logprobs, top, dim=-1)
+        alternatives = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        alternatives = [[] for _ in targets]
+    return [(t, c, a) for t, c, a in zip(targets, chosen, alternatives)]
+
+
 @dataclass
 class Event:
     """What the engine reports for a request after a step: a text delta, and the end."""
@@ -184,6 +201,8 @@ class Event:
     finish_reason: str | None = None  # "stop" (</s>), "length" (max_new_tokens or context) or "cancelled"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None  # the tokens sampled since the last event (when asked for)
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt[1:] scored (when asked for), in the first event
 
 
 @dataclass
@@ -195,6 +214,9 @@ class Request:
     decoder: IncrementalDecoder | None = None
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None  # seen_mask of prompt + generated, updated per token (penalty only)
+    logprobs: int | None = None  # report each sampled token's log-probability and this many alternatives
+    prompt_logprobs: int | None = None  # score the prompt first (echo), with this many alternatives
+    pending: list[TokenLogprob] = field(default_factory=list)  # logprobs not yet reported
     cancelled: bool = False
     done: bool = False
 
@@ -246,8 +268,18 @@ class Engine:
         self.batch.reset()
 
     # -- public -----------------------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]) -> Request:
-        params.validate()
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        on_event: Callable[[Event], None],
+        *,
+        logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
+    ) -> Request:
+        """Queue a request; ``logprobs``/``prompt_logprobs``: report log-probabilities with that many alternatives
+        (``prompt_logprobs`` also allows ``max_new_tokens=0``: the prompt scored, nothing generated)."""
+        params.validate(min_new_tokens=0 if prompt_logprobs is not None else 1)
         if not prompt_ids:
             raise GenerationError("the prompt is empty")
         if len(prompt_ids) >= self.max_context:
@@ -257,7 +289,7 @@ class Engine:
         vocab = getattr(self.model.config, "vocab_size", None)
         if min(prompt_ids) < 0 or (vocab and max(prompt_ids) >= vocab):  # would fail the whole batch's forward
             raise GenerationError(f"the prompt holds token ids outside the vocabulary [0, {vocab})")
-        request = Request(list(prompt_ids), params, on_event)
+        request = Request(list(prompt_ids), params, on_event, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
         request.on_event = _isolated(request, on_event)
         with self._wake:
             self._waiting.append(request)
@@ -272,6 +304,7 @@ class Engine:
         newcomers = [r for r in newcomers if not self._drop_if_cancelled(r) and self._prepared(r)]
         self._admitting = newcomers  # failed too if the step raises before they join the batch
         with torch.inference_mode():
+            newcomers = [r for r in newcomers if self._scored(r)]
             if newcomers:
                 self._prefill(newcomers)
             elif self.active:
@@ -345,6 +378,21 @@ class Engine:
         request.seen[token] = True
         return token
 
+    def _scored(self, request: Request) -> bool:
+        """Score an echoed prompt with the model's own forward (its log-softmax, exactly); False when the
+        request ends there (``max_new_tokens == 0``)."""
+        if request.prompt_logprobs is None:
+            return True
+        ids = request.prompt_ids
+        logits = self.model(torch.tensor([ids], device=self.device)).logits[0, :-1]
+        scores = token_logprobs(logits, ids[1:], request.prompt_logprobs)
+        if request.params.max_new_tokens == 0:
+            request.done = True
+            request.on_event(Event("", "length", len(ids), 0, [], scores))
+            return False
+        request.on_event(Event("", None, len(ids), 0, None, scores))
+        return True
+
     def _drop_if_cancelled(self, request: Request) -> bool:
         if request.cancelled:
             request.done = True
@@ -381,6 +429,8 @@ class Engine:
                 self._fail(request, err)
                 continue
             self.last[row] = token
+            if request.logprobs is not None:
+                request.pending += token_logprobs(logits[logits_row][None], [token], request.logprobs)
             if token in self.eos_ids:
                 self._finish(request, "stop")
                 continue
@@ -390,16 +440,23 @@ class Engine:
             if len(request.generated) >= request.params.max_new_tokens or full:
                 self._finish(request, "length", delta)
             elif delta:
-                request.on_event(Event(delta))
+                request.on_event(Event(delta, logprobs=self._reported(request)))
         keep = [i for i, r in enumerate(self.active) if not r.done and not self._drop_if_cancelled(r)]
         if len(keep) < len(self.active):
             self._select(keep)
 
     def _finish(self, request: Request, reason: str, pending: str = "") -> None:
         request.done = True
-        request.on_event(
-            Event(pending + request.decoder.finish(), reason, len(request.prompt_ids), len(request.generated))
-        )
+        text = pending + request.decoder.finish()
+        request.on_event(Event(text, reason, len(request.prompt_ids), len(request.generated), self._reported(request)))
+
+    @staticmethod
+    def _reported(request: Request) -> list[TokenLogprob] | None:
+        """The logprobs gathered since the last event (None when the request did not ask)."""
+        if request.logprobs is None:
+            return None
+        pending, request.pending = request.pending, []
+        return pending
 
     def _select(self, keep: list[int]) -> None:
         self.active = [self.active[i] for i in keep]

@@ -7,8 +7,6 @@ in a route (or its dependencies) is answered as an OpenAI error object by the ap
 
 from __future__ import annotations
 
-import time
-import uuid
 from functools import partial
 from importlib import resources
 from typing import Annotated
@@ -18,7 +16,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from youri.serve.api import APIError, read_body
-from youri.serve.service import Server, collect, stream_events, usage
+from youri.serve.replies import reply, stream_events
+from youri.serve.service import Server, collect
 
 router = APIRouter()
 WEB = resources.files("youri.serve") / "web"
@@ -43,34 +42,12 @@ Served = Annotated[Server, Depends(served)]
 async def _generate(server: Server, request: Request, *, chat: bool):
     raw = await read_body(request, server.limits.max_body_bytes)
     job = await run_in_threadpool(partial(server.prepare, raw, chat=chat))  # grows with the request: off the loop
-    prompt_ids, params, options = job.prompt_ids, job.params, job.options
-    if options.stream:
+    if job.options.stream:
         return StreamingResponse(
-            stream_events(server, prompt_ids, params, options, chat=chat),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
+            stream_events(server, job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
-    results, completion = await collect(server, prompt_ids, params, options)
-    if chat:
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None}
-            for i, (text, reason) in enumerate(results)
-        ]
-    else:
-        choices = [
-            {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
-            for i, (text, reason) in enumerate(results)
-        ]
-    return JSONResponse(
-        {
-            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": server.name,
-            "choices": choices,
-            "usage": usage(len(prompt_ids), completion),
-        }
-    )
+    choices, completion = await collect(server, job)
+    return JSONResponse(await run_in_threadpool(reply, server, job, choices, completion))
 
 
 @router.post("/v1/chat/completions")

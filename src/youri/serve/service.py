@@ -5,11 +5,10 @@ streamed as server-sent events, ``stop`` strings applied, every generation cance
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 import time
-import uuid
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from youri.prompts import PromptError
@@ -18,24 +17,42 @@ from youri.serve.api import (
     Limits,
     Options,
     chat_turns,
-    completion_text,
+    completion_prompts,
     model_name,
     params_for,
     parse_json,
     parse_options,
 )
-from youri.serve.engine import Engine, SamplingParams
+from youri.serve.engine import Engine, SamplingParams, TokenLogprob
 from youri.serve.inference import encode_turns, prompt_kind
 from youri.serve.stops import StopText
 
 
 @dataclass
 class Job:
-    """A checked generation request: its prompt, the engine's settings and the request's options."""
+    """A checked generation request: its prompt(s), the engine's settings and the request's options."""
 
-    prompt_ids: list[int]
+    prompts: list[list[int]]
     params: SamplingParams
     options: Options
+    chat: bool
+    texts: list[str | None] = field(default_factory=list)  # each prompt's text when it came as text (echo)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+@dataclass
+class Piece:
+    """What a choice gained: text (``stop`` strings applied), the end, and log-probabilities when asked for."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 class Server:
@@ -51,6 +68,8 @@ class Server:
         )
         self.kind = prompt_kind(self.tokenizer)
         self.created = int(time.time())
+        self.vocab_size = getattr(engine.model.config, "vocab_size", None) or len(self.tokenizer)
+        self._pieces: dict[int, tuple[str, list[int]]] = {}
 
     def check_model(self, body: dict) -> None:
         model = model_name(body)
@@ -69,34 +88,58 @@ class Server:
         except PromptError as err:  # e.g. an instruction model sent a multi-turn chat
             raise APIError(400, str(err), param="messages", code="invalid_value") from err
 
-    def text_prompt(self, body: dict) -> list[int]:
+    def encode_text(self, text: str) -> list[int]:
         # Raw text is text: a literal "</s>" in it stays characters, never the eos id.
-        return self.tokenizer(completion_text(body), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def prepare(self, raw: bytes, *, chat: bool) -> Job:
         """Parse, check and encode a generation request. Its cost grows with the request (JSON, the chat
         template, the tokenizer), so the routes run it in a worker thread, never on the event loop."""
         body = parse_json(raw)
         self.check_model(body)
-        options = parse_options(body)
-        prompt_ids = self.chat_prompt(body) if chat else self.text_prompt(body)
-        return Job(prompt_ids, params_for(options, len(prompt_ids), self.limits), options)
+        options = parse_options(body, chat=chat)
+        if chat:
+            prompts, texts = [self.chat_prompt(body)], [None]
+        else:
+            given = completion_prompts(body, self.vocab_size, self.limits.max_prompts)
+            prompts = [self.encode_text(p) if isinstance(p, str) else list(p) for p in given]
+            texts = [p if isinstance(p, str) else None for p in given]
+        params = params_for(options, max(len(p) for p in prompts), self.limits)
+        return Job(prompts, params, options, chat, texts)
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, n: int) -> tuple[asyncio.Queue, list]:
-        """Queue ``n`` generations; events arrive on one asyncio queue as ``(index, Event)``."""
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        n: int,
+        *,
+        queue: asyncio.Queue | None = None,
+        first: int = 0,
+        **scoring,
+    ) -> tuple[asyncio.Queue, list]:
+        """Queue ``n`` generations; events arrive on one asyncio queue as ``(first + index, Event)``
+        (``scoring``: ``logprobs``/``prompt_logprobs`` for ``Engine.submit``)."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = queue if queue is not None else asyncio.Queue()
         handles = []
         for index in range(n):
             # One seed per choice; torch takes seeds modulo 2**64 (negative ones too), so this never overflows.
             seed = None if params.seed is None else (params.seed + index) % 2**64
             seeded = SamplingParams(**{**params.__dict__, "seed": seed})
-            handles.append(
-                self.engine.submit(
-                    prompt_ids, seeded, lambda event, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, event))
-                )
-            )
+            emit = lambda event, i=first + index: loop.call_soon_threadsafe(queue.put_nowait, (i, event))  # noqa: E731
+            handles.append(self.engine.submit(prompt_ids, seeded, emit, **scoring))
         return queue, handles
+
+    def piece(self, token: int) -> tuple[str, list[int]]:
+        """A token's text on its own and its bytes (a byte-fallback piece ``<0xE3>`` is the byte 0xE3)."""
+        if token not in self._pieces:
+            piece = self.tokenizer.convert_ids_to_tokens(token)
+            text = self.tokenizer.convert_tokens_to_string([piece]) if piece is not None else ""
+            if piece and piece.startswith("\u2581") and not text.startswith(" "):
+                text = " " + text  # SentencePiece drops a leading space when a piece stands alone
+            byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece or "")
+            self._pieces[token] = (text, [int(byte.group(1), 16)] if byte else list(text.encode("utf-8")))
+        return self._pieces[token]
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -107,15 +150,20 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-async def _choices(
-    server: Server, prompt_ids: list[int], params: SamplingParams, options: Options
-) -> AsyncIterator[tuple[int, str, str | None, int]]:
-    """``(choice, text, finish_reason, completion_tokens)`` as the engine reports, ``stop`` strings
-    applied; every generation is cancelled when this ends, also when the client went away."""
-    queue, handles = server.submit(prompt_ids, params, options.n)
-    stops = [StopText(options.stop) for _ in range(options.n)]
-    running = set(range(options.n))
+async def pieces_of(server: Server, job: Job) -> AsyncIterator[Piece]:
+    """What each choice gains as the engine reports, ``stop`` strings applied; every generation is cancelled
+    when this ends, also when the client went away."""
+    options, queue, handles = job.options, asyncio.Queue(), []
+    echo_scores = options.echo and options.logprobs is not None
+    scoring = {
+        "logprobs": options.logprobs,
+        "prompt_logprobs": options.logprobs if echo_scores else (0 if job.params.max_new_tokens == 0 else None),
+    }
     try:
+        for prompt_ids in job.prompts:
+            handles += server.submit(prompt_ids, job.params, options.n, queue=queue, first=len(handles), **scoring)[1]
+        stops = [StopText(options.stop) for _ in handles]
+        running = set(range(len(handles)))
         while running:
             index, event = await queue.get()
             if index not in running:
@@ -123,69 +171,38 @@ async def _choices(
             if event.finish_reason and event.finish_reason.startswith("error"):
                 raise APIError(500, f"generation failed: {event.finish_reason}", type="server_error")
             text = stops[index].push(event.text)
+            scores = {"logprobs": event.logprobs, "prompt_logprobs": event.prompt_logprobs if echo_scores else None}
             if stops[index].hit:
                 running.discard(index)
                 handles[index].cancel()
-                yield index, text, "stop", len(handles[index].generated)
+                yield Piece(index, text, "stop", len(handles[index].generated), **scores)
             elif event.finish_reason is not None:
                 running.discard(index)
-                yield index, text + stops[index].flush(), event.finish_reason, event.completion_tokens
-            elif text:
-                yield index, text, None, 0
+                yield Piece(index, text + stops[index].flush(), event.finish_reason, event.completion_tokens, **scores)
+            elif text or event.logprobs or scores["prompt_logprobs"]:
+                yield Piece(index, text, **scores)
     finally:
         for handle in handles:
             handle.cancel()  # a no-op for finished ones; frees the batch when the client went away
 
 
-async def collect(server: Server, prompt_ids: list[int], params: SamplingParams, options: Options):
-    texts, reasons, completion = [""] * options.n, [None] * options.n, 0
-    async with aclosing(_choices(server, prompt_ids, params, options)) as choices:
-        async for index, text, reason, tokens in choices:
-            texts[index] += text
-            reasons[index] = reason or reasons[index]
-            completion += tokens
-    return list(zip(texts, reasons)), completion
+@dataclass
+class Choice:
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
-def _sse(data: dict | str) -> str:
-    return "data: " + (data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)) + "\n\n"
-
-
-async def stream_events(server: Server, prompt_ids, params, options: Options, *, chat: bool) -> AsyncIterator[str]:
-    ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-    base = {
-        "id": ident,
-        "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": int(time.time()),
-        "model": server.name,
-    }
-
-    def chunk(index: int, text: str | None, reason: str | None, role: bool = False) -> dict:
-        if chat:
-            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-            return {**base, "choices": [{"index": index, "delta": delta, "finish_reason": reason}]}
-        return {**base, "choices": [{"index": index, "text": text or "", "finish_reason": reason}]}
-
-    if chat:
-        for index in range(options.n):
-            yield _sse(chunk(index, None, None, role=True))
-    completion = 0
-    try:
-        async with aclosing(_choices(server, prompt_ids, params, options)) as choices:
-            async for index, text, reason, tokens in choices:
-                if text:
-                    yield _sse(chunk(index, text, None))
-                if reason is not None:
-                    completion += tokens
-                    yield _sse(chunk(index, None, reason))
-    except Exception as err:  # noqa: BLE001 -- the headers are sent: any error travels as an event
-        error = (
-            err
-            if isinstance(err, APIError)
-            else APIError(500, f"internal server error ({type(err).__name__})", type="server_error")
-        )
-        yield _sse({"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}})
-        return
-    if options.include_usage:
-        yield _sse({**base, "choices": [], "usage": usage(len(prompt_ids), completion)})
-    yield _sse("[DONE]")
+async def collect(server: Server, job: Job) -> tuple[list[Choice], int]:
+    """Every choice whole, and the completion tokens of all of them."""
+    choices, completion = [Choice() for _ in range(len(job.prompts) * job.options.n)], 0
+    async with aclosing(pieces_of(server, job)) as pieces:
+        async for piece in pieces:
+            choice = choices[piece.index]
+            choice.text += piece.text
+            choice.finish_reason = piece.finish_reason or choice.finish_reason
+            choice.logprobs += piece.logprobs or []
+            choice.prompt_logprobs = piece.prompt_logprobs or choice.prompt_logprobs
+            completion += piece.completion_tokens
+    return choices, completion
