@@ -624,3 +624,35 @@ def test_chat_logprobs_in_openai_shape_streamed_and_not(served, loaded):
     ]
     assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-6)
     assert [c.token for c in streamed] == [c.token for c in content]
+
+
+def test_tokenize_detokenize_models_and_metrics(served, loaded):
+    url, _ = served
+    tokenizer = loaded[1]
+    status, text = post(url + "/tokenize", {"prompt": "こんにちは</s>", "add_special_tokens": False})
+    tokens = json.loads(text)["tokens"]
+    assert (
+        status == 200
+        and tokens == tokenizer("こんにちは</s>", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    )
+    assert tokenizer.eos_token_id not in tokens  # user text stays text
+    status, text = post(url + "/tokenize", {"model": "tiny-chat", "messages": MESSAGES})
+    assert status == 200 and json.loads(text)["tokens"] == encode_prompt(messages_to_turns(MESSAGES), tokenizer)
+    status, text = post(url + "/detokenize", {"tokens": tokens})
+    assert status == 200 and json.loads(text)["prompt"] == "こんにちは</s>"
+    assert error_of(post(url + "/detokenize", {"tokens": [10**9]}))["param"] == "tokens"
+    assert error_of(post(url + "/tokenize", {"prompt": 5}))["param"] == "prompt"
+    before = urllib.request.urlopen(url + "/metrics").read().decode()
+    assert post(url + "/v1/chat/completions", {**OK, "stream": True})[0] == 200
+    after = urllib.request.urlopen(url + "/metrics").read().decode()
+
+    def value(page: str, name: str) -> float:
+        lines = [line for line in page.splitlines() if line.startswith(name)]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    assert value(after, "youri_completion_tokens_total") - value(before, "youri_completion_tokens_total") == 4
+    assert value(after, "youri_time_to_first_token_seconds_count") > value(
+        before, "youri_time_to_first_token_seconds_count"
+    )
+    assert value(after, 'youri_requests_total{endpoint="/v1/chat/completions",status="200"}') >= 1
+    assert "youri_queue_length" in after and "youri_batch_size" in after and "youri_prefix_cache_hits" in after

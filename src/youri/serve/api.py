@@ -139,7 +139,7 @@ def _boolean(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def _text(value: Any, name: str) -> str:
+def unicode_text(value: Any, name: str) -> str:
     """A string that is valid Unicode (JSON escapes can smuggle lone surrogates into Python strings)."""
     if not isinstance(value, str):
         raise _type_error(name, "a string", value)
@@ -192,7 +192,7 @@ def _stop(body: dict) -> list[str]:
     if not isinstance(stops, list) or not 1 <= len(stops) <= MAX_STOP_STRINGS:
         raise _type_error("stop", f"a string or a list of 1 to {MAX_STOP_STRINGS} strings", value)
     for stop in stops:
-        if not _text(stop, "stop"):
+        if not unicode_text(stop, "stop"):
             raise _value_error("stop", "'stop' strings must not be empty")
         if len(stop) > MAX_STOP_CHARS:
             raise _value_error("stop", f"a 'stop' string has {len(stop)} characters; at most {MAX_STOP_CHARS}")
@@ -320,7 +320,7 @@ def chat_turns(body: dict) -> list[Turn]:
         raise _type_error("messages", 'a non-empty list of {"role", "content"} objects', messages)
     for i, message in enumerate(messages):
         if isinstance(message, dict) and isinstance(message.get("content"), str):
-            _text(message["content"], f"messages[{i}].content")
+            unicode_text(message["content"], f"messages[{i}].content")
     try:
         return messages_to_turns(messages, where="messages")
     except PromptError as err:
@@ -345,7 +345,7 @@ def completion_prompts(body: dict, vocab_size: int, max_prompts: int) -> list[st
     for i, one in enumerate(prompts):
         name = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
         if isinstance(one, str) and one:
-            _text(one, name)
+            unicode_text(one, name)
         elif isinstance(one, list) and one and all(_is_int(t) for t in one):
             if not all(0 <= t < vocab_size for t in one):
                 raise _value_error(name, f"'{name}' holds token ids outside the vocabulary [0, {vocab_size})")

@@ -13,7 +13,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request  # module level: FastAPI resolves the annotations here
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from youri.serve.api import APIError, read_body
 from youri.serve.replies import reply, stream_events
@@ -85,6 +86,26 @@ async def health(server: Served):
         "running": len(server.engine.active),
         **server.engine.stats,
     }
+
+
+@router.get("/metrics")
+async def metrics(server: Served):
+    return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request, server: Authorized):
+    """vLLM's shape: ``{"prompt": str, "add_special_tokens": true}`` or ``{"messages": [...]}`` (rendered by
+    the chat template) -> ``{"count", "max_model_len", "tokens"}``."""
+    raw = await read_body(request, server.limits.max_body_bytes)
+    return await run_in_threadpool(server.tokenize, raw)
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request, server: Authorized):
+    """``{"tokens": [ids]}`` -> ``{"prompt": text}``."""
+    raw = await read_body(request, server.limits.max_body_bytes)
+    return await run_in_threadpool(server.detokenize, raw)
 
 
 @router.get("/")

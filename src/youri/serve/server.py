@@ -95,6 +95,14 @@ def create_app(server: Server):
     app = FastAPI(title="youri", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     app.include_router(router)
+
+    @app.middleware("http")
+    async def count(request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        server.metrics.requests.labels(getattr(route, "path", "unknown"), str(response.status_code)).inc()
+        return response
+
     app.add_exception_handler(APIError, lambda request, err: err.response())
     # Unknown routes, wrong methods and the server's own bugs answer OpenAI error objects too, never text.
     app.add_exception_handler(HTTPException, _http_error)

@@ -22,9 +22,11 @@ from youri.serve.api import (
     params_for,
     parse_json,
     parse_options,
+    unicode_text,
 )
 from youri.serve.engine import Engine, SamplingParams, TokenLogprob
 from youri.serve.inference import encode_turns, prompt_kind
+from youri.serve.metrics import Metrics
 from youri.serve.stops import StopText
 
 
@@ -70,6 +72,7 @@ class Server:
         self.created = int(time.time())
         self.vocab_size = getattr(engine.model.config, "vocab_size", None) or len(self.tokenizer)
         self._pieces: dict[int, tuple[str, list[int]]] = {}
+        self.metrics = Metrics(engine)
 
     def check_model(self, body: dict) -> None:
         model = model_name(body)
@@ -106,6 +109,35 @@ class Server:
             texts = [p if isinstance(p, str) else None for p in given]
         params = params_for(options, max(len(p) for p in prompts), self.limits)
         return Job(prompts, params, options, chat, texts)
+
+    def tokenize(self, raw: bytes) -> dict:
+        body = parse_json(raw)
+        if "messages" in body:
+            ids = self.chat_prompt(body)
+        else:
+            text = body.get("prompt")
+            if not isinstance(text, str):
+                raise APIError(
+                    400, "'prompt' must be a string (or send 'messages')", param="prompt", code="invalid_type"
+                )
+            special = body.get("add_special_tokens", True)
+            if not isinstance(special, bool):
+                raise APIError(400, "'add_special_tokens' must be true or false", param="add_special_tokens")
+            ids = self.tokenizer(unicode_text(text, "prompt"), add_special_tokens=special, split_special_tokens=True)[
+                "input_ids"
+            ]
+        return {"count": len(ids), "max_model_len": self.limits.context, "tokens": ids}
+
+    def detokenize(self, raw: bytes) -> dict:
+        tokens = parse_json(raw).get("tokens")
+        if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < self.vocab_size for t in tokens):
+            raise APIError(
+                400,
+                f"'tokens' must be a list of token ids in [0, {self.vocab_size})",
+                param="tokens",
+                code="invalid_value",
+            )
+        return {"prompt": self.tokenizer.decode(tokens)}
 
     def submit(
         self,
@@ -159,6 +191,8 @@ async def pieces_of(server: Server, job: Job) -> AsyncIterator[Piece]:
         "logprobs": options.logprobs,
         "prompt_logprobs": options.logprobs if echo_scores else (0 if job.params.max_new_tokens == 0 else None),
     }
+    metrics, start, seen = server.metrics, time.perf_counter(), {}
+    metrics.prompt_tokens.inc(job.prompt_tokens)
     try:
         for prompt_ids in job.prompts:
             handles += server.submit(prompt_ids, job.params, options.n, queue=queue, first=len(handles), **scoring)[1]
@@ -166,6 +200,15 @@ async def pieces_of(server: Server, job: Job) -> AsyncIterator[Piece]:
         running = set(range(len(handles)))
         while running:
             index, event = await queue.get()
+            if event.text:  # latency histograms: first text, then time per token between deltas
+                now, tokens = time.perf_counter(), len(handles[index].generated)
+                if index not in seen:
+                    metrics.ttft.observe(now - start)
+                elif tokens > seen[index][1]:
+                    metrics.itl.observe((now - seen[index][0]) / (tokens - seen[index][1]))
+                seen[index] = (now, tokens)
+            if event.finish_reason is not None:
+                metrics.completion_tokens.inc(len(handles[index].generated))
             if index not in running:
                 continue  # the "cancelled" echo of a choice that ended at a stop string
             if event.finish_reason and event.finish_reason.startswith("error"):
