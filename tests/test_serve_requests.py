@@ -89,7 +89,13 @@ BAD_FIELDS = [
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"logit_bias": {"2": 100}}, "logit_bias"),
     ({"tools": [{"type": "function"}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": "json"}, "response_format"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": 5}}},
+        "response_format.json_schema.schema",
+    ),
     ({"messages": 5}, "messages"),
     ({"messages": "hi"}, "messages"),
     ({"messages": None}, "messages"),
@@ -656,3 +662,51 @@ def test_tokenize_detokenize_models_and_metrics(served, loaded):
     )
     assert value(after, 'youri_requests_total{endpoint="/v1/chat/completions",status="200"}') >= 1
     assert "youri_queue_length" in after and "youri_batch_size" in after and "youri_prefix_cache_hits" in after
+
+
+def test_response_format_json_schema_always_validates(served):
+    """A tiny random model's replies are garbage unconstrained; with the schema enforced, 20/20 validate."""
+    import openai
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    class Person(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        name: str = Field(max_length=6)
+        age: int = Field(ge=0, le=150)
+        cat: bool
+
+    url, _ = served
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    kwargs = {"model": "tiny-chat", "messages": MESSAGES, "max_tokens": 48, "temperature": 1.0}
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": Person.model_json_schema()}}
+
+    def valid(text: str) -> bool:
+        try:
+            Person.model_validate_json(text)
+            return True
+        except ValidationError:
+            return False
+
+    free = [client.chat.completions.create(**kwargs, seed=s).choices[0].message.content for s in range(5)]
+    assert not any(valid(text) for text in free)
+    replies = [client.chat.completions.create(**kwargs, seed=s, n=2, response_format=fmt) for s in range(10)]
+    texts = [c.message.content for r in replies for c in r.choices]
+    assert len(texts) == 20 and all(valid(text) for text in texts), texts
+    assert {c.finish_reason for r in replies for c in r.choices} == {"stop"}
+    chunks = client.chat.completions.create(**kwargs, seed=3, n=2, response_format=fmt, stream=True)
+    streamed = ["", ""]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == [c.message.content for c in replies[3].choices]
+    objects = client.chat.completions.create(
+        **{**kwargs, "max_tokens": 200}, seed=0, n=2, response_format={"type": "json_object"}
+    )
+    ended = [c.message.content for c in objects.choices if c.finish_reason == "stop"]
+    assert ended and all(isinstance(json.loads(text), dict) for text in ended)
+    parsed = client.chat.completions.parse(**kwargs, seed=1, response_format=Person).choices[0].message.parsed
+    assert isinstance(parsed, Person)
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}
+    assert error_of(post(url + "/v1/chat/completions", {**OK, "response_format": bad}))["param"] == (
+        "response_format.json_schema.schema"
+    )

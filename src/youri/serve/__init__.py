@@ -8,6 +8,8 @@
 - ``chat``      — the ``youri chat`` stage (terminal).
 - ``service``   — what ``youri serve`` does with a checked request: ``Server`` state, collected and streamed replies.
 - ``replies``   — whole replies and event-stream chunks in OpenAI's shapes (logprobs: chat and legacy).
+- ``structured`` — constrained decoding (response_format JSON schemas, forced tool calls) with llguidance.
+- ``metrics``   — Prometheus metrics of ``youri serve``.
 - ``routes``    — the endpoints of ``youri serve``, one function each on a FastAPI ``APIRouter``.
 - ``server``    — the ``youri serve`` stage (OpenAI-compatible HTTP API and the web chat page in ``web/``).
 """

@@ -72,6 +72,7 @@ class Options:
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: no logprobs; k: each token's log-probability and its k top alternatives
     echo: bool = False  # /v1/completions: the prompt returned (and scored, with logprobs) before the completion
+    json_schema: dict | None = None  # response_format: the reply must be JSON (json_object: {"type": "object"})
 
 
 # ----------------------------------------------------------------------------- the body
@@ -161,7 +162,6 @@ UNSUPPORTED = {
     "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
-    "response_format": ({"type": "text"},),
 }
 
 
@@ -261,7 +261,29 @@ def parse_options(body: dict, *, chat: bool = True) -> Options:
         stop=_stop(body),
         logprobs=_logprobs(body, chat),
         echo=_echo(body, stream),
+        json_schema=_response_format(body),
     )
+
+
+def _response_format(body: dict) -> dict | None:
+    """``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name",
+    "schema", "strict"}}`` (OpenAI's shapes); the schema itself is compiled (and refused) by the server."""
+    value = body.get("response_format")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
+        raise _type_error("response_format", '{"type": "text" | "json_object" | "json_schema", ...}', value)
+    if value["type"] == "text":
+        return None
+    if value["type"] == "json_object":
+        return {"type": "object"}
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise _type_error("response_format.json_schema", 'an object {"name", "schema", "strict"}', spec)
+    schema = spec.get("schema", {})
+    if not isinstance(schema, (dict, bool)):
+        raise _type_error("response_format.json_schema.schema", "a JSON Schema object", schema)
+    return schema if isinstance(schema, dict) else {}
 
 
 def _echo(body: dict, stream: bool) -> bool:

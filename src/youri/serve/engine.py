@@ -217,6 +217,7 @@ class Request:
     logprobs: int | None = None  # report each sampled token's log-probability and this many alternatives
     prompt_logprobs: int | None = None  # score the prompt first (echo), with this many alternatives
     pending: list[TokenLogprob] = field(default_factory=list)  # logprobs not yet reported
+    constraint: object | None = None  # a grammar's matcher (``youri.serve.structured.Constraint``): mask, accept
     cancelled: bool = False
     done: bool = False
 
@@ -276,6 +277,7 @@ class Engine:
         *,
         logprobs: int | None = None,
         prompt_logprobs: int | None = None,
+        constraint=None,
     ) -> Request:
         """Queue a request; ``logprobs``/``prompt_logprobs``: report log-probabilities with that many alternatives
         (``prompt_logprobs`` also allows ``max_new_tokens=0``: the prompt scored, nothing generated)."""
@@ -290,6 +292,7 @@ class Engine:
         if min(prompt_ids) < 0 or (vocab and max(prompt_ids) >= vocab):  # would fail the whole batch's forward
             raise GenerationError(f"the prompt holds token ids outside the vocabulary [0, {vocab})")
         request = Request(list(prompt_ids), params, on_event, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+        request.constraint = constraint
         request.on_event = _isolated(request, on_event)
         with self._wake:
             self._waiting.append(request)
@@ -370,6 +373,9 @@ class Engine:
         return True
 
     def _sample(self, request: Request, logits: torch.Tensor, greedy: int) -> int:
+        if request.constraint is not None:  # only what the grammar allows next (eos once the text is complete)
+            logits = request.constraint.mask(logits)
+            greedy = int(torch.argmax(logits))
         if request.params.temperature == 0 and request.params.repetition_penalty == 1.0:
             return greedy
         if request.seen is None:  # kept per request: no per-step work that grows with the context
@@ -437,6 +443,15 @@ class Engine:
             request.generated.append(token)
             delta = request.decoder.push(token)
             full = len(request.prompt_ids) + len(request.generated) >= self.max_context
+            if request.constraint is not None:
+                try:
+                    request.constraint.accept(token)
+                except Exception as err:  # noqa: BLE001 -- this request's grammar: end it alone
+                    self._fail(request, err)
+                    continue
+                if request.constraint.finished:
+                    self._finish(request, "stop", delta)
+                    continue
             if len(request.generated) >= request.params.max_new_tokens or full:
                 self._finish(request, "length", delta)
             elif delta:

@@ -28,6 +28,7 @@ from youri.serve.engine import Engine, SamplingParams, TokenLogprob
 from youri.serve.inference import encode_turns, prompt_kind
 from youri.serve.metrics import Metrics
 from youri.serve.stops import StopText
+from youri.serve.structured import GrammarError, Grammars
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Job:
     options: Options
     chat: bool
     texts: list[str | None] = field(default_factory=list)  # each prompt's text when it came as text (echo)
+    constraints: list | None = None  # one grammar matcher per choice (response_format)
 
     @property
     def prompt_tokens(self) -> int:
@@ -73,6 +75,7 @@ class Server:
         self.vocab_size = getattr(engine.model.config, "vocab_size", None) or len(self.tokenizer)
         self._pieces: dict[int, tuple[str, list[int]]] = {}
         self.metrics = Metrics(engine)
+        self.grammars = Grammars(self.tokenizer, self.vocab_size, engine.eos_ids)
 
     def check_model(self, body: dict) -> None:
         model = model_name(body)
@@ -108,7 +111,15 @@ class Server:
             prompts = [self.encode_text(p) if isinstance(p, str) else list(p) for p in given]
             texts = [p if isinstance(p, str) else None for p in given]
         params = params_for(options, max(len(p) for p in prompts), self.limits)
-        return Job(prompts, params, options, chat, texts)
+        job = Job(prompts, params, options, chat, texts)
+        if options.json_schema is not None:
+            try:
+                grammar = self.grammars.json_schema(options.json_schema)
+            except GrammarError as err:
+                param = "response_format.json_schema.schema"
+                raise APIError(400, f"the JSON schema cannot be enforced: {err}", param=param) from err
+            job.constraints = [self.grammars.constraint(grammar) for _ in range(len(prompts) * options.n)]
+        return job
 
     def tokenize(self, raw: bytes) -> dict:
         body = parse_json(raw)
@@ -147,6 +158,7 @@ class Server:
         *,
         queue: asyncio.Queue | None = None,
         first: int = 0,
+        constraints: list | None = None,
         **scoring,
     ) -> tuple[asyncio.Queue, list]:
         """Queue ``n`` generations; events arrive on one asyncio queue as ``(first + index, Event)``
@@ -159,7 +171,8 @@ class Server:
             seed = None if params.seed is None else (params.seed + index) % 2**64
             seeded = SamplingParams(**{**params.__dict__, "seed": seed})
             emit = lambda event, i=first + index: loop.call_soon_threadsafe(queue.put_nowait, (i, event))  # noqa: E731
-            handles.append(self.engine.submit(prompt_ids, seeded, emit, **scoring))
+            constraint = None if constraints is None else constraints[index]
+            handles.append(self.engine.submit(prompt_ids, seeded, emit, constraint=constraint, **scoring))
         return queue, handles
 
     def piece(self, token: int) -> tuple[str, list[int]]:
@@ -195,6 +208,8 @@ async def pieces_of(server: Server, job: Job) -> AsyncIterator[Piece]:
     metrics.prompt_tokens.inc(job.prompt_tokens)
     try:
         for prompt_ids in job.prompts:
+            if job.constraints is not None:
+                scoring["constraints"] = job.constraints[len(handles) : len(handles) + options.n]
             handles += server.submit(prompt_ids, job.params, options.n, queue=queue, first=len(handles), **scoring)[1]
         stops = [StopText(options.stop) for _ in handles]
         running = set(range(len(handles)))
