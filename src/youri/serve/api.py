@@ -158,8 +158,6 @@ UNSUPPORTED = {
     "logit_bias": ({},),
     "best_of": (1,),
     "suffix": ("",),
-    "tools": ([],),
-    "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
 }

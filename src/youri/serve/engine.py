@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import torch
 
 from youri.serve.decoder import make_batch
+from youri.serve.prefix_cache import PrefixCache
 
 
 class GenerationError(ValueError):
@@ -245,7 +246,15 @@ class Engine:
     (the unbatched baseline).
     """
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_context: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch_size: int = 16,
+        max_context: int | None = None,
+        prefix_cache_tokens: int = 0,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -254,6 +263,9 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.batch = make_batch(model, self.max_context)
+        # Prompt prefixes reused across requests (``youri.serve.prefix_cache``), where the batch can place them.
+        supported = prefix_cache_tokens > 0 and hasattr(self.batch, "prompt_kv")
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if supported else None
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -410,13 +422,29 @@ class Engine:
         return getattr(self.batch, step)(*args)
 
     def _prefill(self, requests: list[Request]) -> None:
-        """Prefill newcomers in one forward; the batch appends them as rows after the running ones."""
-        logits = self._forward("prefill", [r.prompt_ids for r in requests], self.pad_id)
-        self.stats["prefills"] += 1
-        self.active += requests
-        self.last += [0] * len(requests)
-        offset = len(self.active) - len(requests)
-        self._advance(logits, range(offset, offset + len(requests)))
+        """Prefill newcomers in one forward (a newcomer whose prompt starts with a cached prefix: alone, computing
+        only the rest); the batch appends them as rows after the running ones."""
+        cache = self.prefix_cache
+        found = [cache.lookup(r.prompt_ids) if cache else (0, None) for r in requests]
+        groups = [([r for r, (hit, _) in zip(requests, found) if not hit], 0, None)]
+        groups += [([r], hit, kv) for r, (hit, kv) in zip(requests, found) if hit]
+        for group, cached, kv in groups:
+            if not group:
+                continue
+            prompts = [r.prompt_ids for r in group]
+            logits = (
+                self._forward("prefill", prompts, self.pad_id)
+                if kv is None
+                else self._forward("prefill", prompts, self.pad_id, kv)
+            )
+            self.stats["prefills"] += 1
+            self.active += group
+            self.last += [0] * len(group)
+            offset = len(self.active) - len(group)
+            if cache:
+                for row, request in enumerate(group, start=offset):
+                    cache.store(request.prompt_ids, cached, lambda b, e, row=row: self.batch.prompt_kv(row, b, e))
+            self._advance(logits, range(offset, offset + len(group)))
 
     def _decode(self) -> None:
         logits = self._forward("decode", torch.tensor(self.last, device=self.device))

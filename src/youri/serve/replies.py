@@ -17,6 +17,7 @@ from typing import AsyncIterator
 from youri.serve.api import APIError
 from youri.serve.engine import TokenLogprob
 from youri.serve.service import Choice, Job, Server, pieces_of, usage
+from youri.serve.tools import ToolStream, split_calls
 
 
 def chat_logprobs(server: Server, entries: list[TokenLogprob]) -> dict:
@@ -68,10 +69,13 @@ def reply(server: Server, job: Job, choices: list[Choice], completion: int) -> d
         if job.chat:
             if options.logprobs is not None:
                 logprobs = chat_logprobs(server, choice.logprobs)
-            message = {"role": "assistant", "content": choice.text}
-            out.append(
-                {"index": index, "message": message, "finish_reason": choice.finish_reason, "logprobs": logprobs}
-            )
+            message, reason = {"role": "assistant", "content": choice.text}, choice.finish_reason
+            if job.tools:
+                content, calls = split_calls(choice.text)
+                if calls:
+                    message = {"role": "assistant", "content": content, "tool_calls": calls}
+                    reason = "tool_calls" if reason == "stop" else reason
+            out.append({"index": index, "message": message, "finish_reason": reason, "logprobs": logprobs})
             continue
         prompt_ids, text = job.prompts[index // options.n], choice.text
         if options.echo:
@@ -89,6 +93,11 @@ def reply(server: Server, job: Job, choices: list[Choice], completion: int) -> d
         "choices": out,
         "usage": usage(job.prompt_tokens, completion),
     }
+
+
+def _tool_chunk(base: dict, index: int, calls: list[dict]) -> dict:
+    deltas = [{"index": i, **call} for i, call in enumerate(calls)]
+    return {**base, "choices": [{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None}]}
 
 
 def _sse(data: dict | str) -> str:
@@ -124,15 +133,25 @@ async def stream_events(server: Server, job: Job) -> AsyncIterator[str]:
     if chat:
         for index in range(count):
             yield _sse(chunk(index, None, None, role=True))
-    completion = 0
+    completion, tools = 0, [ToolStream() for _ in range(count)] if job.tools else None
     try:
         async with aclosing(pieces_of(server, job)) as pieces:
             async for piece in pieces:
-                if piece.text or piece.logprobs:
-                    yield _sse(chunk(piece.index, piece.text, None, piece.logprobs))
-                if piece.finish_reason is not None:
+                text, reason = piece.text, piece.finish_reason
+                if tools is not None:
+                    text = tools[piece.index].push(text)
+                if text or piece.logprobs:
+                    yield _sse(chunk(piece.index, text, None, piece.logprobs))
+                if reason is not None:
                     completion += piece.completion_tokens
-                    yield _sse(chunk(piece.index, None, piece.finish_reason))
+                    if tools is not None:
+                        rest, calls = tools[piece.index].finish()
+                        if rest:
+                            yield _sse(chunk(piece.index, rest, None))
+                        if calls:
+                            yield _sse(_tool_chunk(base, piece.index, calls))
+                            reason = "tool_calls" if reason == "stop" else reason
+                    yield _sse(chunk(piece.index, None, reason))
     except Exception as err:  # noqa: BLE001 -- the headers are sent: any error travels as an event
         error = (
             err

@@ -74,6 +74,9 @@ class Config:
     """Largest accepted n (completions per request)."""
     max_body_bytes: PositiveInt = 1_000_000
     """Largest accepted request body (413 above)."""
+    prefix_cache_tokens: NonNegativeInt = 8192
+    """Prompt-prefix K/V kept across requests, in tokens (LRU; 0 = off): a persona or few-shot prefix re-sent
+    with every request is computed once."""
     device: str = ""
     """cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)."""
     dtype: str = "auto"
@@ -123,7 +126,13 @@ def build_server(cfg: Config) -> Server:
     model, tokenizer = load_for_inference(cfg.model, device=cfg.device, dtype=cfg.dtype)
     if cfg.max_batch_size < 1:
         raise ChatError(f"max_batch_size must be >= 1, got {cfg.max_batch_size}")
-    engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size, max_context=cfg.max_context or None)
+    engine = Engine(
+        model,
+        tokenizer,
+        max_batch_size=cfg.max_batch_size,
+        max_context=cfg.max_context or None,
+        prefix_cache_tokens=cfg.prefix_cache_tokens,
+    )
     context = engine.max_context
     limits = Limits(
         context=context,

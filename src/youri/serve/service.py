@@ -29,6 +29,9 @@ from youri.serve.inference import encode_turns, prompt_kind
 from youri.serve.metrics import Metrics
 from youri.serve.stops import StopText
 from youri.serve.structured import GrammarError, Grammars
+from youri.serve.tools import grammar as tool_grammar
+from youri.serve.tools import parse_tools
+from youri.serve.tools import render as render_tools
 
 
 @dataclass
@@ -40,7 +43,8 @@ class Job:
     options: Options
     chat: bool
     texts: list[str | None] = field(default_factory=list)  # each prompt's text when it came as text (echo)
-    constraints: list | None = None  # one grammar matcher per choice (response_format)
+    constraints: list | None = None  # one grammar matcher per choice (response_format, a forced tool call)
+    tools: bool = False  # parse <tool_call> blocks of the reply into tool_calls
 
     @property
     def prompt_tokens(self) -> int:
@@ -104,21 +108,31 @@ class Server:
         body = parse_json(raw)
         self.check_model(body)
         options = parse_options(body, chat=chat)
-        if chat:
+        tools, tool_choice = parse_tools(body) if chat else (None, "none")
+        if tools is not None:
+            prompts, texts = [render_tools(self.tokenizer, body.get("messages"), tools)], [None]
+        elif chat:
             prompts, texts = [self.chat_prompt(body)], [None]
         else:
             given = completion_prompts(body, self.vocab_size, self.limits.max_prompts)
             prompts = [self.encode_text(p) if isinstance(p, str) else list(p) for p in given]
             texts = [p if isinstance(p, str) else None for p in given]
         params = params_for(options, max(len(p) for p in prompts), self.limits)
-        job = Job(prompts, params, options, chat, texts)
-        if options.json_schema is not None:
-            try:
+        job = Job(prompts, params, options, chat, texts, tools=tools is not None and tool_choice != "none")
+        forced = tool_grammar(self.tokenizer, tools, tool_choice) if tools is not None else None
+        if forced is not None and options.json_schema is not None:
+            raise APIError(400, "'response_format' cannot be combined with a forced tool call", param="response_format")
+        try:
+            if forced is not None:
+                grammar = self.grammars.lark(forced)
+            elif options.json_schema is not None:
                 grammar = self.grammars.json_schema(options.json_schema)
-            except GrammarError as err:
-                param = "response_format.json_schema.schema"
-                raise APIError(400, f"the JSON schema cannot be enforced: {err}", param=param) from err
-            job.constraints = [self.grammars.constraint(grammar) for _ in range(len(prompts) * options.n)]
+            else:
+                return job
+        except GrammarError as err:
+            param = "tools" if forced is not None else "response_format.json_schema.schema"
+            raise APIError(400, f"the JSON schema cannot be enforced: {err}", param=param) from err
+        job.constraints = [self.grammars.constraint(grammar) for _ in range(len(prompts) * options.n)]
         return job
 
     def tokenize(self, raw: bytes) -> dict:

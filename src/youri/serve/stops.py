@@ -30,7 +30,7 @@ class StopText:
     """
 
     def __init__(self, stops: list[str]):
-        self.stops, self.held, self.hit = stops, "", False
+        self.stops, self.held, self.hit, self.rest = stops, "", False, ""
         self._fail = [_failure(stop) for stop in stops]
         self._state = [0] * len(stops)  # per stop string: how much of it ends the text so far
 
@@ -54,6 +54,7 @@ class StopText:
                 self._state[j] = k
             if cut is not None:
                 self.hit, self.held = True, ""
+                self.rest = text[base + at + 1 :]  # what followed the stop string in this delta
                 return text[:cut]
         keep = max(self._state)
         self.held = text[len(text) - keep :] if keep else ""
