@@ -453,6 +453,7 @@ class Engine:
     def _advance(self, logits: torch.Tensor, rows) -> None:
         """Sample ``rows`` (``logits[i]`` belongs to ``rows[i]``), report events, drop finished or cancelled rows."""
         argmax = logits.argmax(-1).tolist()  # one device sync for all plain-greedy rows
+        scored = self._logprobs(logits, rows)
         for logits_row, row in enumerate(rows):
             request = self.active[row]
             if request.cancelled:
@@ -464,7 +465,10 @@ class Engine:
                 continue
             self.last[row] = token
             if request.logprobs is not None:
-                request.pending += token_logprobs(logits[logits_row][None], [token], request.logprobs)
+                logprobs, top_values, top_ids = scored
+                top = request.logprobs
+                alternatives = list(zip(top_ids[logits_row][:top], top_values[logits_row][:top]))
+                request.pending.append((token, float(logprobs[logits_row, token]), alternatives))
             if token in self.eos_ids:
                 self._finish(request, "stop")
                 continue
@@ -487,6 +491,17 @@ class Engine:
         keep = [i for i, r in enumerate(self.active) if not r.done and not self._drop_if_cancelled(r)]
         if len(keep) < len(self.active):
             self._select(keep)
+
+    def _logprobs(self, logits: torch.Tensor, rows):
+        """For the rows that report logprobs: the log-softmax of all rows and the top alternatives, in one
+        batched call each (not per row); None when no row asks."""
+        wanted = [self.active[row].logprobs for row in rows if self.active[row].logprobs is not None]
+        if not wanted:
+            return None
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        top = max(wanted)
+        values, ids = torch.topk(logprobs, top, dim=-1) if top else (logprobs[:, :0], logprobs[:, :0].long())
+        return logprobs.cpu(), values.tolist(), ids.tolist()
 
     def _finish(self, request: Request, reason: str, pending: str = "") -> None:
         request.done = True
