@@ -5,10 +5,12 @@ engine before its body passed these checks: JSON types (``"messages": 5``, ``"n"
 finite numbers (``temperature`` NaN or 1e-45, ``seed`` beyond 64 bits, ``repetition_penalty``
 Infinity), string contents (lone surrogates), and the server's limits. A failure is an ``APIError``,
 answered as an OpenAI error object ``{"error": {"message", "type", "param", "code"}}`` with status 400
-(401/404/413 for the key, the model name and the body size). The sampling ranges themselves live in
+(401/404/413 for the key, the model name and the body size). Nothing here does work that grows with a
+request beyond reading it once: the routes call it from a worker thread, never the event loop. The sampling
+ranges themselves live in
 ``SamplingParams.validate`` (shared with ``youri chat``); this module maps them to request fields.
 
-OpenAI fields youri does not implement (``logprobs``, ``tools``, ``presence_penalty`` ...) are accepted
+OpenAI fields youri does not implement (``logit_bias``, ``presence_penalty``, ``best_of`` ...) are accepted
 at their neutral value and refused otherwise, so a client never silently gets something it did not
 ask for; fields unknown to the API are ignored, as OpenAI-compatible servers do.
 """

@@ -1,10 +1,12 @@
 """``youri serve MODEL``: an OpenAI-compatible HTTP server with dynamic batching, and a web chat page.
 
-Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (``stream`` SSE or not),
-``POST /v1/completions``, ``GET /health`` and the chat page at ``/``. Requests from concurrent
+Endpoints (``youri.serve.routes``): ``GET /v1/models``, ``POST /v1/chat/completions`` (``stream`` SSE or not;
+``logprobs``, ``response_format``, ``tools``), ``POST /v1/completions`` (token-id prompts, ``echo``,
+``logprobs``), ``/tokenize``, ``/detokenize``, ``GET /health``, ``GET /metrics`` and the chat page at ``/``.
+A prompt prefix seen before is not recomputed (``--prefix_cache_tokens``). Requests from concurrent
 clients share one continuously batched forward pass (``youri.serve.engine.Engine``). Chat messages are
 rendered by ``youri.prompts`` (``system/user/assistant -> 設定/ユーザー/システム``, role-forging
-guard included); ``/v1/completions`` takes raw text. Extensions: ``top_k`` and ``repetition_penalty``.
+guard included); ``/v1/completions`` takes raw text or token ids. Extensions: ``top_k`` and ``repetition_penalty``.
 
 Binds 127.0.0.1 unless told otherwise; ``--api_key`` (or env ``YOURI_API_KEY``) requires
 ``Authorization: Bearer KEY`` on ``/v1/*``. Every field of every request is checked before anything
