@@ -359,6 +359,11 @@ HOSTILE_BODIES = [
     json.dumps({**OK, "n": 1, "stream": "yes"}),
     '{"model": "tiny-chat", "seed": ' + "9" * 5000 + "}",  # over Python's int-parsing limit
     "[" * 5000 + "]" * 5000,  # nesting deeper than the JSON parser recurses
+    # The new fields (issue 25): each a 400 naming it, while the others generate on.
+    json.dumps({**OK, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}}),
+    json.dumps({**OK, "tools": [{"type": "function", "function": {"name": "f"}}]}),  # no tool template here
+    json.dumps({**OK, "logprobs": True, "top_logprobs": 99}),
+    json.dumps({**OK, "stop": ["x" * 300]}),
 ]
 
 
@@ -409,6 +414,12 @@ def test_bad_requests_while_others_generate_leave_them_untouched(served, loaded)
         "stream",
     ]
     assert [e["code"] for e in errors[8:10]] == ["invalid_json", "invalid_json"]
+    assert [e["param"] for e in errors[10:14]] == [
+        "response_format.json_schema.schema",
+        "tools",
+        "top_logprobs",
+        "stop",
+    ]
     for i in range(3):
         status, text = answers[i]
         body = json.loads(text)
