@@ -178,6 +178,8 @@ class IncrementalDecoder:
 # ----------------------------------------------------------------------------- requests
 
 
+SCORE_CHUNK = 256  # prompt positions scored per log-softmax (echo)
+
 TokenLogprob = tuple[int, float, list[tuple[int, float]]]
 """A token, its log-probability under the model (log-softmax of its raw logits), and the top alternatives."""
 
@@ -403,7 +405,10 @@ class Engine:
             return True
         ids = request.prompt_ids
         logits = self.model(torch.tensor([ids], device=self.device)).logits[0, :-1]
-        scores = token_logprobs(logits, ids[1:], request.prompt_logprobs)
+        scores = []  # in chunks of positions: the float32 log-softmax never spans the whole prompt at once
+        for begin in range(0, len(ids) - 1, SCORE_CHUNK):
+            part = slice(begin, begin + SCORE_CHUNK)
+            scores += token_logprobs(logits[part], ids[1:][part], request.prompt_logprobs)
         if request.params.max_new_tokens == 0:
             request.done = True
             request.on_event(Event("", "length", len(ids), 0, [], scores))
