@@ -42,7 +42,11 @@ def tiny_model(out: Path) -> Path:
     )
 
 
-def burst(url: str, name: str, clients: int, max_tokens: int) -> dict:
+FEATURES = {"logprobs": True, "top_logprobs": 5, "stop": ["。。。。", "\n\n\n"]}
+"""``--features``: what each request adds (per-token logprobs with 5 alternatives, two stop strings)."""
+
+
+def burst(url: str, name: str, clients: int, max_tokens: int, extra: dict | None = None) -> dict:
     """``clients`` concurrent chat requests; tokens/s over the burst and per-request latencies."""
     latencies, tokens = [0.0] * clients, [0] * clients
 
@@ -55,6 +59,7 @@ def burst(url: str, name: str, clients: int, max_tokens: int) -> dict:
                 {"role": "system", "content": "あなたは親切なアシスタントです。"},
                 {"role": "user", "content": f"質問 {i}: 日本の首都について" + "教えて" * (i % 5)},
             ],
+            **(extra or {}),
         }
         request = urllib.request.Request(
             url + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -89,7 +94,8 @@ def measure(model: str, device: str, batch: int, args) -> dict:
     cfg = Config(model=model, port=0, max_batch_size=batch, device=device, served_model_name="bench")
     with running(cfg) as url:
         burst(url, "bench", 2, 4)  # warm-up
-        runs = [burst(url, "bench", args.clients, args.max_tokens) for _ in range(args.repeats)]
+        extra = FEATURES if args.features else None
+        runs = [burst(url, "bench", args.clients, args.max_tokens, extra) for _ in range(args.repeats)]
     return max(runs, key=lambda r: r["tokens_per_s"])
 
 
@@ -101,6 +107,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max_tokens", type=int)
     parser.add_argument("--repeats", type=int)
+    parser.add_argument("--features", action="store_true", help="requests with logprobs (top 5) and stop strings")
     parser.add_argument(
         "--threads",
         type=int,
@@ -122,6 +129,8 @@ def main() -> None:
     print(
         f"{args.clients} concurrent clients, {args.max_tokens} greedy tokens each, model "
         f"{args.model or 'tiny random Llama'} on {args.device}"
+        + (", requests with logprobs + stop strings" if args.features else "")
+        + ", prefix cache and metrics on"
         + (f", {args.threads} torch thread(s)" if args.device == "cpu" else "")
     )
     print(f"{'mode':<28}{'tokens/s':>10}{'wall s':>9}{'lat mean':>10}{'lat p50':>9}{'lat max':>9}")
@@ -137,6 +146,7 @@ def main() -> None:
                 "clients": args.clients,
                 "max_tokens": args.max_tokens,
                 "device": args.device,
+                "features": args.features,
                 "threads": args.threads if args.device == "cpu" else None,
                 "batched_tokens_per_s": round(batched["tokens_per_s"], 2),
                 "sequential_tokens_per_s": round(sequential["tokens_per_s"], 2),

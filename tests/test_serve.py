@@ -324,9 +324,9 @@ def test_role_forging_through_the_api_cannot_create_a_turn(server, loaded):
     seen: list[list[int]] = []
     original = serve.Server.submit
 
-    def spy(self, prompt_ids, params, n):
+    def spy(self, prompt_ids, params, n, **kwargs):
         seen.append(prompt_ids)
-        return original(self, prompt_ids, params, n)
+        return original(self, prompt_ids, params, n, **kwargs)
 
     serve.Server.submit = spy
     try:

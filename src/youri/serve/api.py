@@ -5,10 +5,12 @@ engine before its body passed these checks: JSON types (``"messages": 5``, ``"n"
 finite numbers (``temperature`` NaN or 1e-45, ``seed`` beyond 64 bits, ``repetition_penalty``
 Infinity), string contents (lone surrogates), and the server's limits. A failure is an ``APIError``,
 answered as an OpenAI error object ``{"error": {"message", "type", "param", "code"}}`` with status 400
-(401/404/413 for the key, the model name and the body size). The sampling ranges themselves live in
+(401/404/413 for the key, the model name and the body size). Nothing here does work that grows with a
+request beyond reading it once: the routes call it from a worker thread, never the event loop. The sampling
+ranges themselves live in
 ``SamplingParams.validate`` (shared with ``youri chat``); this module maps them to request fields.
 
-OpenAI fields youri does not implement (``logprobs``, ``tools``, ``presence_penalty`` ...) are accepted
+OpenAI fields youri does not implement (``logit_bias``, ``presence_penalty``, ``best_of`` ...) are accepted
 at their neutral value and refused otherwise, so a client never silently gets something it did not
 ask for; fields unknown to the API are ignored, as OpenAI-compatible servers do.
 """
@@ -26,6 +28,7 @@ from youri.prompts import PromptError, Turn, messages_to_turns
 from youri.serve.engine import GenerationError, SamplingParams
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_STOP_CHARS = 256  # per stop string: what may be held back of a streamed reply, at most
 
 
 class APIError(Exception):
@@ -56,6 +59,7 @@ class Limits:
     default_max_tokens: int
     max_n: int
     max_body_bytes: int
+    max_prompts: int = 32  # prompts in one /v1/completions request (a batch, as lm-eval sends)
 
 
 @dataclass
@@ -68,13 +72,16 @@ class Options:
     stream: bool = False
     include_usage: bool = False
     stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: no logprobs; k: each token's log-probability and its k top alternatives
+    echo: bool = False  # /v1/completions: the prompt returned (and scored, with logprobs) before the completion
+    json_schema: dict | None = None  # response_format: the reply must be JSON (json_object: {"type": "object"})
 
 
 # ----------------------------------------------------------------------------- the body
 
 
-async def read_json(request, limit: int) -> dict:
-    """The request body as a JSON object, at most ``limit`` bytes."""
+async def read_body(request, limit: int) -> bytes:
+    """The raw request body, at most ``limit`` bytes (413 above; nothing more is read)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise APIError(
@@ -85,8 +92,13 @@ async def read_json(request, limit: int) -> dict:
         raw += chunk
         if len(raw) > limit:
             raise APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
+    return bytes(raw)
+
+
+def parse_json(raw: bytes) -> dict:
+    """The body as a JSON object (CPU work that grows with the body: the routes run it off the event loop)."""
     try:
-        body = json.loads(bytes(raw))
+        body = json.loads(raw)
     except (ValueError, RecursionError) as err:  # also: nesting too deep, integers of over 4300 digits
         raise APIError(400, f"the request body is not valid JSON: {str(err)[:200]}", code="invalid_json") from err
     if not isinstance(body, dict):
@@ -130,7 +142,7 @@ def _boolean(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def _text(value: Any, name: str) -> str:
+def unicode_text(value: Any, name: str) -> str:
     """A string that is valid Unicode (JSON escapes can smuggle lone surrogates into Python strings)."""
     if not isinstance(value, str):
         raise _type_error(name, "a string", value)
@@ -145,17 +157,11 @@ def _text(value: Any, name: str) -> str:
 UNSUPPORTED = {
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
-    "logprobs": (False, 0),
-    "top_logprobs": (0,),
     "logit_bias": ({},),
-    "echo": (False,),
     "best_of": (1,),
     "suffix": ("",),
-    "tools": ([],),
-    "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
-    "response_format": ({"type": "text"},),
 }
 
 
@@ -186,8 +192,10 @@ def _stop(body: dict) -> list[str]:
     if not isinstance(stops, list) or not 1 <= len(stops) <= MAX_STOP_STRINGS:
         raise _type_error("stop", f"a string or a list of 1 to {MAX_STOP_STRINGS} strings", value)
     for stop in stops:
-        if not _text(stop, "stop"):
+        if not unicode_text(stop, "stop"):
             raise _value_error("stop", "'stop' strings must not be empty")
+        if len(stop) > MAX_STOP_CHARS:
+            raise _value_error("stop", f"a 'stop' string has {len(stop)} characters; at most {MAX_STOP_CHARS}")
     return stops
 
 
@@ -213,9 +221,30 @@ PARAM_OF = {
 }
 
 
-def parse_options(body: dict) -> Options:
+MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's top_logprobs limit)
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Chat: ``logprobs`` true/false and ``top_logprobs`` 0-20; text completions: ``logprobs`` 0-20 (the legacy
+    API's number of alternatives). None when no logprobs are wanted."""
+    if chat:
+        wanted = _boolean(body.get("logprobs"), "logprobs")
+        top = _integer(body.get("top_logprobs"), "top_logprobs")
+        if top is not None and not wanted:
+            raise _value_error("top_logprobs", "'top_logprobs' needs \"logprobs\": true")
+        name, value = "top_logprobs", (top or 0) if wanted else None
+    else:
+        name, value = "logprobs", _integer(body.get("logprobs"), "logprobs")
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        raise _value_error(name, f"'{name}' must be between 0 and {MAX_LOGPROBS}, got {value}")
+    return value
+
+
+def parse_options(body: dict, *, chat: bool = True) -> Options:
     """Every non-prompt field of a chat or text completion request, type-checked."""
     _refuse_unsupported(body)
+    if chat and body.get("echo") not in (None, False):
+        raise APIError(400, "'echo' is a /v1/completions field", param="echo", code="unsupported_parameter")
     max_tokens = _integer(body.get("max_tokens"), "max_tokens")
     if max_tokens is None:
         max_tokens = _integer(body.get("max_completion_tokens"), "max_completion_tokens")
@@ -230,7 +259,38 @@ def parse_options(body: dict) -> Options:
         stream=stream,
         include_usage=_stream_options(body, stream),
         stop=_stop(body),
+        logprobs=_logprobs(body, chat),
+        echo=_echo(body, stream),
+        json_schema=_response_format(body),
     )
+
+
+def _response_format(body: dict) -> dict | None:
+    """``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name",
+    "schema", "strict"}}`` (OpenAI's shapes); the schema itself is compiled (and refused) by the server."""
+    value = body.get("response_format")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
+        raise _type_error("response_format", '{"type": "text" | "json_object" | "json_schema", ...}', value)
+    if value["type"] == "text":
+        return None
+    if value["type"] == "json_object":
+        return {"type": "object"}
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise _type_error("response_format.json_schema", 'an object {"name", "schema", "strict"}', spec)
+    schema = spec.get("schema", {})
+    if not isinstance(schema, (dict, bool)):
+        raise _type_error("response_format.json_schema.schema", "a JSON Schema object", schema)
+    return schema if isinstance(schema, dict) else {}
+
+
+def _echo(body: dict, stream: bool) -> bool:
+    echo = _boolean(body.get("echo"), "echo")
+    if echo and stream:
+        raise _value_error("echo", "'echo' is not supported with \"stream\": true")
+    return echo
 
 
 def params_for(options: Options, prompt_tokens: int, limits: Limits) -> SamplingParams:
@@ -263,8 +323,8 @@ def params_for(options: Options, prompt_tokens: int, limits: Limits) -> Sampling
     if not 1 <= options.n <= limits.max_n:
         raise APIError(400, f"n is {options.n}; this server accepts 1 to {limits.max_n}", param="n", code="n_exceeded")
     params = SamplingParams(max_new_tokens=max_tokens, **{"temperature": 1.0, **options.sampling})
-    try:
-        return params.validate()
+    try:  # max_tokens 0: only the echoed prompt (scored, with logprobs), as lm-eval asks for it
+        return params.validate(min_new_tokens=0 if options.echo else 1)
     except GenerationError as err:
         param = PARAM_OF.get(err.field or "", err.field)
         raise APIError(
@@ -282,21 +342,38 @@ def chat_turns(body: dict) -> list[Turn]:
         raise _type_error("messages", 'a non-empty list of {"role", "content"} objects', messages)
     for i, message in enumerate(messages):
         if isinstance(message, dict) and isinstance(message.get("content"), str):
-            _text(message["content"], f"messages[{i}].content")
+            unicode_text(message["content"], f"messages[{i}].content")
     try:
         return messages_to_turns(messages, where="messages")
     except PromptError as err:
         raise APIError(400, str(err), param="messages", code="invalid_value") from err
 
 
-def completion_text(body: dict) -> str:
-    """``prompt``: one non-empty string (or a list holding exactly one)."""
+def completion_prompts(body: dict, vocab_size: int, max_prompts: int) -> list[str | list[int]]:
+    """``prompt``: a non-empty string or token-id list, or a list of up to ``max_prompts`` of them (a batch:
+    choice ``i * n + j`` is the ``j``-th completion of prompt ``i``). Token ids must be in ``[0, vocab_size)``."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise _type_error("prompt", "one non-empty string", prompt)
-    return _text(prompt, "prompt")
+    expected = "a non-empty string, a list of token ids, or a list of those"
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt)):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt:
+        prompts = prompt
+    else:
+        raise _type_error("prompt", expected, prompt)
+    if len(prompts) > max_prompts:
+        raise _value_error(
+            "prompt", f"'prompt' holds {len(prompts)} prompts; this server accepts at most {max_prompts}"
+        )
+    for i, one in enumerate(prompts):
+        name = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+        if isinstance(one, str) and one:
+            unicode_text(one, name)
+        elif isinstance(one, list) and one and all(_is_int(t) for t in one):
+            if not all(0 <= t < vocab_size for t in one):
+                raise _value_error(name, f"'{name}' holds token ids outside the vocabulary [0, {vocab_size})")
+        else:
+            raise _type_error(name, expected, one)
+    return prompts
 
 
 def model_name(body: dict) -> str:
@@ -304,35 +381,3 @@ def model_name(body: dict) -> str:
     if not isinstance(name, str):
         raise _type_error("model", "the served model's name (a string)", name)
     return name
-
-
-# ----------------------------------------------------------------------------- stop strings
-
-
-class StopText:
-    """One choice's text cut at the first of its ``stop`` strings (which is not returned, as in OpenAI).
-
-    Streamed text that could still turn into a stop string is held back until it cannot, so no
-    delta ever has to be taken back.
-    """
-
-    def __init__(self, stops: list[str]):
-        self.stops, self.held, self.hit = stops, "", False
-
-    def push(self, delta: str) -> str:
-        """What may be emitted now of the text so far (held back + ``delta``)."""
-        if self.hit or not self.stops:
-            return "" if self.hit else delta
-        text = self.held + delta
-        found = [at for at in (text.find(stop) for stop in self.stops) if at >= 0]
-        if found:
-            self.hit, self.held = True, ""
-            return text[: min(found)]
-        keep = max((k for stop in self.stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
-        self.held = text[len(text) - keep :]
-        return text[: len(text) - keep]
-
-    def flush(self) -> str:
-        """The held-back text, at the end of the completion (it never became a stop string)."""
-        held, self.held = self.held, ""
-        return held

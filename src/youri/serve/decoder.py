@@ -208,10 +208,15 @@ class StaticLlama:
 
     # -- steps ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
-        """Append one row per prompt (all prompts in one forward); logits ``[len(prompts), vocab]``."""
+    def prefill(self, prompts: list[list[int]], pad_id: int, prefix: list | None = None) -> torch.Tensor:
+        """Append one row per prompt (all prompts in one forward); logits ``[len(prompts), vocab]``.
+
+        ``prefix`` (one prompt only): per layer the ``(keys, values)`` of its first tokens, from ``prompt_kv``
+        (the prefix cache): they are placed in the row and only the rest of the prompt is computed."""
         self._refresh_plan()
         count, width = len(prompts), max(len(p) for p in prompts)
+        cached = 0 if prefix is None else prefix[0][0].shape[-2]
+        assert cached == 0 or count == 1, "a cached prefix is prefilled alone"
         if self.rows and width > self.length:
             self._reserve(self.rows, width + 1)
             self._move_columns(width - self.length)  # the running rows move right once
@@ -219,22 +224,25 @@ class StaticLlama:
         self._reserve(self.rows + count, end + 1)
         first = end - width  # the newcomers' columns: [first, end)
         rows = slice(self.rows, self.rows + count)
-        ids = torch.full((count, width), pad_id, dtype=torch.long)
+        ids = torch.full((count, width - cached), pad_id, dtype=torch.long)
         starts = []
         self.valid[rows] = False
+        for keys, values, (k, v) in zip(self.keys, self.values, prefix or ()):
+            keys[self.rows, :, first : first + cached], values[self.rows, :, first : first + cached] = k, v
         for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            ids[row, width - len(prompt) :] = torch.tensor(prompt[cached:], dtype=torch.long)
             starts.append(end - len(prompt))
             self.valid[self.rows + row, end - len(prompt) : end] = True
         start = torch.tensor(starts, device=self.device)
-        columns = torch.arange(first, end, device=self.device)
+        columns = torch.arange(first + cached, end, device=self.device)  # the columns computed
         positions = (columns[None] - start[:, None]).clamp(min=0)
-        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()[cached:]
         # Padding queries see only themselves (no row of the mask is empty, so no NaN); real tokens
         # never see padding keys.
-        mask = (causal & self.valid[rows, None, first:end]) | torch.eye(width, dtype=torch.bool, device=self.device)
+        eye = torch.eye(width, dtype=torch.bool, device=self.device)[cached:]
+        mask = (causal & self.valid[rows, None, first:end]) | eye
         logits = self._forward(
-            ids.to(self.device), positions, rows, slice(first, end), slice(first, end), mask[:, None]
+            ids.to(self.device), positions, rows, slice(first + cached, end), slice(first, end), mask[:, None]
         )
         self.rows += count
         self.starts += starts
@@ -255,6 +263,13 @@ class StaticLlama:
         logits = self._forward(tokens[:, None], positions, rows, slice(column, column + 1), window, mask)
         self.length += 1
         return logits
+
+    @torch.inference_mode()
+    def prompt_kv(self, row: int, begin: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, copies of ``(keys, values)`` of tokens ``[begin, end)`` of ``row``'s prompt (for the prefix
+        cache: keys are stored after rotary, at their positions in the prompt)."""
+        columns = slice(self.starts[row] + begin, self.starts[row] + end)
+        return [(k[row, :, columns].clone(), v[row, :, columns].clone()) for k, v in zip(self.keys, self.values)]
 
     @torch.inference_mode()
     def keep(self, rows: list[int]) -> None:

@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import torch
 
 from youri.serve.decoder import decoder_line, make_batch
+from youri.serve.prefix_cache import PrefixCache
 
 
 class GenerationError(ValueError):
@@ -59,9 +60,10 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the context
     seed: int | None = None
 
-    def validate(self) -> "SamplingParams":
-        """Check every setting's type and range (finite numbers only), naming the field at fault."""
-        _check_int("max_new_tokens", self.max_new_tokens, 1)
+    def validate(self, *, min_new_tokens: int = 1) -> "SamplingParams":
+        """Check every setting's type and range (finite numbers only), naming the field at fault
+        (``max_new_tokens`` may be 0 only where the caller scores the prompt: ``min_new_tokens=0``)."""
+        _check_int("max_new_tokens", self.max_new_tokens, min_new_tokens)
         _check_number("temperature", self.temperature, *TEMPERATURE_RANGE, zero=True)
         _check_number("top_p", self.top_p, 0.0, 1.0)
         if self.top_p == 0:
@@ -176,6 +178,24 @@ class IncrementalDecoder:
 # ----------------------------------------------------------------------------- requests
 
 
+SCORE_CHUNK = 256  # prompt positions scored per log-softmax (echo)
+
+TokenLogprob = tuple[int, float, list[tuple[int, float]]]
+"""A token, its log-probability under the model (log-softmax of its raw logits), and the top alternatives."""
+
+
+def token_logprobs(logits: torch.Tensor, targets: list[int], top: int) -> list[TokenLogprob]:
+    """``logits [n, V]`` predict ``targets[i]``: each target's log-probability and the ``top`` most likely ids."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs[torch.arange(len(targets)), torch.tensor(targets, dtype=torch.long)].tolist()
+    if top:
+        values, ids = torch.topk(logprobs, top, dim=-1)
+        alternatives = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        alternatives = [[] for _ in targets]
+    return [(t, c, a) for t, c, a in zip(targets, chosen, alternatives)]
+
+
 @dataclass
 class Event:
     """What the engine reports for a request after a step: a text delta, and the end."""
@@ -184,6 +204,8 @@ class Event:
     finish_reason: str | None = None  # "stop" (</s>), "length" (max_new_tokens or context) or "cancelled"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None  # the tokens sampled since the last event (when asked for)
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt[1:] scored (when asked for), in the first event
 
 
 @dataclass
@@ -195,6 +217,10 @@ class Request:
     decoder: IncrementalDecoder | None = None
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None  # seen_mask of prompt + generated, updated per token (penalty only)
+    logprobs: int | None = None  # report each sampled token's log-probability and this many alternatives
+    prompt_logprobs: int | None = None  # score the prompt first (echo), with this many alternatives
+    pending: list[TokenLogprob] = field(default_factory=list)  # logprobs not yet reported
+    constraint: object | None = None  # a grammar's matcher (``youri.serve.structured.Constraint``): mask, accept
     cancelled: bool = False
     done: bool = False
 
@@ -222,7 +248,15 @@ class Engine:
     (the unbatched baseline).
     """
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_context: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch_size: int = 16,
+        max_context: int | None = None,
+        prefix_cache_tokens: int = 0,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -232,6 +266,9 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.batch = make_batch(model, self.max_context)
         self.decoder_line = decoder_line(model, self.max_context)  # chat and serve print it once
+        # Prompt prefixes reused across requests (``youri.serve.prefix_cache``), where the batch can place them.
+        supported = prefix_cache_tokens > 0 and hasattr(self.batch, "prompt_kv")
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if supported else None
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -247,8 +284,19 @@ class Engine:
         self.batch.reset()
 
     # -- public -----------------------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]) -> Request:
-        params.validate()
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        on_event: Callable[[Event], None],
+        *,
+        logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
+        constraint=None,
+    ) -> Request:
+        """Queue a request; ``logprobs``/``prompt_logprobs``: report log-probabilities with that many alternatives
+        (``prompt_logprobs`` also allows ``max_new_tokens=0``: the prompt scored, nothing generated)."""
+        params.validate(min_new_tokens=0 if prompt_logprobs is not None else 1)
         if not prompt_ids:
             raise GenerationError("the prompt is empty")
         if len(prompt_ids) >= self.max_context:
@@ -258,7 +306,8 @@ class Engine:
         vocab = getattr(self.model.config, "vocab_size", None)
         if min(prompt_ids) < 0 or (vocab and max(prompt_ids) >= vocab):  # would fail the whole batch's forward
             raise GenerationError(f"the prompt holds token ids outside the vocabulary [0, {vocab})")
-        request = Request(list(prompt_ids), params, on_event)
+        request = Request(list(prompt_ids), params, on_event, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+        request.constraint = constraint
         request.on_event = _isolated(request, on_event)
         with self._wake:
             self._waiting.append(request)
@@ -273,6 +322,7 @@ class Engine:
         newcomers = [r for r in newcomers if not self._drop_if_cancelled(r) and self._prepared(r)]
         self._admitting = newcomers  # failed too if the step raises before they join the batch
         with torch.inference_mode():
+            newcomers = [r for r in newcomers if self._scored(r)]
             if newcomers:
                 self._prefill(newcomers)
             elif self.active:
@@ -338,6 +388,9 @@ class Engine:
         return True
 
     def _sample(self, request: Request, logits: torch.Tensor, greedy: int) -> int:
+        if request.constraint is not None:  # only what the grammar allows next (eos once the text is complete)
+            logits = request.constraint.mask(logits)
+            greedy = int(torch.argmax(logits))
         if request.params.temperature == 0 and request.params.repetition_penalty == 1.0:
             return greedy
         if request.seen is None:  # kept per request: no per-step work that grows with the context
@@ -345,6 +398,24 @@ class Engine:
         token = next_token(logits, request.seen, request.params, request.generator)
         request.seen[token] = True
         return token
+
+    def _scored(self, request: Request) -> bool:
+        """Score an echoed prompt with the model's own forward (its log-softmax, exactly); False when the
+        request ends there (``max_new_tokens == 0``)."""
+        if request.prompt_logprobs is None:
+            return True
+        ids = request.prompt_ids
+        logits = self.model(torch.tensor([ids], device=self.device)).logits[0, :-1]
+        scores = []  # in chunks of positions: the float32 log-softmax never spans the whole prompt at once
+        for begin in range(0, len(ids) - 1, SCORE_CHUNK):
+            part = slice(begin, begin + SCORE_CHUNK)
+            scores += token_logprobs(logits[part], ids[1:][part], request.prompt_logprobs)
+        if request.params.max_new_tokens == 0:
+            request.done = True
+            request.on_event(Event("", "length", len(ids), 0, [], scores))
+            return False
+        request.on_event(Event("", None, len(ids), 0, None, scores))
+        return True
 
     def _drop_if_cancelled(self, request: Request) -> bool:
         if request.cancelled:
@@ -357,13 +428,29 @@ class Engine:
         return getattr(self.batch, step)(*args)
 
     def _prefill(self, requests: list[Request]) -> None:
-        """Prefill newcomers in one forward; the batch appends them as rows after the running ones."""
-        logits = self._forward("prefill", [r.prompt_ids for r in requests], self.pad_id)
-        self.stats["prefills"] += 1
-        self.active += requests
-        self.last += [0] * len(requests)
-        offset = len(self.active) - len(requests)
-        self._advance(logits, range(offset, offset + len(requests)))
+        """Prefill newcomers in one forward (a newcomer whose prompt starts with a cached prefix: alone, computing
+        only the rest); the batch appends them as rows after the running ones."""
+        cache = self.prefix_cache
+        found = [cache.lookup(r.prompt_ids) if cache else (0, None) for r in requests]
+        groups = [([r for r, (hit, _) in zip(requests, found) if not hit], 0, None)]
+        groups += [([r], hit, kv) for r, (hit, kv) in zip(requests, found) if hit]
+        for group, cached, kv in groups:
+            if not group:
+                continue
+            prompts = [r.prompt_ids for r in group]
+            logits = (
+                self._forward("prefill", prompts, self.pad_id)
+                if kv is None
+                else self._forward("prefill", prompts, self.pad_id, kv)
+            )
+            self.stats["prefills"] += 1
+            self.active += group
+            self.last += [0] * len(group)
+            offset = len(self.active) - len(group)
+            if cache:
+                for row, request in enumerate(group, start=offset):
+                    cache.store(request.prompt_ids, cached, lambda b, e, row=row: self.batch.prompt_kv(row, b, e))
+            self._advance(logits, range(offset, offset + len(group)))
 
     def _decode(self) -> None:
         logits = self._forward("decode", torch.tensor(self.last, device=self.device))
@@ -372,6 +459,7 @@ class Engine:
     def _advance(self, logits: torch.Tensor, rows) -> None:
         """Sample ``rows`` (``logits[i]`` belongs to ``rows[i]``), report events, drop finished or cancelled rows."""
         argmax = logits.argmax(-1).tolist()  # one device sync for all plain-greedy rows
+        scored = self._logprobs(logits, rows)
         for logits_row, row in enumerate(rows):
             request = self.active[row]
             if request.cancelled:
@@ -382,25 +470,57 @@ class Engine:
                 self._fail(request, err)
                 continue
             self.last[row] = token
+            if request.logprobs is not None:
+                logprobs, top_values, top_ids = scored
+                top = request.logprobs
+                alternatives = list(zip(top_ids[logits_row][:top], top_values[logits_row][:top]))
+                request.pending.append((token, float(logprobs[logits_row, token]), alternatives))
             if token in self.eos_ids:
                 self._finish(request, "stop")
                 continue
             request.generated.append(token)
             delta = request.decoder.push(token)
             full = len(request.prompt_ids) + len(request.generated) >= self.max_context
+            if request.constraint is not None:
+                try:
+                    request.constraint.accept(token)
+                except Exception as err:  # noqa: BLE001 -- this request's grammar: end it alone
+                    self._fail(request, err)
+                    continue
+                if request.constraint.finished:
+                    self._finish(request, "stop", delta)
+                    continue
             if len(request.generated) >= request.params.max_new_tokens or full:
                 self._finish(request, "length", delta)
             elif delta:
-                request.on_event(Event(delta))
+                request.on_event(Event(delta, logprobs=self._reported(request)))
         keep = [i for i, r in enumerate(self.active) if not r.done and not self._drop_if_cancelled(r)]
         if len(keep) < len(self.active):
             self._select(keep)
 
+    def _logprobs(self, logits: torch.Tensor, rows):
+        """For the rows that report logprobs: the log-softmax of all rows and the top alternatives, in one
+        batched call each (not per row); None when no row asks."""
+        wanted = [self.active[row].logprobs for row in rows if self.active[row].logprobs is not None]
+        if not wanted:
+            return None
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        top = max(wanted)
+        values, ids = torch.topk(logprobs, top, dim=-1) if top else (logprobs[:, :0], logprobs[:, :0].long())
+        return logprobs.cpu(), values.tolist(), ids.tolist()
+
     def _finish(self, request: Request, reason: str, pending: str = "") -> None:
         request.done = True
-        request.on_event(
-            Event(pending + request.decoder.finish(), reason, len(request.prompt_ids), len(request.generated))
-        )
+        text = pending + request.decoder.finish()
+        request.on_event(Event(text, reason, len(request.prompt_ids), len(request.generated), self._reported(request)))
+
+    @staticmethod
+    def _reported(request: Request) -> list[TokenLogprob] | None:
+        """The logprobs gathered since the last event (None when the request did not ask)."""
+        if request.logprobs is None:
+            return None
+        pending, request.pending = request.pending, []
+        return pending
 
     def _select(self, keep: list[int]) -> None:
         self.active = [self.active[i] for i in keep]
