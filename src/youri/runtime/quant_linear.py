@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from youri.io import reading
 from youri.runtime import kernels
 from youri.runtime.gptq_format import check_shape, dequantize, unpack
 
@@ -160,12 +161,14 @@ def load_gptq_model(path, quant: dict, *, dtype=None, device=None):
     """
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    del config.quantization_config  # youri swaps the layers itself; no transformers quantizer involved
+    if hasattr(config, "quantization_config"):  # absent in AutoGPTQ's layout (settings in quantize_config.json)
+        del config.quantization_config  # youri swaps the layers itself; no transformers quantizer involved
     dtype = dtype or getattr(config, "dtype", None) or torch.float16
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     state = {}
     for file in sorted(path.glob("*.safetensors")):
-        state.update(load_file(str(file)))
+        with reading(file, "cannot read the weights"):
+            state.update(load_file(str(file)))
     if not state:
         raise FileNotFoundError(f"{path}: no *.safetensors weights")
     with torch.device("meta"):
