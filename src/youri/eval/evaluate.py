@@ -43,6 +43,7 @@ from youri.eval.tasks import TASKS, Selected, select
 from youri.eval.tasks.base import RenderOptions, render
 from youri.io import DataError, resolve_path, write_jsonl
 from youri.model import load_model, load_tokenizer
+from youri.runtime.quant_linear import kernel_summary
 from youri.stage import StageWriter, check_new_file, check_stage_output, read_manifest
 
 NO_DATA = "n/a (no data)"
@@ -147,21 +148,7 @@ def resolve_preset(cfg: Config) -> Config:
 
 def plan_tasks(cfg: Config) -> list[tuple[Selected, dict[str, str] | None]]:
     """The selected tasks with their resolved data paths (``None``: no data given -> n/a)."""
-    kind = model_kind(cfg)
-    preset = presets.resolve(cfg.preset, kind, cfg.prompt_version)
-    preset_shots = preset.shots_by_name()
-    plan, seen = [], set()
-    for spec in cfg.tasks or preset.tasks:
-        name = spec.split("-")[0]
-        if "-" not in spec and not cfg.prompt_version:  # a bare name takes the preset's versions
-            spec = preset.spec_for(name) or spec
-        sel = select(
-            spec, model_kind=kind, prompt_version=cfg.prompt_version, shots=cfg.shots.get(name, preset_shots.get(name))
-        )
-        if sel.key in seen:
-            raise ConfigError(f"eval.tasks: '{spec}' selects {sel.key} twice")
-        seen.add(sel.key)
-        plan.append((sel, data_paths(cfg, sel)))
+    plan = [(sel, data_paths(cfg, sel)) for sel in selections(cfg, cfg.tasks, cfg.shots)]
     unknown = set(cfg.shots) - set(TASKS)
     if unknown:
         raise ConfigError(f"eval.shots: unknown task '{sorted(unknown)[0]}'; choose from {', '.join(TASKS)}")
@@ -173,6 +160,33 @@ def plan_tasks(cfg: Config) -> list[tuple[Selected, dict[str, str] | None]]:
             f"({', '.join(sorted(valid))})"
         )
     return plan
+
+
+def selections(cfg: Config, tasks: list[str], shots: dict[str, int]) -> list[Selected]:
+    """The tasks ``tasks`` (default: the preset's) select, with ``shots`` over the preset's."""
+    kind = model_kind(cfg)
+    preset = presets.resolve(cfg.preset, kind, cfg.prompt_version)
+    preset_shots = preset.shots_by_name()
+    chosen, seen = [], set()
+    for spec in tasks or preset.tasks:
+        name = spec.split("-")[0]
+        if "-" not in spec and not cfg.prompt_version:  # a bare name takes the preset's versions
+            spec = preset.spec_for(name) or spec
+        sel = select(
+            spec, model_kind=kind, prompt_version=cfg.prompt_version, shots=shots.get(name, preset_shots.get(name))
+        )
+        if sel.key in seen:
+            raise ConfigError(f"eval.tasks: '{spec}' selects {sel.key} twice")
+        seen.add(sel.key)
+        chosen.append(sel)
+    return chosen
+
+
+def preset_record(cfg: Config, plan) -> dict:
+    """The preset as run: its own record, or ``custom`` (with the preset it started from) when the planned
+    task keys or shots differ from the preset's (``presets.run_record``)."""
+    expected = [(sel.key, sel.shots) for sel in selections(cfg, [], {})]
+    return presets.run_record(presets.PRESETS[cfg.preset], [(sel.key, sel.shots) for sel, _ in plan], expected)
 
 
 def data_paths(cfg: Config, sel: Selected) -> dict[str, str] | None:
@@ -283,7 +297,7 @@ def _score(
     asked: Config,
 ) -> dict[str, Any]:
     data_files = sorted({p for _, paths in plan if paths for p in paths.values()})
-    with _eval_folder(cfg, asked, [cfg.model, *data_files], overwrite) as stage:
+    with _eval_folder(cfg, asked, [cfg.model, *data_files], overwrite, preset_record(cfg, plan)) as stage:
         configs = []
         for sel, paths in plan:
             if not paths:
@@ -297,7 +311,7 @@ def _score(
                 )
             )
         start = time.time()
-        results = {}
+        results, lm = {}, None
         if configs:
             jp_metrics.set_rouge_tokenizer(
                 jp_metrics.MecabTokenizer() if cfg.rouge2_tokenizer == "mecab" else tokenizer
@@ -310,6 +324,9 @@ def _score(
             for key, samples in output.get("samples", {}).items():
                 write_jsonl(stage.path / "samples" / f"{key}.jsonl", bridge.per_document(samples))
         metrics = summarise(cfg, plan, rendered, results, time.time() - start)
+        kernel = kernel_summary(lm.model) if isinstance(getattr(lm, "model", None), torch.nn.Module) else None
+        if kernel:  # wall_time_s depends on it (a GPTQ twin on the fallback kernel is ~4x slower)
+            metrics["gptq_kernel"] = kernel
         print_table(metrics)
         stage.finish(metrics)
     return metrics
@@ -358,13 +375,16 @@ def _score_leaderboard(
     return metrics
 
 
-def _eval_folder(cfg: Config, asked: Config, inputs: list, overwrite: bool) -> StageWriter:
+def _eval_folder(cfg: Config, asked: Config, inputs: list, overwrite: bool, preset: dict | None = None) -> StageWriter:
     """The eval stage folder: ``youri.json`` records the config as asked (so that an unchanged recipe is
-    recognised as unchanged) and, as facts, the preset and generation rule it resolved to."""
+    recognised as unchanged) and, as facts, the preset (``custom`` with ``preset_from`` when the run is not
+    the preset's, see ``preset_record``) and generation rule it resolved to."""
     stage = StageWriter(
         out_folder(cfg), stage="eval", config=asked, inputs=inputs, parent=cfg.model, overwrite=overwrite
     )
-    stage.facts.update(preset=cfg.preset, generation=cfg.generation)
+    stage.facts.update(preset=(preset or {}).get("name", cfg.preset), generation=cfg.generation)
+    if preset and "from" in preset:
+        stage.facts["preset_from"] = preset["from"]["name"]
     return stage
 
 
@@ -408,12 +428,13 @@ def summarise(cfg: Config, plan, rendered: dict[str, list[dict]], results: dict,
             "first_continuations": first.get("continuations"),
             "render_stats": first.get("render_stats", {}),
         }
-    named = averages({key: t["score"] for key, t in tasks.items()})
+    preset = preset_record(cfg, plan)
+    named = averages({key: t["score"] for key, t in tasks.items()}, preset["from"]["name"] if "from" in preset else "")
     return {
         "suite": cfg.suite,
         "model": cfg.model,
         "model_kind": model_kind(cfg),
-        "preset": presets.PRESETS[cfg.preset].record(),
+        "preset": preset,
         "generation": cfg.generation,
         "tasks": tasks,
         "not_run": not_run,

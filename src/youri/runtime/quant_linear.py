@@ -129,7 +129,17 @@ def kernel_summary(model: nn.Module) -> str | None:
         counts[layer.kernel] = counts.get(layer.kernel, 0) + 1
     paths = ", ".join(f"{name} on {n}/{len(layers)} layers" for name, n in sorted(counts.items()))
     notes = sorted({layer.kernel_note for layer in layers if layer.kernel_note})
-    return "GPTQ matmul: " + paths + (f" (dequantising: {'; '.join(notes)})" if notes else "")
+    # The fast CPU kernel could not be built (no compiler, unwritable cache, no AVX2): a ~4x slower model
+    # is never silent (printed once at load; in the metrics.json of every stage that measures speed).
+    missing = next(
+        (why for why in map(kernels.avx2_unavailable, {layer.qweight.device for layer in layers}) if why), ""
+    )
+    return (
+        "GPTQ matmul: "
+        + paths
+        + (f" (dequantising: {'; '.join(notes)})" if notes else "")
+        + (f" (int4-avx2 unavailable: {missing})" if missing else "")
+    )
 
 
 def swap_linears(module: nn.Module, names: set[str], *, bits: int, group_size: int) -> None:
