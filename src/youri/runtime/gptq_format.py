@@ -131,7 +131,7 @@ def gptq_settings(config: dict, folder: str | os.PathLike | None = None) -> dict
     ``config.json`` says nothing -- ``folder/quantize_config.json`` (older AutoGPTQ releases write neither
     ``quant_method`` nor ``checkpoint_format`` there: both mean GPTQ v1)."""
     quant = config.get("quantization_config")
-    where = "config.json quantization_config"
+    where = f"{Path(folder) / 'config.json' if folder is not None else 'config.json'}: quantization_config"
     if not quant and folder is not None and (Path(folder) / AUTOGPTQ_FILE).is_file():
         where = str(Path(folder) / AUTOGPTQ_FILE)
         quant = dict(read_json(Path(folder) / AUTOGPTQ_FILE))
