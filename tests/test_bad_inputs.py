@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from youri import cli
+from youri.data.sft_data import DatasetConfig, build_mixture
 from youri.data.shards import FORMAT, INDEX, write_shard
 from youri.eval.averages import JP8_NAME, averages
 from youri.eval.presets import PRESETS, run_record
@@ -298,3 +299,24 @@ def test_a_byte_order_mark_is_never_read_as_text(tmp_path):
     assert read_text(tmp_path / "t.txt") == "一行目\n"
     (tmp_path / "c.json").write_bytes(bom + b'{"a": 1}')
     assert read_json(tmp_path / "c.json") == {"a": 1}
+
+
+def test_every_failing_sft_dataset_and_eval_task_is_named_at_once(good, tmp_path, capsys):
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "out', encoding="utf-8")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    specs = [DatasetConfig(path=str(p)) for p in (cut, good["sft"], empty)]
+    with pytest.raises(DataError, match="2 of 3 datasets could not be read") as err:
+        build_mixture(specs, "instruction", heldout=0, seed=0)
+    assert f"{cut}:2" in str(err.value) and f"{empty}: no usable records" in str(err.value)
+
+    fixtures = Path(__file__).parent / "fixtures" / "jp_eval"
+    csv_cut, json_cut = tmp_path / "cut.csv", tmp_path / "cut.json"
+    csv_cut.write_bytes((fixtures / "xlsum_ja_test.csv").read_bytes()[:300])  # the last row loses its cells
+    json_cut.write_bytes((fixtures / "dev_jaqket_59.350.json").read_bytes()[:500])
+    data = {"xlsum_ja": {"eval": str(csv_cut), "fewshot": str(csv_cut)}, "jaqket_v2": {"eval": str(json_cut)}}
+    argv = ["--write_requests", str(tmp_path / "r.jsonl"), "--tasks", "[xlsum_ja, jaqket_v2]"]
+    line = _one_error_line(capsys, "eval", [*argv, "--data", json.dumps(data), "--shots", "{jaqket_v2: 0}"], csv_cut)
+    assert "2 of 2 tasks' data could not be read" in line and f"{json_cut}:" in line
+    assert not (tmp_path / "r.jsonl").exists()

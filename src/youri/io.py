@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
 from safetensors import SafetensorError
 
 BUILTIN_PREFIX = "builtin:"
@@ -47,6 +48,13 @@ def reading(path: str | os.PathLike, what: str = "cannot read"):
     except CORRUPT_FILE_ERRORS as err:
         reason = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"{path}: {what} (truncated or corrupted?): {reason}") from err
+
+
+def failures_message(failed: list[str], total: int, what: str) -> str:
+    """One line for a per-item loop over outside input that went on past its failures: the one failure as
+    it is, or ``N of TOTAL WHAT: first | second | ...`` naming every failed item with its reason."""
+    lines = [" ".join(str(f).split()) for f in failed]
+    return lines[0] if len(lines) == 1 else f"{len(lines)} of {total} {what}: " + " | ".join(lines)
 
 
 class JsonObject(dict):
@@ -100,6 +108,9 @@ def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
+
+
+yaml.SafeDumper.add_representer(JsonObject, yaml.representer.SafeRepresenter.represent_dict)  # dumps as a dict
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -49,6 +49,7 @@ from youri.io import (
     SkipCounter,
     atomic_write_json,
     atomic_write_text,
+    failures_message,
     iter_jsonl,
     require_field,
     resolve_path,
@@ -271,8 +272,7 @@ class ReadSources(PipelineStep, _Counting):
             # Bad input is youri's one-line error, not a task failure: raised through datatrove it is logged
             # with a 150-line traceback first. What this task read is never used; ``raise_task_errors``
             # raises the message, naming every source that failed, once the executor returns.
-            many = f"{len(failed)} of {len(self.sources)} sources could not be read: " if len(failed) > 1 else ""
-            atomic_write_text(error_file, many + " | ".join(failed))
+            atomic_write_text(error_file, failures_message(failed, len(self.sources), "sources could not be read"))
 
     def _read(self, rank: int, world_size: int, failed: list[str]) -> DocumentsPipeline:
         counts = {}
@@ -291,7 +291,7 @@ class ReadSources(PipelineStep, _Counting):
                         metadata={"source": index, "key": (index, file_index, record_index)},
                     )
             except (DataError, OSError) as err:  # this source's failure: the others are still read and checked
-                failed.append(" ".join(str(err).split()))
+                failed.append(str(err))
                 continue
             # Every task parses every line of a file, so malformed lines and empty files are counted by task 0.
             first = rank == 0

@@ -41,7 +41,7 @@ from youri.eval.generation import HF_CAUSAL
 from youri.eval.lm_eval_bridge import task_metrics
 from youri.eval.tasks import TASKS, Selected, select
 from youri.eval.tasks.base import RenderOptions, render
-from youri.io import DataError, resolve_path, write_jsonl
+from youri.io import DataError, failures_message, resolve_path, write_jsonl
 from youri.model import load_model, load_tokenizer
 from youri.runtime.quant_linear import kernel_summary
 from youri.stage import StageWriter, check_new_file, check_stage_output, read_manifest
@@ -119,7 +119,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
         check_stage_output(out_folder(cfg), "eval", overwrite)
     tokenizer, max_length = _tokenizer_and_length(cfg)
     opts = render_options(tokenizer, max_length, cfg.max_gen_toks)
-    rendered = {sel.key: render_selected(sel, paths, cfg.limit, opts) for sel, paths in plan if paths}
+    rendered = render_all(plan, cfg.limit, opts)
     if cfg.write_requests:
         write_jsonl(cfg.write_requests, [r for records in rendered.values() for r in records])
         print(f"wrote {sum(map(len, rendered.values()))} requests of {len(rendered)} tasks to {cfg.write_requests}")
@@ -213,6 +213,21 @@ def data_paths(cfg: Config, sel: Selected) -> dict[str, str] | None:
             raise DataError(f"eval.data.{name}.{key}: data file not found: {path}")
         paths[key] = str(path)
     return paths
+
+
+def render_all(plan, limit: int, opts: RenderOptions) -> dict[str, list[dict]]:
+    """Every planned task's requests; a task whose data cannot be read is named with every other such task,
+    after all were read, and before any model is loaded."""
+    rendered, failed = {}, []
+    for sel, paths in plan:
+        if paths:
+            try:
+                rendered[sel.key] = render_selected(sel, paths, limit, opts)
+            except (DataError, OSError) as err:
+                failed.append(str(err))  # it names the file
+    if failed:
+        raise DataError(failures_message(failed, sum(1 for _, p in plan if p), "tasks' data could not be read"))
+    return rendered
 
 
 def render_selected(sel: Selected, paths: dict[str, str], limit: int, opts: RenderOptions) -> list[dict]:
