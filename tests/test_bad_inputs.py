@@ -112,6 +112,13 @@ def test_truncated_model_folder_files_name_the_file(good, tmp_path, capsys, file
     assert needle in line
 
 
+@pytest.mark.parametrize("stage", ["export", "vocab"])  # the stages that read the SentencePiece file itself
+def test_truncated_sentencepiece_model_is_named(good, tmp_path, capsys, stage):
+    broken = _truncated(good["model"], tmp_path / "model", "tokenizer.model")
+    line = _one_error_line(capsys, stage, dict(_weights_cases(good, tmp_path))[stage], broken)
+    assert "truncated or corrupted" in line
+
+
 @pytest.mark.parametrize("cut", ["end", "middle"])
 def test_truncated_or_corrupted_jsonl_gz_is_one_line_naming_it(good, tmp_path, capsys, cut):
     data = good["sft"].read_bytes()

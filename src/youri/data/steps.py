@@ -224,7 +224,10 @@ def _read_parquet(path: Path, source: Source, skip: SkipCounter | None) -> Itera
 
 def _read_hf_disk(path: Path, source: Source, skip: SkipCounter | None) -> Iterator[tuple[int, str]]:
 
-    dataset = load_from_disk(str(path))
+    try:
+        dataset = load_from_disk(str(path))
+    except (OSError, ValueError) as err:  # a cut Arrow file or state.json: pyarrow's and json's own errors
+        raise DataError(f"{path}: not a readable datasets folder ({' '.join(str(err).split())})") from None
     if isinstance(dataset, DatasetDict):
         if "train" not in dataset:
             raise DataError(f"{path}: a DatasetDict without a 'train' split (splits: {', '.join(dataset)})")

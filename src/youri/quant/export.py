@@ -29,7 +29,7 @@ from safetensors import safe_open
 
 from youri.config import ConfigError
 from youri.data.rows import heldout_source, token_rows
-from youri.io import atomic_write_text, read_json, reading
+from youri.io import DataError, atomic_write_text, read_json, reading
 from youri.model import load_model, load_tokenizer
 from youri.prompts import INPUT_HEADER, INSTRUCTION_HEADER, INSTRUCTION_INTRO, RESPONSE_HEADER, SETTING, SYSTEM, USER
 from youri.prompts import chat_template as youri_chat_template
@@ -182,7 +182,11 @@ def _sentencepiece_model(folder: Path) -> Path:
 
 
 def _check_same_vocab(folder: Path, sp_model: Path) -> None:
-    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    except (RuntimeError, OSError) as err:  # sentencepiece's "could not parse ModelProto"
+        reason = " ".join(str(err).split())
+        raise DataError(f"{sp_model}: cannot read the SentencePiece model (truncated or corrupted?): {reason}") from err
     vocab = load_tokenizer(folder).get_vocab()
     pieces = {sp.id_to_piece(i): i for i in range(sp.vocab_size())}
     differ = [p for p, i in pieces.items() if vocab.get(p) != i]
