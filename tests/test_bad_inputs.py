@@ -194,7 +194,7 @@ def test_report_compare_with_a_missing_or_empty_folder_is_an_error(tmp_path, cap
 # ----------------------------------------------------------------------------- GPTQ in AutoGPTQ's layout
 
 
-def test_autogptq_layout_is_read_like_youris_own(good, tmp_path):
+def test_autogptq_layout_is_read_like_youris_own(good, tmp_path, capsys):
     """AutoGPTQ writes the settings to quantize_config.json only; the same tensors load to the same logits."""
     twin = tmp_path / "twin"  # youri's own layout, round-to-nearest codes (the format is what matters here)
     twin.mkdir()
@@ -221,6 +221,8 @@ def test_autogptq_layout_is_read_like_youris_own(good, tmp_path):
         got = got_model(ids).logits
     assert kernel_summary(got_model) is not None  # packed QuantLinear layers, not a float model
     torch.testing.assert_close(got, want)
+    line = _one_error_line(capsys, "quantize", [str(autogptq), "--out", str(tmp_path / "q")], autogptq)
+    assert "quantize_config.json: the model is already quantized" in line
     settings["is_marlin_format"] = True  # another tensor layout: refused in one line, naming the file
     (autogptq / "quantize_config.json").write_text(json.dumps(settings))
     with pytest.raises(ValueError, match="quantize_config.json.*marlin"):
