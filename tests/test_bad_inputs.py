@@ -66,11 +66,12 @@ def _truncated(src: Path, dst: Path, file: str, keep: float = 0.5) -> Path:
 
 
 def _one_error_line(capsys, stage: str, argv: list[str], names: Path) -> str:
+    capsys.readouterr()
     code = cli.main([stage, *argv])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("youri")]
-    assert code == 2 and len(err) == 1, err
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("youri")]
+    assert code == 2 and len(err) == 1 and "Traceback" not in stderr, err
     assert err[0].startswith(f"youri {stage}: error: ") and str(names) in err[0], err[0]
-    assert "Traceback" not in err[0]
     return err[0]
 
 
