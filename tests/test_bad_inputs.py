@@ -35,6 +35,9 @@ from youri.testing import save_random_llama
 from youri.train.init_base import train_tokenizer
 
 SAMPLE = [t for t in resolve_path("builtin:corpus_en.txt").read_text(encoding="utf-8").split("\n\n") if t.strip()]
+JAQKET = json.dumps(
+    {"jaqket_v2": {"eval": str(Path(__file__).parent / "fixtures" / "jp_eval" / "jaqket_v2_dev.jsonl")}}
+)
 SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
 
 
@@ -81,6 +84,10 @@ def _weights_cases(good: dict, tmp: Path) -> list[tuple[str, list[str]]]:
     return [
         ("export", [model, "--out", str(tmp / "gguf"), "--eval_samples", "0"]),
         ("chat", [model]),
+        (
+            "eval",
+            [model, "--tasks", "[jaqket_v2]", "--shots", "{jaqket_v2: 0}", "--data", JAQKET, "--out", str(tmp / "e")],
+        ),
         ("serve", [model, "--port", "0"]),
         ("quantize", [model, "--out", str(tmp / "q"), "--calibration", str(good["text"]), "--device", "cpu"]),
         ("sft", ["--model", model, "--datasets", sft, "--out", str(tmp / "sft"), "--seq_len", "256", "--heldout", "2"]),
@@ -92,7 +99,7 @@ def _weights_cases(good: dict, tmp: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-@pytest.mark.parametrize("stage", ["export", "chat", "serve", "quantize", "sft", "pretrain", "vocab"])
+@pytest.mark.parametrize("stage", ["export", "chat", "eval", "serve", "quantize", "sft", "pretrain", "vocab"])
 @pytest.mark.parametrize("keep", [0.5, 0.0005])  # the tensors cut, or the header itself
 def test_truncated_weights_are_one_line_naming_the_file(good, tmp_path, capsys, stage, keep):
     weights = _truncated(good["model"], tmp_path / "model", "model.safetensors", keep)
@@ -321,7 +328,7 @@ def test_every_failing_sft_dataset_and_eval_task_is_named_at_once(good, tmp_path
         build_mixture(specs, "instruction", heldout=0, seed=0)
     assert f"{cut}:2" in str(err.value) and f"{empty}: no usable records" in str(err.value)
 
-    fixtures = Path(__file__).parent / "fixtures" / "jp_eval"
+    fixtures = FIXTURES
     csv_cut, json_cut = tmp_path / "cut.csv", tmp_path / "cut.json"
     csv_cut.write_bytes((fixtures / "xlsum_ja_test.csv").read_bytes()[:300])  # the last row loses its cells
     json_cut.write_bytes((fixtures / "dev_jaqket_59.350.json").read_bytes()[:500])
