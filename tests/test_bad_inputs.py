@@ -35,9 +35,8 @@ from youri.testing import save_random_llama
 from youri.train.init_base import train_tokenizer
 
 SAMPLE = [t for t in resolve_path("builtin:corpus_en.txt").read_text(encoding="utf-8").split("\n\n") if t.strip()]
-JAQKET = json.dumps(
-    {"jaqket_v2": {"eval": str(Path(__file__).parent / "fixtures" / "jp_eval" / "jaqket_v2_dev.jsonl")}}
-)
+FIXTURES = Path(__file__).parent / "fixtures" / "jp_eval"
+JAQKET = json.dumps({"jaqket_v2": {"eval": str(FIXTURES / "jaqket_v2_dev.jsonl")}})
 SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
 
 
@@ -328,10 +327,9 @@ def test_every_failing_sft_dataset_and_eval_task_is_named_at_once(good, tmp_path
         build_mixture(specs, "instruction", heldout=0, seed=0)
     assert f"{cut}:2" in str(err.value) and f"{empty}: no usable records" in str(err.value)
 
-    fixtures = FIXTURES
     csv_cut, json_cut = tmp_path / "cut.csv", tmp_path / "cut.json"
-    csv_cut.write_bytes((fixtures / "xlsum_ja_test.csv").read_bytes()[:300])  # the last row loses its cells
-    json_cut.write_bytes((fixtures / "dev_jaqket_59.350.json").read_bytes()[:500])
+    csv_cut.write_bytes((FIXTURES / "xlsum_ja_test.csv").read_bytes()[:300])  # the last row loses its cells
+    json_cut.write_bytes((FIXTURES / "dev_jaqket_59.350.json").read_bytes()[:500])
     data = {"xlsum_ja": {"eval": str(csv_cut), "fewshot": str(csv_cut)}, "jaqket_v2": {"eval": str(json_cut)}}
     argv = ["--write_requests", str(tmp_path / "r.jsonl"), "--tasks", "[xlsum_ja, jaqket_v2]"]
     line = _one_error_line(capsys, "eval", [*argv, "--data", json.dumps(data), "--shots", "{jaqket_v2: 0}"], csv_cut)
