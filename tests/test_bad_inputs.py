@@ -335,3 +335,20 @@ def test_every_failing_sft_dataset_and_eval_task_is_named_at_once(good, tmp_path
     line = _one_error_line(capsys, "eval", [*argv, "--data", json.dumps(data), "--shots", "{jaqket_v2: 0}"], csv_cut)
     assert "2 of 2 tasks' data could not be read" in line and f"{json_cut}:" in line
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_serve_on_port_0_prints_the_port_it_bound(good, monkeypatch, capsys):
+    import socket
+
+    import uvicorn
+
+    bound = {}
+
+    def serve(self, sockets=None):  # instead of serving: the socket the banner was printed for
+        bound["port"] = sockets[0].getsockname()[1]
+        socket.create_connection(("127.0.0.1", bound["port"]), timeout=5).close()  # it listens already
+        sockets[0].close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", serve)
+    assert cli.main(["serve", str(good["model"]), "--port", "0"]) == 0
+    assert bound["port"] != 0 and f"on http://127.0.0.1:{bound['port']} (chat page" in capsys.readouterr().out
