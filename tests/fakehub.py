@@ -4,6 +4,8 @@
 ``GET /api/datasets/{repo}/revision/{rev}`` (repo info with the commit sha), ``GET /api/datasets/{repo}/tree/{sha}``
 (the file listing) and ``HEAD``/``GET /datasets/{repo}/resolve/{rev}/{path}`` (file metadata and bytes), with
 the Hub's ``X-Error-Code`` answers for a missing repository, revision or file. ``requests`` logs every call.
+``truncate``: file paths whose body is cut in half (the full ``Content-Length`` is announced, then the
+connection closes), as a dropped transfer looks to the client.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from urllib.parse import unquote, urlsplit
 
 
 class FakeHub:
-    def __init__(self, repos: dict[tuple[str, str], dict[str, bytes]]):
+    def __init__(self, repos: dict[tuple[str, str], dict[str, bytes]], *, truncate: tuple[str, ...] = ()):
         self.repos = repos
+        self.truncate = set(truncate)
         self.requests: list[tuple[str, str]] = []
         hub = self
 
@@ -81,10 +84,15 @@ class FakeHub:
             return self._error(handler, with_body, "EntryNotFound")
         data = files[file]
         headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+        if with_body and file in self.truncate:
+            handler.close_connection = True
+            return self._send(handler, with_body, data, headers, "application/octet-stream", cut=len(data) // 2)
         self._send(handler, with_body, data, headers, "application/octet-stream")
 
     @staticmethod
-    def _send(handler, with_body, data: bytes, headers=None, content_type="application/json", code=200) -> None:
+    def _send(
+        handler, with_body, data: bytes, headers=None, content_type="application/json", code=200, cut=None
+    ) -> None:
         handler.send_response(code)
         for key, value in (headers or {}).items():
             handler.send_header(key, value)
@@ -92,7 +100,7 @@ class FakeHub:
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         if with_body:
-            handler.wfile.write(data)
+            handler.wfile.write(data[:cut])
 
     def _error(self, handler, with_body, code: str) -> None:
         body = json.dumps({"error": code}).encode()

@@ -248,8 +248,8 @@ def _hub_repos(drop: tuple[str, ...] = ()) -> dict[tuple[str, str], dict[str, by
 def fake_hub(monkeypatch):
     hubs = []
 
-    def start(repos):
-        hub = FakeHub(repos)
+    def start(repos, **faults):
+        hub = FakeHub(repos, **faults)
         hubs.append(hub)
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # conftest sets it for every test
@@ -323,6 +323,30 @@ def test_withdrawn_marc_ja_is_named_and_the_rest_is_written(tmp_path, fake_hub, 
     section = yaml.safe_load((out / "eval-data.yaml").read_text(encoding="utf-8"))
     assert "marc_ja" not in section["data"] and len(section["data"]) == 7
     assert (out / "mgsm" / "test.jsonl").is_file()
+
+
+def test_a_broken_transfer_or_a_refused_file_name_fails_that_task_only(tmp_path, fake_hub, capsys, monkeypatch):
+    """Any failure of one task (a body cut short, a file name the Hub client refuses, a file that does not
+    parse) is named at the end; every other task is written first, and the exit status is non-zero."""
+    import huggingface_hub.file_download as hub_download
+
+    monkeypatch.setattr(hub_download, "time", type("NoWait", (), {"sleep": staticmethod(lambda s: None)}))
+    repos = _hub_repos()
+    repos[("shunk031/JGLUE", PARQUET)]["JNLI/train/../../escape.parquet"] = _parquet([{"x": 1}])
+    repos[("juletxara/mgsm", PARQUET)]["ja/train/0000.parquet"] = b"PAR1 not parquet"
+    fake_hub(repos, truncate=("JSQuAD/validation/0000.parquet",))
+    out = tmp_path / "jp-eval"
+    assert cli.main(["eval", "--download", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("youri eval: error: not downloaded: jnli, jsquad, mgsm; the 5 others are in"), err
+    sources = json.loads((out / "sources.json").read_text(encoding="utf-8"))
+    assert set(sources["failed"]) == {"jnli", "jsquad", "mgsm"} and len(sources["tasks"]) == 5
+    assert "'..'" in sources["failed"]["jnli"] and "not a readable Parquet file" in sources["failed"]["mgsm"]
+    assert "jsquad" in sources["failed"]["jsquad"] and "NOT DOWNLOADED jsquad" in captured.out
+    assert not (out.parent / "escape.parquet").exists() and (out / "xwinograd_ja" / "test.jsonl").is_file()
+    section = yaml.safe_load((out / "eval-data.yaml").read_text(encoding="utf-8"))
+    assert sorted(section["data"]) == sorted(set(JP8) - {"jnli", "jsquad", "mgsm"})
 
 
 def test_download_refuses_offline_mode_and_never_replaces_other_files(tmp_path, fake_hub, monkeypatch):

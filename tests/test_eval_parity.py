@@ -178,7 +178,8 @@ def test_per_request_cap_reaches_the_model_through_lm_eval(tmp_path, biased_llam
         if rule == "hf-causal":
             assert seen[rule] == [r["max_new_tokens"] for r in requests] and len(set(seen[rule])) > 1
         metrics_json = json.loads((out / "metrics.json").read_text())
-        assert metrics_json["generation"] == rule and metrics_json["preset"]["name"] == "rinna"
+        assert metrics_json["generation"] == rule and metrics_json["preset"]["from"]["name"] == "rinna"
+        assert metrics_json["preset"]["name"] == "custom"  # one task of rinna's eight: not the published run
     assert seen["hf-causal-experimental"] == [MAX_GEN_TOKS] * 3
 
 

@@ -23,6 +23,7 @@ import yaml
 import youri
 from youri import __version__
 from youri.config import ConfigError, add_config_flags, build_config, config_to_dict, flag_overrides, load_recipe
+from youri.io import CORRUPT_FILE_ERRORS
 
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
 
@@ -119,9 +120,11 @@ def _main(argv: list[str]) -> int:
 
 
 def _run_command(command: Command, module, args: argparse.Namespace) -> int:
-    """Build the config and run the stage. Every user error -- a ValueError (ConfigError, DataError, ...) or
-    an OSError (a missing or unwritable path) -- is one line on stderr and exit status 2; Ctrl-C is one line
-    and 130. ``YOURI_DEBUG=1`` shows the traceback instead; a stage folder's ``.partial/error.log`` keeps it."""
+    """Build the config and run the stage. Every user error -- a ValueError (ConfigError, DataError, ...), an
+    OSError (a missing or unwritable path) or a truncated/corrupted file (``youri.io.CORRUPT_FILE_ERRORS``:
+    safetensors, gzip/zlib, EOF; the readers name the file) -- is one line on stderr and exit status 2;
+    Ctrl-C is one line and 130. ``YOURI_DEBUG=1`` shows the traceback instead; a stage folder's
+    ``.partial/error.log`` keeps it."""
     cfg = None
     try:
         section = args.section or command.section or command.name
@@ -139,7 +142,7 @@ def _run_command(command: Command, module, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"youri {command.name}: interrupted{_resume_hint(cfg)}", file=sys.stderr)
         return INTERRUPTED
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, *CORRUPT_FILE_ERRORS) as err:
         if os.environ.get("YOURI_DEBUG"):
             raise
         print(f"youri {command.name}: error: {_one_line(err)}", file=sys.stderr)

@@ -10,16 +10,63 @@ import gzip
 import json
 import os
 import tempfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
+
+import yaml
+from safetensors import SafetensorError
 
 BUILTIN_PREFIX = "builtin:"
 
 
 class DataError(ValueError):
     """Bad input data; the message names the file, the line and the field."""
+
+
+class MissingField(DataError, KeyError):
+    """A key absent from a JSON object read by ``read_json``: a ``DataError`` naming the file (and still a
+    ``KeyError``, for code that asks ``try: d[k] except KeyError``)."""
+
+    __str__ = BaseException.__str__  # KeyError's would print the message quoted
+
+
+CORRUPT_FILE_ERRORS = (SafetensorError, EOFError, zlib.error, gzip.BadGzipFile)
+"""What reading a truncated or corrupted file raises without naming it: a safetensors header or body cut
+short, a gzip stream that ends early or does not inflate."""
+
+
+@contextmanager
+def reading(path: str | os.PathLike, what: str = "cannot read"):
+    """Inside the block, a corrupt or truncated ``path`` (``CORRUPT_FILE_ERRORS``) is one ``DataError``
+    naming it: ``PATH: cannot read (truncated or corrupted?): <reason>``."""
+    try:
+        yield
+    except CORRUPT_FILE_ERRORS as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"{path}: {what} (truncated or corrupted?): {reason}") from err
+
+
+def failures_message(failed: list[str], total: int, what: str) -> str:
+    """One line for a per-item loop over outside input that went on past its failures: the one failure as
+    it is, or ``N of TOTAL WHAT: first | second | ...`` naming every failed item with its reason."""
+    lines = [" ".join(str(f).split()) for f in failed]
+    return lines[0] if len(lines) == 1 else f"{len(lines)} of {total} {what}: " + " | ".join(lines)
+
+
+class JsonObject(dict):
+    """A JSON object from ``read_json``: a missing key raises ``MissingField`` naming the file."""
+
+    __slots__ = ("source",)
+
+    def __missing__(self, key):
+        present = ", ".join(sorted(map(str, self))) or "none"
+        raise MissingField(
+            f"{getattr(self, 'source', 'a JSON file')}: missing field '{key}' (fields present: {present})"
+        )
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
@@ -63,22 +110,33 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
 
 
+yaml.SafeDumper.add_representer(JsonObject, yaml.representer.SafeRepresenter.represent_dict)  # dumps as a dict
+
+
 def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file; its objects are ``JsonObject``s, so a missing key is a one-line error naming ``path``."""
     path = Path(path)
+
+    def obj(pairs: list[tuple[str, Any]]) -> JsonObject:
+        record = JsonObject(pairs)
+        record.source = path
+        return record
+
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path), object_pairs_hook=obj)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file with newlines as text mode reads them; bad bytes raise ``DataError`` naming
-    the file, line, column and byte offset (``UnicodeDecodeError`` would name neither file nor line)."""
+    """A UTF-8 text file (without a byte-order mark) with newlines as text mode reads them; bad bytes raise
+    ``DataError`` naming the file, line, column and byte offset (``UnicodeDecodeError`` would name neither)."""
     data = Path(path).read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(not_utf8(path, data, err.start)) from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark (Windows editors) is not text
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
@@ -114,7 +172,7 @@ def iter_jsonl(path: str | os.PathLike, *, skip_bad: SkipCounter | None = None) 
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open  # datasets are often published as .jsonl.gz
-    with opener(path, "rb") as handle:
+    with reading(path), opener(path, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
             record, reason = _parse_line(path, raw, lineno)
             if record is not None:

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from youri.config import ConfigError
-from youri.io import read_json, resolve_path
+from youri.io import CORRUPT_FILE_ERRORS, DataError, read_json, reading, resolve_path
 from youri.runtime.gptq_format import gptq_settings
 from youri.runtime.quant_linear import kernel_summary, load_gptq_model
 
@@ -40,7 +41,13 @@ def load_tokenizer(path: str | os.PathLike):
         raise FileNotFoundError(f"tokenizer not found: {path}")
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         raise FileNotFoundError(f"{path}: no tokenizer.json, tokenizer.model or tokenizer_config.json")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (ValueError, OSError) as err:  # a cut tokenizer.json (JSONDecodeError), a corrupt tokenizer.model
+        if isinstance(err, DataError):
+            raise
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"{path}: cannot read the tokenizer (truncated or corrupted?): {reason}") from err
 
 
 def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None):
@@ -60,14 +67,20 @@ def load_model(path: str | os.PathLike, *, dtype=None, device: str | None = None
         # minutes to seconds); keep the checkpoint's fp16 on GPUs, compute in fp32 on CPUs.
 
         dtype = torch.float32
-    quant = gptq_settings(config)
+    quant = gptq_settings(config, path)
     if quant is not None:  # a GPTQ twin: youri's own loader keeps the weights packed (QuantLinear)
         model = load_gptq_model(path, quant, dtype=dtype, device=device)
         print(f"youri: {path.name}: {kernel_summary(model)}", file=sys.stderr, flush=True)  # which matmul runs
         return model
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), local_files_only=True, use_safetensors=True, dtype=dtype if dtype is not None else "auto"
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, dtype=dtype if dtype is not None else "auto"
+        )
+    except CORRUPT_FILE_ERRORS:
+        for file in sorted(path.glob("*.safetensors")):  # name the file that is cut short
+            with reading(file, "cannot read the weights"), safe_open(str(file), "pt"):
+                pass
+        raise
     return model.to(device) if device else model
 
 

@@ -140,7 +140,7 @@ def _run(cfg: Config, inputs: list[Path], started: float, overwrite: bool) -> Pa
         for picked in val.values():
             in_val[picked] = True
         order = mixture(cfg, docs, np.flatnonzero(kept & ~in_val), stats)
-        index = write_shards(cfg, stage.path, tokenizer, docs, order, val)
+        index = write_shards(cfg, stage.path, tokenizer, docs, order, val, why_short=_why_short(stats))
         finish_stats(stats, docs, kept, in_val)
         atomic_write_json(stage.path / STATS, {"sources": stats, "splits": index["totals"]})
         print_table(stats, index["totals"])
@@ -391,9 +391,16 @@ def mixture(cfg: Config, docs: Documents, train: np.ndarray, stats: list[dict]) 
 
 
 def write_shards(
-    cfg: Config, folder: Path, tokenizer: TokenizerFacts, docs: Documents, order: np.ndarray, val: dict[str, np.ndarray]
+    cfg: Config,
+    folder: Path,
+    tokenizer: TokenizerFacts,
+    docs: Documents,
+    order: np.ndarray,
+    val: dict[str, np.ndarray],
+    why_short: str = "",
 ) -> dict:
-    """Pack and write the train and val/LANG splits, then ``index.json``; returns the index."""
+    """Pack and write the train and val/LANG splits, then ``index.json``; returns the index. ``why_short``
+    (empty source files, sources left with nothing) is added to the error when not one sequence fills."""
     dtype = token_dtype(tokenizer.vocab_size)
     index = {
         "format": FORMAT,
@@ -414,7 +421,7 @@ def write_shards(
     if index["totals"]["train"]["sequences"] == 0:
         raise DataError(
             f"data: the training mixture has {index['totals']['train']['tail_tokens_dropped']} tokens, "
-            f"fewer than one sequence of seq_len {cfg.seq_len}; add data or raise token_budget"
+            f"fewer than one sequence of seq_len {cfg.seq_len}{why_short}; add data or raise token_budget"
         )
     atomic_write_json(folder / INDEX, index)
     return index
@@ -505,9 +512,24 @@ def source_stats(cfg: Config, counts: dict[int, dict]) -> list[dict]:
                 "chars_in": c.get("chars_in", 0),
                 "dropped": dropped,
                 "bad_record_examples": c.get("bad_examples", []),
+                "empty_files": c.get("empty_files", []),
             }
         )
     return stats
+
+
+def _why_short(stats: list[dict]) -> str:
+    """What left the mixture short, for its error: files without a single document (named), and how many
+    documents the filters, dedup and bad records dropped."""
+    empty = [f for s in stats for f in s["empty_files"]]
+    dropped: dict[str, int] = {}
+    for entry in stats:
+        for reason, count in entry["dropped"].items():
+            dropped[reason] = dropped.get(reason, 0) + count
+    parts = [f"empty source file{'s' if len(empty) > 1 else ''}: {', '.join(empty)}"] if empty else []
+    if dropped:
+        parts.append("documents dropped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items())))
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def finish_stats(stats: list[dict], docs: Documents, kept: np.ndarray, in_val: np.ndarray) -> None:

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from youri.config import NonNegativeFloat, NonNegativeInt
-from youri.io import DataError, SkipCounter, iter_jsonl, iter_records, require_field, resolve_path
+from youri.io import DataError, SkipCounter, failures_message, iter_jsonl, iter_records, require_field, resolve_path
 from youri.prompts import (
     SETTING,
     SYSTEM,
@@ -310,13 +310,17 @@ def build_mixture(
     """Read every dataset, hold out ``heldout`` seeded examples of each, repeat the rest ``epochs`` times."""
     if not specs:
         raise DataError("no datasets: give at least one entry under datasets:")
-    train, held, counts = [], [], {}
+    train, held, counts, failed = [], [], {}, []
     for index, spec in enumerate(specs):
         if spec.epochs < 0:
             raise DataError(f"datasets[{index}].epochs must be >= 0, got {spec.epochs}")
-        records = read_dataset(spec, kind, skip)
-        if not records:
-            raise DataError(f"{spec.path}: no usable records")
+        try:  # one dataset's failure is named with every other's, after all were read
+            records = read_dataset(spec, kind, skip)
+            if not records:
+                raise DataError(f"{spec.path}: no usable records")
+        except (DataError, OSError) as err:
+            failed.append(str(err))
+            continue
         rng = random.Random(f"{seed}:{index}:{spec.path}")
         order = list(range(len(records)))
         rng.shuffle(order)
@@ -327,6 +331,8 @@ def build_mixture(
         weighted = rest * int(whole) + rng.sample(rest, round(frac * len(rest)))
         train += weighted
         counts[spec.path] = {"records": len(records), "heldout": n_held, "train": len(weighted)}
+    if failed:
+        raise DataError(failures_message(failed, len(specs), "datasets could not be read"))
     return Mixture(train, held, counts)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from youri.io import atomic_write_bytes, read_json
+from youri.io import DataError, MissingField, atomic_write_bytes, read_json
 
 INDEX = "index.json"
 FORMAT = "youri-tokens-v1"
@@ -107,8 +107,8 @@ class TokenShards:
         index = read_index(folder)
         entries = index["splits"].get(split)
         if entries is None:
-            raise KeyError(f"{folder}: no split '{split}' (have: {', '.join(index['splits'])})")
-        return cls(
+            raise MissingField(f"{folder}: no split '{split}' (have: {', '.join(index['splits'])})")
+        shards = cls(
             folder=folder,
             split=split,
             seq_len=int(index["seq_len"]),
@@ -116,6 +116,26 @@ class TokenShards:
             files=[folder / e["file"] for e in entries],
             counts=[int(e["sequences"]) for e in entries],
         )
+        shards.check()
+        return shards
+
+    def check(self) -> None:
+        """Every shard file present with the size the index records; all damaged ones are named at once."""
+        bad = []
+        for file, count in zip(self.files, self.counts):
+            want = count * self.seq_len * self.dtype.itemsize
+            try:
+                have = file.stat().st_size
+            except FileNotFoundError:
+                bad.append(f"{file.name} is missing")
+                continue
+            if have != want:
+                bad.append(f"{file.name} has {have} bytes, the index says {want}")
+        if bad:
+            raise DataError(
+                f"{self.folder}/{self.split}: {len(bad)} of {len(self.files)} shard files are damaged "
+                f"(truncated or replaced?): {'; '.join(bad)}; run 'youri data' again into a new folder"
+            )
 
     def __post_init__(self) -> None:
         self._offsets = np.cumsum([0] + self.counts)

@@ -49,6 +49,7 @@ from youri.io import (
     SkipCounter,
     atomic_write_json,
     atomic_write_text,
+    failures_message,
     iter_jsonl,
     require_field,
     resolve_path,
@@ -129,15 +130,21 @@ def source_files(source: Source) -> tuple[list[Path], str]:
     return files, kind
 
 
-def iter_records(source: Source, skip: SkipCounter | None, keep=lambda ordinal: True) -> Iterator[tuple[int, int, str]]:
-    """``(file_index, record_index, text)`` of every document of ``source`` whose ordinal ``keep`` accepts."""
+def iter_records(
+    source: Source, skip: SkipCounter | None, keep=lambda ordinal: True, *, empty: list[str] | None = None
+) -> Iterator[tuple[int, int, str]]:
+    """``(file_index, record_index, text)`` of every document of ``source`` whose ordinal ``keep`` accepts;
+    ``empty`` collects the files that hold no document at all (named when the corpus comes out empty)."""
     files, kind = source_files(source)
     ordinal = -1
     for file_index, path in enumerate(files):
+        before = ordinal
         for record_index, text in _READERS[kind](path, source, skip):
             ordinal += 1
             if keep(ordinal):
                 yield file_index, record_index, text
+        if empty is not None and ordinal == before:
+            empty.append(str(path))
 
 
 def _read_jsonl(path: Path, source: Source, skip: SkipCounter | None) -> Iterator[tuple[int, str]]:
@@ -151,7 +158,7 @@ def _read_jsonl(path: Path, source: Source, skip: SkipCounter | None) -> Iterato
 
 
 def _read_text(path: Path, source: Source, skip: SkipCounter | None) -> Iterator[tuple[int, str]]:
-    raw = path.read_bytes()
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not text
     try:
         text, bad_bytes = raw.decode("utf-8"), False
     except UnicodeDecodeError:  # every bad byte becomes one lone surrogate, looked for per document below
@@ -217,7 +224,10 @@ def _read_parquet(path: Path, source: Source, skip: SkipCounter | None) -> Itera
 
 def _read_hf_disk(path: Path, source: Source, skip: SkipCounter | None) -> Iterator[tuple[int, str]]:
 
-    dataset = load_from_disk(str(path))
+    try:
+        dataset = load_from_disk(str(path))
+    except (OSError, ValueError) as err:  # a cut Arrow file or state.json: pyarrow's and json's own errors
+        raise DataError(f"{path}: not a readable datasets folder ({' '.join(str(err).split())})") from None
     if isinstance(dataset, DatasetDict):
         if "train" not in dataset:
             raise DataError(f"{path}: a DatasetDict without a 'train' split (splits: {', '.join(dataset)})")
@@ -259,31 +269,39 @@ class ReadSources(PipelineStep, _Counting):
         error_file.unlink(missing_ok=True)
         if os.environ.get(READ_DELAY_ENV):
             time.sleep(float(os.environ[READ_DELAY_ENV]))
-        try:
-            yield from self._read(rank, world_size)
-        except DataError as err:
+        failed: list[str] = []
+        yield from self._read(rank, world_size, failed)
+        if failed:
             # Bad input is youri's one-line error, not a task failure: raised through datatrove it is logged
-            # with a 150-line traceback first. The task stops here (what it read is never used) and
-            # ``raise_task_errors`` raises the message once the executor returns.
-            atomic_write_text(error_file, str(err))
+            # with a 150-line traceback first. What this task read is never used; ``raise_task_errors``
+            # raises the message, naming every source that failed, once the executor returns.
+            atomic_write_text(error_file, failures_message(failed, len(self.sources), "sources could not be read"))
 
-    def _read(self, rank: int, world_size: int) -> DocumentsPipeline:
+    def _read(self, rank: int, world_size: int, failed: list[str]) -> DocumentsPipeline:
         counts = {}
         for index, source in enumerate(self.sources):
             skip = SkipCounter() if self.skip_bad_records else None
             docs = chars = 0
-            for file_index, record_index, text in iter_records(source, skip, lambda o: o % world_size == rank):
-                docs += 1
-                chars += len(text)
-                yield Document(
-                    text=text,
-                    id=f"{index}/{file_index}/{record_index}",
-                    metadata={"source": index, "key": (index, file_index, record_index)},
-                )
-            # Every task parses every line of a file, so malformed lines are counted by task 0 alone.
-            bad = (skip.count, skip.examples) if skip is not None and rank == 0 else (0, [])
+            empty: list[str] = []
+            records = iter_records(source, skip, lambda o: o % world_size == rank, empty=empty)
+            try:
+                for file_index, record_index, text in records:
+                    docs += 1
+                    chars += len(text)
+                    yield Document(
+                        text=text,
+                        id=f"{index}/{file_index}/{record_index}",
+                        metadata={"source": index, "key": (index, file_index, record_index)},
+                    )
+            except (DataError, OSError) as err:  # this source's failure: the others are still read and checked
+                failed.append(str(err))
+                continue
+            # Every task parses every line of a file, so malformed lines and empty files are counted by task 0.
+            first = rank == 0
+            bad = (skip.count, skip.examples) if skip is not None and first else (0, [])
             self.stat_update("documents", value=docs, unit="source")
             counts[index] = {"docs_in": docs, "chars_in": chars, "bad_records": bad[0], "bad_examples": bad[1]}
+            counts[index]["empty_files"] = empty if first else []
         self._save_counts(counts, rank)
 
 

@@ -64,6 +64,7 @@ from typing import Annotated, Iterable, Iterator, Literal
 
 import sentencepiece as spm
 import torch
+from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
@@ -156,7 +157,10 @@ def training_lines(texts: Iterable[str]) -> Iterator[str]:
 def load_proto(path: str | os.PathLike):
 
     proto = pb.ModelProto()
-    proto.ParseFromString(Path(path).read_bytes())
+    try:
+        proto.ParseFromString(Path(path).read_bytes())
+    except DecodeError as err:
+        raise VocabError(f"{path}: not a SentencePiece model (truncated or corrupted?): {err}") from err
     return proto
 
 

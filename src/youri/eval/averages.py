@@ -36,10 +36,20 @@ def average_name(keys: list[str]) -> str:
     return f"average of {len(keys)} task{'s' if len(keys) != 1 else ''} ({', '.join(keys) or 'none'})"
 
 
-def averages(scores: Mapping[str, float]) -> dict[str, Any]:
-    """``{average, average_name, average_over, subsets}`` for task-key -> score (0-100, unrounded)."""
+def averages(scores: Mapping[str, float], custom_from: str = "") -> dict[str, Any]:
+    """``{average, average_name, average_over, subsets}`` for task-key -> score (0-100, unrounded).
+    ``custom_from``: the preset a custom run started from (other keys or shots); its averages say so and are
+    never named "JP-8 average"."""
     keys = list(scores)
     mean = round(sum(scores.values()) / len(keys), 2) if keys else None
+    if custom_from:
+        return {
+            "average": mean,
+            "average_name": f"custom run (from preset {custom_from}): "
+            + average_name(keys).replace(JP8_NAME, "average of the 8 tasks"),
+            "average_over": keys,
+            "subsets": {},  # rinna's subset columns were published for its own runs only
+        }
     by_name: dict[str, list[float]] = {}
     for key, value in scores.items():
         by_name.setdefault(task_name(key), []).append(value)

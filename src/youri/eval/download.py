@@ -59,9 +59,10 @@ def download(out: str | os.PathLike) -> dict[str, Any]:
                     f"{name}: {fetched[name]['repo']}@{fetched[name]['revision']} -> "
                     + ", ".join(f"{s}.jsonl ({f['rows']} rows)" for s, f in fetched[name]["splits"].items())
                 )
-            except DataError as err:  # DownloadError, or a fetched file that does not parse: the others go on
-                failed[name] = str(err)
-                print(f"NOT DOWNLOADED {err}")
+            except Exception as err:  # noqa: BLE001 -- one task's failure (a broken transfer, a file name the Hub
+                # client refuses, a file that does not parse) is that task's: the others go on, it is named at the end
+                failed[name] = str(err) if isinstance(err, DataError) else f"{name}: {_first_line(err)}"
+                print(f"NOT DOWNLOADED {failed[name]}")
     _write_own(
         out / "sources.json",
         json.dumps({"note": MARK, "tasks": fetched, "failed": failed}, ensure_ascii=False, indent=2) + "\n",

@@ -48,8 +48,9 @@ from youri.eval.generation import HF_CAUSAL
 from youri.eval.lm_eval_bridge import task_metrics
 from youri.eval.tasks import TASKS, Selected, select
 from youri.eval.tasks.base import RenderOptions, render
-from youri.io import DataError, resolve_path, write_jsonl
+from youri.io import DataError, failures_message, resolve_path, write_jsonl
 from youri.model import load_model, load_tokenizer
+from youri.runtime.quant_linear import kernel_summary
 from youri.stage import StageWriter, check_new_file, check_stage_output, read_manifest
 
 NO_DATA = "n/a (no data)"
@@ -168,7 +169,7 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
         check_stage_output(out_folder(cfg), "eval", overwrite)
     tokenizer, max_length = _tokenizer_and_length(cfg)
     opts = render_options(tokenizer, max_length, cfg.max_gen_toks)
-    rendered = {sel.key: render_selected(sel, paths, cfg.limit, opts) for sel, paths in plan if paths}
+    rendered = render_all(plan, cfg.limit, opts)
     if cfg.write_requests:
         write_jsonl(cfg.write_requests, [r for records in rendered.values() for r in records])
         print(f"wrote {sum(map(len, rendered.values()))} requests of {len(rendered)} tasks to {cfg.write_requests}")
@@ -197,21 +198,7 @@ def resolve_preset(cfg: Config) -> Config:
 
 def plan_tasks(cfg: Config) -> list[tuple[Selected, dict[str, str] | None]]:
     """The selected tasks with their resolved data paths (``None``: no data given -> n/a)."""
-    kind = model_kind(cfg)
-    preset = presets.resolve(cfg.preset, kind, cfg.prompt_version)
-    preset_shots = preset.shots_by_name()
-    plan, seen = [], set()
-    for spec in cfg.tasks or preset.tasks:
-        name = spec.split("-")[0]
-        if "-" not in spec and not cfg.prompt_version:  # a bare name takes the preset's versions
-            spec = preset.spec_for(name) or spec
-        sel = select(
-            spec, model_kind=kind, prompt_version=cfg.prompt_version, shots=cfg.shots.get(name, preset_shots.get(name))
-        )
-        if sel.key in seen:
-            raise ConfigError(f"eval.tasks: '{spec}' selects {sel.key} twice")
-        seen.add(sel.key)
-        plan.append((sel, data_paths(cfg, sel)))
+    plan = [(sel, data_paths(cfg, sel)) for sel in selections(cfg, cfg.tasks, cfg.shots)]
     unknown = set(cfg.shots) - set(TASKS)
     if unknown:
         raise ConfigError(f"eval.shots: unknown task '{sorted(unknown)[0]}'; choose from {', '.join(TASKS)}")
@@ -223,6 +210,33 @@ def plan_tasks(cfg: Config) -> list[tuple[Selected, dict[str, str] | None]]:
             f"({', '.join(sorted(valid))})"
         )
     return plan
+
+
+def selections(cfg: Config, tasks: list[str], shots: dict[str, int]) -> list[Selected]:
+    """The tasks ``tasks`` (default: the preset's) select, with ``shots`` over the preset's."""
+    kind = model_kind(cfg)
+    preset = presets.resolve(cfg.preset, kind, cfg.prompt_version)
+    preset_shots = preset.shots_by_name()
+    chosen, seen = [], set()
+    for spec in tasks or preset.tasks:
+        name = spec.split("-")[0]
+        if "-" not in spec and not cfg.prompt_version:  # a bare name takes the preset's versions
+            spec = preset.spec_for(name) or spec
+        sel = select(
+            spec, model_kind=kind, prompt_version=cfg.prompt_version, shots=shots.get(name, preset_shots.get(name))
+        )
+        if sel.key in seen:
+            raise ConfigError(f"eval.tasks: '{spec}' selects {sel.key} twice")
+        seen.add(sel.key)
+        chosen.append(sel)
+    return chosen
+
+
+def preset_record(cfg: Config, plan) -> dict:
+    """The preset as run: its own record, or ``custom`` (with the preset it started from) when the planned
+    task keys or shots differ from the preset's (``presets.run_record``)."""
+    expected = [(sel.key, sel.shots) for sel in selections(cfg, [], {})]
+    return presets.run_record(presets.PRESETS[cfg.preset], [(sel.key, sel.shots) for sel, _ in plan], expected)
 
 
 def data_paths(cfg: Config, sel: Selected) -> dict[str, str] | None:
@@ -249,6 +263,21 @@ def data_paths(cfg: Config, sel: Selected) -> dict[str, str] | None:
             raise DataError(f"eval.data.{name}.{key}: data file not found: {path}")
         paths[key] = str(path)
     return paths
+
+
+def render_all(plan, limit: int, opts: RenderOptions) -> dict[str, list[dict]]:
+    """Every planned task's requests; a task whose data cannot be read is named with every other such task,
+    after all were read, and before any model is loaded."""
+    rendered, failed = {}, []
+    for sel, paths in plan:
+        if paths:
+            try:
+                rendered[sel.key] = render_selected(sel, paths, limit, opts)
+            except (DataError, OSError) as err:
+                failed.append(str(err))  # it names the file
+    if failed:
+        raise DataError(failures_message(failed, sum(1 for _, p in plan if p), "tasks' data could not be read"))
+    return rendered
 
 
 def render_selected(sel: Selected, paths: dict[str, str], limit: int, opts: RenderOptions) -> list[dict]:
@@ -333,7 +362,7 @@ def _score(
     asked: Config,
 ) -> dict[str, Any]:
     data_files = sorted({p for _, paths in plan if paths for p in paths.values()})
-    with _eval_folder(cfg, asked, [cfg.model, *data_files], overwrite) as stage:
+    with _eval_folder(cfg, asked, [cfg.model, *data_files], overwrite, preset_record(cfg, plan)) as stage:
         configs = []
         for sel, paths in plan:
             if not paths:
@@ -347,7 +376,7 @@ def _score(
                 )
             )
         start = time.time()
-        results = {}
+        results, lm = {}, None
         if configs:
             jp_metrics.set_rouge_tokenizer(
                 jp_metrics.MecabTokenizer() if cfg.rouge2_tokenizer == "mecab" else tokenizer
@@ -360,6 +389,9 @@ def _score(
             for key, samples in output.get("samples", {}).items():
                 write_jsonl(stage.path / "samples" / f"{key}.jsonl", bridge.per_document(samples))
         metrics = summarise(cfg, plan, rendered, results, time.time() - start)
+        kernel = kernel_summary(lm.model) if isinstance(getattr(lm, "model", None), torch.nn.Module) else None
+        if kernel:  # wall_time_s depends on it (a GPTQ twin on the fallback kernel is ~4x slower)
+            metrics["gptq_kernel"] = kernel
         print_table(metrics)
         stage.finish(metrics)
     return metrics
@@ -408,13 +440,16 @@ def _score_leaderboard(
     return metrics
 
 
-def _eval_folder(cfg: Config, asked: Config, inputs: list, overwrite: bool) -> StageWriter:
+def _eval_folder(cfg: Config, asked: Config, inputs: list, overwrite: bool, preset: dict | None = None) -> StageWriter:
     """The eval stage folder: ``youri.json`` records the config as asked (so that an unchanged recipe is
-    recognised as unchanged) and, as facts, the preset and generation rule it resolved to."""
+    recognised as unchanged) and, as facts, the preset (``custom`` with ``preset_from`` when the run is not
+    the preset's, see ``preset_record``) and generation rule it resolved to."""
     stage = StageWriter(
         out_folder(cfg), stage="eval", config=asked, inputs=inputs, parent=cfg.model, overwrite=overwrite
     )
-    stage.facts.update(preset=cfg.preset, generation=cfg.generation)
+    stage.facts.update(preset=(preset or {}).get("name", cfg.preset), generation=cfg.generation)
+    if preset and "from" in preset:
+        stage.facts["preset_from"] = preset["from"]["name"]
     return stage
 
 
@@ -469,12 +504,13 @@ def summarise(cfg: Config, plan, rendered: dict[str, list[dict]], results: dict,
             "first_continuations": first.get("continuations"),
             "render_stats": first.get("render_stats", {}),
         }
-    named = averages({key: t["score"] for key, t in tasks.items()})
+    preset = preset_record(cfg, plan)
+    named = averages({key: t["score"] for key, t in tasks.items()}, preset["from"]["name"] if "from" in preset else "")
     return {
         "suite": cfg.suite,
         "model": cfg.model,
         "model_kind": model_kind(cfg),
-        "preset": presets.PRESETS[cfg.preset].record(),
+        "preset": preset,
         "generation": cfg.generation,
         "tasks": tasks,
         "not_run": not_run,

@@ -132,6 +132,27 @@ PRESETS: dict[str, Preset] = {
 KIND_PRESETS = {"base": "rinna", "instruction": "ja-alpaca", "chat": "rinna-bilingual"}
 
 
+CUSTOM = "custom"
+"""The preset name a run records when its task keys or shots are not those of the preset it started from."""
+
+
+def run_record(preset: Preset, ran: list[tuple[str, int]], expected: list[tuple[str, int]]) -> dict:
+    """What ``metrics.json`` says about the preset: the preset's record when the run's ``(task key, shots)``
+    are exactly the preset's, else ``{"name": "custom", "from": <the preset's record>, "changes": [...]}`` --
+    a run with other prompt versions, shots or tasks is never passed off as the published run."""
+    if ran == expected:
+        return preset.record()
+    want, got = dict(expected), dict(ran)
+    changes = [
+        f"{key}: {shots} shots instead of {want[key]}" for key, shots in ran if key in want and want[key] != shots
+    ]
+    changes += [f"added {key}" for key in got if key not in want]
+    changes += [f"dropped {key}" for key in want if key not in got]
+    if not changes:
+        changes = ["task order differs"]
+    return {"name": CUSTOM, "from": preset.record(), "changes": changes}
+
+
 def resolve(name: str, model_kind: str, prompt_version: str = "") -> Preset:
     """The preset ``name`` (``auto``: the model kind's, or ``ja8`` when a prompt version is forced)."""
     if name == "auto":

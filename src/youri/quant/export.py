@@ -30,7 +30,7 @@ from safetensors import safe_open
 
 from youri.config import ConfigError
 from youri.data.rows import heldout_source, token_rows
-from youri.io import atomic_write_text, read_json
+from youri.io import DataError, atomic_write_text, read_json, reading
 from youri.model import load_model, load_tokenizer
 from youri.prompts import INPUT_HEADER, INSTRUCTION_HEADER, INSTRUCTION_INTRO, RESPONSE_HEADER, SETTING, SYSTEM, USER
 from youri.prompts import chat_template as youri_chat_template
@@ -67,7 +67,7 @@ class Config:
 
 def run(cfg: Config, *, overwrite: bool = False) -> Path:
     folder, hf_config, vocab = _validate(cfg)
-    quant = gptq_settings(hf_config)
+    quant = gptq_settings(hf_config, folder)
     out = Path(cfg.out) if cfg.out else folder.with_name(f"{folder.name}-gguf-{cfg.type}")
     with StageWriter(out, stage="export", config=cfg, inputs=[folder], parent=folder, overwrite=overwrite) as stage:
         start = time.perf_counter()
@@ -158,7 +158,7 @@ def _validate(cfg: Config) -> tuple[Path, dict, Vocab]:
     hf_config = read_json(folder / "config.json")
     try:
         model_hparams(hf_config, f"{folder}/config.json")
-        gptq_settings(hf_config)
+        gptq_settings(hf_config, folder)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if not any(folder.glob("*.safetensors")):
@@ -199,7 +199,11 @@ def _sentencepiece_model(folder: Path) -> Path:
 
 
 def _check_same_vocab(folder: Path, sp_model: Path) -> None:
-    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    except (RuntimeError, OSError) as err:  # sentencepiece's "could not parse ModelProto"
+        reason = " ".join(str(err).split())
+        raise DataError(f"{sp_model}: cannot read the SentencePiece model (truncated or corrupted?): {reason}") from err
     vocab = load_tokenizer(folder).get_vocab()
     pieces = {sp.id_to_piece(i): i for i in range(sp.vocab_size())}
     differ = [p for p, i in pieces.items() if vocab.get(p) != i]
@@ -218,7 +222,7 @@ def _tensor_sources(folder: Path, quant: dict | None):
     files = sorted(folder.glob("*.safetensors"))
     where = {}
     for file in files:
-        with safe_open(str(file), "pt") as handle:
+        with reading(file, "cannot read the weights"), safe_open(str(file), "pt") as handle:
             for key in handle.keys():
                 where[key] = (file, tuple(handle.get_slice(key).get_shape()))
     for key, (file, shape) in where.items():
@@ -240,7 +244,7 @@ def _tensor_sources(folder: Path, quant: dict | None):
 
 def _loader(file: Path, key: str):
     def load() -> torch.Tensor:
-        with safe_open(str(file), "pt") as handle:
+        with reading(file, "cannot read the weights"), safe_open(str(file), "pt") as handle:
             return handle.get_tensor(key).float()
 
     return load
@@ -250,7 +254,8 @@ def _gptq_parts(where: dict, module: str):
     def load() -> dict[str, torch.Tensor]:
         parts = {}
         for part in GPTQ_PARTS:
-            with safe_open(str(where[f"{module}.{part}"][0]), "pt") as handle:
+            file = where[f"{module}.{part}"][0]
+            with reading(file, "cannot read the weights"), safe_open(str(file), "pt") as handle:
                 parts[part] = handle.get_tensor(f"{module}.{part}")
         return parts
 

@@ -42,7 +42,7 @@ from youri.io import DataError, read_json, resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.prompts import encode_training
 from youri.quant.gptq import gptq_quantize, rtn_quantize, twin_sizes
-from youri.runtime.gptq_format import QuantConfigError, check_shape, dequantize, pack
+from youri.runtime.gptq_format import AUTOGPTQ_FILE, QuantConfigError, check_shape, dequantize, pack
 from youri.runtime.quant_linear import QuantLinear, swap_linears
 from youri.stage import StageWriter, check_stage_output, read_manifest
 from youri.train.losses import token_loss_sum
@@ -145,10 +145,13 @@ def _validate(cfg: Config):
     if not (parent / "config.json").is_file():
         raise FileNotFoundError(f"{parent}: not a model folder (no config.json)")
     hf_config = read_json(parent / "config.json")
-    if hf_config.get("quantization_config"):
-        method = hf_config["quantization_config"].get("quant_method")
+    autogptq = parent / AUTOGPTQ_FILE  # AutoGPTQ's own layout keeps the settings there only
+    settings = hf_config.get("quantization_config") or (read_json(autogptq) if autogptq.is_file() else None)
+    if settings:
+        method = settings.get("quant_method", "gptq")
+        where = "config.json" if hf_config.get("quantization_config") else AUTOGPTQ_FILE
         raise ConfigError(
-            f"{parent}/config.json: the model is already quantized (quant_method {method!r}); "
+            f"{parent}/{where}: the model is already quantized (quant_method {method!r}); "
             "quantize the full-precision parent instead"
         )
     family_of(hf_config, f"{parent}/config.json")

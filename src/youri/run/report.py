@@ -32,7 +32,7 @@ from youri.config import PositiveInt
 from youri.data.shards import TokenShards, read_index
 from youri.eval.averages import JP8, JP8_NAME
 from youri.eval.chatbench import SUITES
-from youri.io import atomic_write_json, atomic_write_text, read_json
+from youri.io import DataError, atomic_write_json, atomic_write_text, read_json
 from youri.model import load_model, load_tokenizer
 from youri.run.figures import FigureSpec, loss_spec, scores_spec, write_figures
 from youri.run.layout import (
@@ -46,7 +46,7 @@ from youri.run.layout import (
 )
 from youri.runtime.quant_linear import kernel_summary
 from youri.serve.engine import Engine, SamplingParams, generate
-from youri.stage import StageExistsError, fingerprint, is_complete, read_manifest, read_metrics
+from youri.stage import METRICS, StageExistsError, fingerprint, is_complete, read_manifest, read_metrics
 from youri.train.losses import token_loss_sum
 
 GEN_ENGINE = "youri-engine-1"
@@ -82,6 +82,8 @@ def write_report(
     out.mkdir(exist_ok=True)
     rows = collect_rows(run_dir, measure=measure, eval_rows=eval_rows)
     old = _old_rows(Path(compare)) if compare else None
+    if compare and not any(r.get("present") or r.get("average") is not None for r in old):
+        raise DataError(f"--compare {compare}: no model or eval stage folder in it, nothing to compare with")
     report = {"run_dir": str(run_dir), "rows": rows, "tasks": _task_columns(rows)}
     if old is not None:
         report["compare"] = {"run_dir": compare, "rows": old}
@@ -153,9 +155,12 @@ def _scores(eval_dir: Path) -> dict[str, Any]:
         }
     metrics = read_metrics(eval_dir)
     scores, versions, chance = {}, {}, {}
-    for key, t in metrics.get("tasks", {}).items():
-        task = next((name for name in JP8 if key == name or key.startswith(name + "-")), key)
-        scores[task], versions[task], chance[task] = round(t["score"], 2), key, t.get("chance")
+    try:  # a missing field is a one-line error already (read_json); a wrong type is named here
+        for key, t in metrics.get("tasks", {}).items():
+            task = next((name for name in JP8 if key == name or key.startswith(name + "-")), key)
+            scores[task], versions[task], chance[task] = round(t["score"], 2), key, t.get("chance")
+    except (TypeError, AttributeError) as err:
+        raise DataError(f"{eval_dir / METRICS}: 'tasks' is not as youri eval writes it ({err})") from err
     return {
         "scores": scores,
         "versions": versions,
@@ -246,6 +251,8 @@ def measure_model(model_dir: Path, data_dir: Path, *, eval_rows: int = 16, new_t
 
 
 def _old_rows(old_dir: Path) -> list[dict[str, Any]]:
+    if not old_dir.is_dir():
+        raise FileNotFoundError(f"--compare: run folder not found: {old_dir}")
     old_report = old_dir / REPORT / "report.json"
     if old_report.is_file():
         return read_json(old_report)["rows"]

@@ -20,9 +20,16 @@ corrupt it silently), so the asymmetric quantizer here keeps zeros in ``[1, 2^b 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
+from youri.io import read_json
+
 SUPPORTED_BITS = (2, 3, 4, 8)
+AUTOGPTQ_FILE = "quantize_config.json"
+"""Where AutoGPTQ's own layout keeps the settings (``config.json`` then has no ``quantization_config``)."""
 
 
 class QuantConfigError(ValueError):
@@ -118,15 +125,28 @@ def packed_bytes(in_features: int, out_features: int, bits: int, group_size: int
     )
 
 
-def gptq_settings(config: dict) -> dict | None:
-    """The ``quantization_config`` of a GPTQ v1 checkpoint's ``config.json`` dict, or None when absent."""
+def gptq_settings(config: dict, folder: str | os.PathLike | None = None) -> dict | None:
+    """The GPTQ settings of a checkpoint, or None for a full-precision one: ``config.json``'s
+    ``quantization_config`` (transformers / GPTQModel / youri), else -- AutoGPTQ's own layout, where
+    ``config.json`` says nothing -- ``folder/quantize_config.json`` (older AutoGPTQ releases write neither
+    ``quant_method`` nor ``checkpoint_format`` there: both mean GPTQ v1)."""
     quant = config.get("quantization_config")
+    where = f"{Path(folder) / 'config.json' if folder is not None else 'config.json'}: quantization_config"
+    if not quant and folder is not None and (Path(folder) / AUTOGPTQ_FILE).is_file():
+        where = str(Path(folder) / AUTOGPTQ_FILE)
+        quant = dict(read_json(Path(folder) / AUTOGPTQ_FILE))
+        quant.setdefault("quant_method", "gptq")
+        if quant.get("is_marlin_format"):
+            quant["checkpoint_format"] = "marlin"
     if not quant:
         return None
     method, fmt = quant.get("quant_method"), quant.get("checkpoint_format", quant.get("format", "gptq"))
     if method != "gptq" or fmt != "gptq":
         raise QuantConfigError(
-            f"quantization_config quant_method={method!r}, checkpoint_format={fmt!r}: "
+            f"{where}: quant_method={method!r}, checkpoint_format={fmt!r}: "
             "youri loads only GPTQ v1 (quant_method gptq, checkpoint_format gptq)"
         )
+    for key in ("bits", "group_size"):
+        if not isinstance(quant.get(key), int) or isinstance(quant.get(key), bool):
+            raise QuantConfigError(f"{where}: '{key}' must be an integer, got {quant.get(key)!r}")
     return quant

@@ -131,33 +131,52 @@ def avx2_library() -> tuple[ctypes.CDLL | None, str]:
         return None, "the CPU has no AVX2"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
-        return None, "no C compiler (cc) to build it"
+        return None, "no C compiler found (cc or gcc on PATH, or CC)"
     source = AVX2_SOURCE.read_bytes()
     for flags in (("-fopenmp", *AVX2_FLAGS), AVX2_FLAGS):  # OpenMP threads where the compiler has them
         digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
         target = _cache_dir() / f"int4_avx2-{digest}.so"
-        if target.exists() or _compile(compiler, flags, target):
+        failure = "" if target.exists() else _compile(compiler, flags, target)
+        if not failure:
             try:
                 return _bind(ctypes.CDLL(str(target))), ""
             except (OSError, AttributeError) as error:  # a foreign or truncated file under that name
                 return None, f"cannot load {target}: {error}"
-    return None, f"{compiler} could not build {AVX2_SOURCE.name} into {target.parent}"
+    return None, f"{compiler} could not build {AVX2_SOURCE.name} into {target.parent}: {failure}"
 
 
-def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> bool:
+def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> str:
     """Build into a temporary file, then rename: concurrent first uses never load a half-written library.
-    False when the cache folder cannot be written or the compiler refuses (the caller falls back)."""
+    Returns why not ('' on success): the cache folder cannot be written, the compiler is missing or refuses
+    (the caller falls back)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as work:
-            built = Path(work) / target.name
+        work = tempfile.TemporaryDirectory(dir=target.parent)
+    except OSError as error:  # read-only, not a folder, full disk
+        return f"the kernel cache is not writable ({error.strerror or error})"
+    try:
+        with work as folder:
+            built = Path(folder) / target.name
             command = [compiler, *flags, str(AVX2_SOURCE), "-o", str(built), "-lm"]
-            if subprocess.run(command, capture_output=True, timeout=120).returncode != 0:
-                return False
+            done = subprocess.run(command, capture_output=True, timeout=120)
+            if done.returncode != 0:
+                lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+                return f"the compiler failed ({next((x for x in lines if 'error' in x), lines[0] if lines else '')})"
             os.replace(built, target)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return True
+    except FileNotFoundError as error:
+        return f"no C compiler at {error.filename or compiler}"
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return " ".join(str(error).split()) or type(error).__name__
+    return ""
+
+
+def avx2_unavailable(device: torch.device) -> str:
+    """Why ``int4-avx2``, the first choice on a CPU, is not among its kernels ('' where it is, or where it
+    does not apply: another device, or ``YOURI_INT4_KERNEL`` pins a kernel)."""
+    if device.type != "cpu" or _pinned():
+        return ""
+    library, why = avx2_library()
+    return "" if library is not None else why
 
 
 def _bind(library: ctypes.CDLL) -> ctypes.CDLL:

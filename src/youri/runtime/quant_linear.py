@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from youri.io import reading
 from youri.runtime import kernels
 from youri.runtime.gptq_format import check_shape, dequantize, unpack
 
@@ -130,7 +131,17 @@ def kernel_summary(model: nn.Module) -> str | None:
         counts[layer.kernel] = counts.get(layer.kernel, 0) + 1
     paths = ", ".join(f"{name} on {n}/{len(layers)} layers" for name, n in sorted(counts.items()))
     notes = sorted({layer.kernel_note for layer in layers if layer.kernel_note})
-    return "GPTQ matmul: " + paths + (f" (dequantising: {'; '.join(notes)})" if notes else "")
+    # The fast CPU kernel could not be built (no compiler, unwritable cache, no AVX2): a ~4x slower model
+    # is never silent (printed once at load; in the metrics.json of every stage that measures speed).
+    missing = next(
+        (why for why in map(kernels.avx2_unavailable, {layer.qweight.device for layer in layers}) if why), ""
+    )
+    return (
+        "GPTQ matmul: "
+        + paths
+        + (f" (dequantising: {'; '.join(notes)})" if notes else "")
+        + (f" (int4-avx2 unavailable: {missing})" if missing else "")
+    )
 
 
 def swap_linears(module: nn.Module, names: set[str], *, bits: int, group_size: int) -> None:
@@ -164,12 +175,14 @@ def load_gptq_model(path, quant: dict, *, dtype=None, device=None):
     """
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    del config.quantization_config  # youri swaps the layers itself; no transformers quantizer involved
+    if hasattr(config, "quantization_config"):  # absent in AutoGPTQ's layout (settings in quantize_config.json)
+        del config.quantization_config  # youri swaps the layers itself; no transformers quantizer involved
     dtype = dtype or getattr(config, "dtype", None) or torch.float16
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     state = {}
     for file in sorted(path.glob("*.safetensors")):
-        state.update(load_file(str(file)))
+        with reading(file, "cannot read the weights"):
+            state.update(load_file(str(file)))
     if not state:
         raise FileNotFoundError(f"{path}: no *.safetensors weights")
     with _parameters_on_meta():

@@ -29,6 +29,7 @@ and generation config vLLM reads; see docs/serving.md).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -178,5 +179,9 @@ def run(cfg: Config, *, overwrite: bool = False) -> None:
     server = build_server(cfg)
     if cfg.host not in {"127.0.0.1", "localhost", "::1"} and not server.api_key:
         print(f"youri serve: warning: listening on {cfg.host} without an api_key", flush=True)
-    print(f"youri serve: '{server.name}' on http://{cfg.host}:{cfg.port} (chat page at /, API at /v1)", flush=True)
-    uvicorn.run(create_app(server), host=cfg.host, port=cfg.port, log_level="info")
+    # Bound here, before the banner, so that --port 0 prints the port the system chose.
+    sock = socket.create_server((cfg.host, cfg.port), family=socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+    port = sock.getsockname()[1]
+    print(f"youri serve: '{server.name}' on http://{cfg.host}:{port} (chat page at /, API at /v1)", flush=True)
+    config = uvicorn.Config(create_app(server), host=cfg.host, port=port, log_level="info")
+    uvicorn.Server(config).run(sockets=[sock])

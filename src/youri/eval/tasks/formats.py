@@ -52,7 +52,7 @@ def _starts_with_bracket(file: Path) -> bool:
 
 def _array_rows(file: Path) -> Iterator[Row]:
     try:
-        records = json.loads(file.read_text(encoding="utf-8"))
+        records = json.loads(file.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as err:
         raise DataError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
@@ -65,7 +65,7 @@ def _array_rows(file: Path) -> Iterator[Row]:
 
 def _csv_rows(file: Path) -> Iterator[Row]:
     try:
-        with file.open(newline="", encoding="utf-8") as handle:
+        with file.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM is not part of the header
             for index, record in enumerate(csv.DictReader(handle), start=1):
                 if None in record:  # more cells than header names
                     raise DataError(f"{file}: record {index} has more cells than the header has columns")
