@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -337,18 +343,32 @@ def test_every_failing_sft_dataset_and_eval_task_is_named_at_once(good, tmp_path
     assert not (tmp_path / "r.jsonl").exists()
 
 
-def test_serve_on_port_0_prints_the_port_it_bound(good, monkeypatch, capsys):
-    import socket
-
-    import uvicorn
-
-    bound = {}
-
-    def serve(self, sockets=None):  # instead of serving: the socket the banner was printed for
-        bound["port"] = sockets[0].getsockname()[1]
-        socket.create_connection(("127.0.0.1", bound["port"]), timeout=5).close()  # it listens already
-        sockets[0].close()
-
-    monkeypatch.setattr(uvicorn.Server, "run", serve)
-    assert cli.main(["serve", str(good["model"]), "--port", "0"]) == 0
-    assert bound["port"] != 0 and f"on http://127.0.0.1:{bound['port']} (chat page" in capsys.readouterr().out
+def test_serve_on_port_0_prints_the_port_it_bound(good):
+    """``youri serve --port 0`` (a real process, as a user starts it): the banner names the port the system
+    chose, and that port answers."""
+    command = [sys.executable, "-m", "youri", "serve", str(good["model"]), "--port", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline, port = time.monotonic() + 120, None
+        while port is None and time.monotonic() < deadline:
+            line = server.stdout.readline()
+            if not line:
+                break
+            found = re.search(r"on http://127\.0\.0\.1:(\d+) \(chat page", line)
+            port = int(found.group(1)) if found else None
+        assert port, "no banner with the bound port"
+        for _ in range(200):  # the banner comes before uvicorn takes the socket over
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
+                    assert reply.status == 200
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"nothing answers on port {port}")
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
