@@ -392,6 +392,10 @@ def test_model_kind_picks_the_default_prompt_version(tmp_path):
     assert keys[0] == "jcommonsenseqa-1.1-0.3"
     keys = [sel.key for sel, _ in plan_tasks(_cfg(model=str(tmp_path), tasks=["jcommonsenseqa", "mgsm"]))]
     assert keys == ["jcommonsenseqa-1.1-0.2", "mgsm-1.0-0.0"]  # base: the rinna preset's keys
+    dpo = tmp_path / "prefer"  # youri prefer trains in its kind's prompt format (a merged parent has none)
+    dpo.mkdir()
+    (dpo / "youri.json").write_text(json.dumps({"stage": "prefer", "config": {"kind": "instruction"}, "parent": None}))
+    assert model_kind(_cfg(model=str(dpo))) == "instruction"
     keys = [sel.key for sel, _ in plan_tasks(_cfg(model=str(tmp_path), preset="ja8", tasks=["jcommonsenseqa"]))]
     assert keys == ["jcommonsenseqa-1.1-0.1"]  # the ja8 suite file: what the bare harness names resolve to
 

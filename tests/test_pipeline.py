@@ -10,8 +10,8 @@ import torch
 import yaml
 from conftest import SHARED_DATA
 
-from youri.config import ConfigError, build_config
-from youri.run.pipeline import Config, plan, run
+from youri.config import ConfigError, build_config, config_to_dict, load_recipe
+from youri.run.pipeline import Config, plan, recipe_of, run
 from youri.run.report import GEN_ENGINE
 from youri.runtime import kernels
 from youri.stage import is_complete, read_manifest
@@ -132,4 +132,31 @@ def test_demo_pipeline_runs_skips_and_reruns_what_changed(tmp_path, monkeypatch)
 def test_every_shipped_recipe_validates_every_stage(recipe, capsys):
     planned = run(build_config(Config, {"recipe": str(recipe), "plan_only": True, "vocab_extend": True}))
     assert planned and all(status == "planned" for status in planned.values())
-    assert "pretrain" in planned and "eval_chat_gptq" in planned
+    assert "pretrain" in planned and "eval_base_gptq" in planned
+    twins = [name.removeprefix("quantize_") for name in planned if name.startswith("quantize_")]
+    assert len(twins) >= 3 and all(f"eval_{v}" in planned and f"eval_{v}_gptq" in planned for v in twins)
+
+
+def test_youko_recipe_plans_rinnas_2024_chain_and_wires_the_chat_vector(tmp_path, capsys):
+    """pretrain -> merge (pretrain + 0.5 (base_instruct - init)) -> prefer -> GPTQ twins -> eval, from one recipe."""
+    path = REPO / "recipes" / "demo-youko.yaml"
+    cfg = build_config(Config, load_recipe(path)["pipeline"], {"recipe": str(path), "run_dir": str(tmp_path)})
+    recipe = recipe_of(cfg)  # demo.yaml's init, data, pretrain, quantize, eval under its own sections
+    nodes = {n.name: n for n in plan(cfg, recipe)}
+    assert list(nodes)[:6] == ["init", "data", "pretrain", "base_instruct", "merge", "prefer"]
+    assert not {"sft_instruction", "sft_chat", "quantize_chat"} & set(nodes)
+    assert {f"quantize_{v}" for v in ("base", "merged", "preferred")} <= set(nodes)
+    assert {f"eval_{v}{s}" for v in ("base", "merged", "preferred") for s in ("", "_gptq")} <= set(nodes)
+    assert nodes["merge"].wiring == {"base": "init", "models.0.model": "pretrain", "models.1.model": "base_instruct"}
+    assert nodes["prefer"].wiring == {"model": "merge"} and nodes["quantize_preferred"].wiring == {"model": "prefer"}
+    run(build_config(Config, {**config_to_dict(cfg), "plan_only": True}))  # every stage's config validates
+    out = capsys.readouterr().out
+    assert f"models.0.model={tmp_path / 'pretrain'}, models.1.model={tmp_path / 'base_instruct'}" in out
+    # without the base_instruct stand-in, the recipe's own instruct model stays (e.g. Llama-3-8B-Instruct)
+    merge_only = plan(Config(recipe=str(path), stages=["merge", "prefer"]), recipe)
+    assert next(n for n in merge_only if n.name == "merge").wiring == {"base": "init", "models.0.model": "pretrain"}
+    short = dict(recipe, merge={**recipe["merge"], "models": recipe["merge"]["models"][:1]})
+    short_path = tmp_path / "short.yaml"
+    short_path.write_text(yaml.safe_dump(short, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"merge\.models\.1\.model: the pipeline wires this item"):
+        run(build_config(Config, {**config_to_dict(cfg), "recipe": str(short_path), "inherit": "", "plan_only": True}))

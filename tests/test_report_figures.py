@@ -27,10 +27,10 @@ def stage_folder(path: Path, metrics: dict, weights: int = 0) -> None:
             handle.truncate(weights)  # only the size on disk is read
 
 
-def fake_run(root: Path, shift: float = 0.0) -> Path:
+def fake_run(root: Path, shift: float = 0.0, variants: dict[str, str] = VARIANTS) -> Path:
     """Six models with sizes, cached perplexities and two scored tasks (xwinograd_ja n/a for base 4-bit)."""
     measures = {}
-    for i, (variant, folder) in enumerate(VARIANTS.items()):
+    for i, (variant, folder) in enumerate(variants.items()):
         for precision, model, size in (("fp", folder, 4 << 20), ("gptq", f"quantize_{variant}", (4 + i) << 18)):
             stage_folder(root / model, {"loss_curve": [[1, 3.0], [2, 2.5 - i / 10]]}, weights=size)
             measures[f"fp:{model}"] = {
@@ -210,3 +210,23 @@ def test_a_run_without_evaluation_still_gets_its_figures(tmp_path):
     assert all(math.isnan(h) for hs in heights(lost_ax).values() for h in hs)  # nothing to lose: n/a, not 0
     assert same(next(iter(heights(size_ax).values())), [(4 + i) / 16 for i in range(3)])
     assert "none scored" in (run / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_rinnas_2024_chain_gets_its_own_rows_and_bars(tmp_path):
+    """A run of recipes/demo-youko.yaml: the report shows base, merged and preferred (fp and GPTQ), no SFT rows."""
+    variants = {"base": "pretrain", "merged": "merge", "preferred": "prefer"}
+    run = fake_run(tmp_path / "run", variants=variants)
+    report = write_report(run, measure=True)  # cached measures: no model is loaded
+    assert [(r["variant"], r["precision"]) for r in report["rows"]] == [
+        (v, p) for v in variants for p in ("fp", "gptq")
+    ]
+    assert all(r["present"] and r["size_mb"] > 0 for r in report["rows"])
+    assert row(report, "preferred", "gptq")["scores"]["jcommonsenseqa"] == 50.0 - 3
+    task_ax = figures.task_scores(report)[0].axes[0]
+    assert list(heights(task_ax)) == [f"{v} {label}" for v in variants for label in ("fp", "4-bit")]
+    lost_ax, size_ax, _ = figures.cost_of_4bit(report)[0].axes
+    assert list(heights(lost_ax)) == list(variants)
+    assert same(next(iter(heights(size_ax).values())), [(4 + i) / 16 for i in range(3)])
+    markdown = (run / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| preferred (GPTQ 4-bit) |" in markdown and "| merged (fp) |" in markdown
+    assert "| chat (" not in markdown and "| instruction (" not in markdown

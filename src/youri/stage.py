@@ -47,6 +47,8 @@ MANIFEST = "youri.json"
 METRICS = "metrics.json"
 PARTIAL_SUFFIX = ".partial"
 ERROR_LOG = "error.log"
+PROMPTED_STAGES = ("sft", "prefer")
+"""Stages whose recorded ``config.kind`` (instruction | chat) is the prompt format the model was trained in."""
 
 
 class StageExistsError(FileExistsError):

@@ -51,7 +51,7 @@ from youri.eval.tasks.base import RenderOptions, render
 from youri.io import DataError, failures_message, resolve_path, write_jsonl
 from youri.model import load_model, load_tokenizer
 from youri.runtime.quant_linear import kernel_summary
-from youri.stage import StageWriter, check_new_file, check_stage_output, read_manifest
+from youri.stage import PROMPTED_STAGES, StageWriter, check_new_file, check_stage_output, read_manifest
 
 NO_DATA = "n/a (no data)"
 
@@ -300,7 +300,7 @@ def model_kind(cfg: Config) -> str:
         manifest = read_manifest(path) if path and path.is_dir() else None
         if manifest is None:
             return "base"
-        if manifest.get("stage") == "sft":  # youri sft records kind: instruction | chat
+        if manifest.get("stage") in PROMPTED_STAGES:  # youri sft / prefer record kind: instruction | chat
             return "chat" if manifest.get("config", {}).get("kind") == "chat" else "instruction"
         path = Path(manifest["parent"]) if manifest.get("parent") else None
     return "base"

@@ -15,7 +15,7 @@ from typing import Any
 from youri.io import atomic_write_text
 from youri.model import load_tokenizer
 from youri.prompts import Instruction, Turn, chat_prompt, instruction_prompt
-from youri.stage import read_manifest, read_metrics
+from youri.stage import PROMPTED_STAGES, read_manifest, read_metrics
 
 LICENSES = {
     "llama2": ("llama2", "Llama 2 Community License Agreement (inherited from the Llama 2 base model)"),
@@ -110,7 +110,7 @@ def write_model_card(folder: Path, *, eval_metrics: dict[str, Any] | None = None
 
 def _kind(chain: list[tuple[Path, dict[str, Any]]]) -> str:
     for _, man in chain:
-        if man.get("stage") == "sft":
+        if man.get("stage") in PROMPTED_STAGES:
             return man.get("config", {}).get("kind", "chat")
     return "base"
 

@@ -23,11 +23,10 @@ from typing import Any
 
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend to choose
 
-from youri.run.layout import PRECISIONS, TRAINING_STAGES, VARIANTS
+from youri.run.layout import COLORS, PRECISIONS, TRAINING_STAGES
 from youri.stage import is_complete, read_metrics
 
 LABELS = {"fp": "fp", "gptq": "4-bit"}
-COLORS = {"base": "#4c72b0", "instruction": "#55a868", "chat": "#c44e52"}
 SIZE_CLAIM = 0.30  # rinna: each GPTQ twin under 30 % of its fp model's size (Youri 7B: 3.9 GB of 13.5 GB)
 NAN = float("nan")
 
@@ -60,6 +59,17 @@ def write_figures(report: dict[str, Any], out: Path) -> list[FigureSpec]:
 def scored_tasks(report: dict[str, Any]) -> list[str]:
     """Tasks with a score in at least one row, in the report's column order."""
     return [t for t in report["tasks"] if any(t in row["scores"] for row in report["rows"])]
+
+
+def variants_of(report: dict[str, Any]) -> list[str]:
+    """The model variants the report has rows for, in its order (base, instruction, chat; or merged, ...)."""
+    return list(dict.fromkeys(r["variant"] for r in report["rows"]))
+
+
+def _names(report: dict[str, Any]) -> str:
+    """``base, instruction and chat``: the report's variants in words."""
+    names = variants_of(report)
+    return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1] if names else "no model"
 
 
 def row_of(rows: list[dict[str, Any]], variant: str, precision: str) -> dict[str, Any]:
@@ -123,10 +133,10 @@ def _fmt(value: float, digits: int = 2, sign: bool = False) -> str:
 def task_scores(report: dict[str, Any]):
     """Grouped bars per task: for each model its fp bar beside its 4-bit bar; chance as a dashed line."""
     tasks = scored_tasks(report)
-    series = _series()
+    series = _series(report)
     fig = Figure(figsize=(max(6.0, 1.9 * len(tasks) + 2), 3.6))
     ax = fig.subplots()
-    _six_bars(ax, len(tasks), lambda v, p: [score(row_of(report["rows"], v, p), t) for t in tasks], digits=1)
+    _six_bars(ax, report, len(tasks), lambda v, p: [score(row_of(report["rows"], v, p), t) for t in tasks], digits=1)
     levels = [chance(report, t) for t in tasks]
     ax.hlines(
         levels,
@@ -151,7 +161,7 @@ def task_scores(report: dict[str, Any]):
     ]
     alt = (
         f"Grouped bar chart of JP-8 scores for {len(tasks)} task(s) ({', '.join(tasks) or 'none scored'}): "
-        "for each task, base, instruction and chat, each model's full-precision bar beside its GPTQ 4-bit "
+        f"for each task, {_names(report)}, each model's full-precision bar beside its GPTQ 4-bit "
         "bar (hatched), with the task's chance level as a dashed line."
     )
     return fig, FigureSpec("task_scores.png", "JP-8 per task, fp and 4-bit", alt, header, rows)
@@ -159,12 +169,12 @@ def task_scores(report: dict[str, Any]):
 
 def cost_of_4bit(report: dict[str, Any]):
     """Three panels: points lost per task and on average; size ratio; perplexity change."""
-    tasks = scored_tasks(report)
+    tasks, variants = scored_tasks(report), variants_of(report)
     groups = tasks + ["mean"]
     fig = Figure(figsize=(max(9.0, 1.3 * len(groups) + 7), 3.6))
     lost_ax, size_ax, ppl_ax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [max(len(groups), 2), 1.2, 1.6]})
-    width = 0.8 / len(VARIANTS)
-    for i, variant in enumerate(VARIANTS):
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
         xs = [k - 0.4 + width * (i + 0.5) for k in range(len(groups))]
         lost = points_lost(report, variant, tasks)
         _label_bars(lost_ax, lost_ax.bar(xs, lost, width, label=variant, color=COLORS[variant]), lost, 2, sign=True)
@@ -175,11 +185,11 @@ def cost_of_4bit(report: dict[str, Any]):
     lost_ax.margins(y=0.15)
     lost_ax.legend(fontsize=7)
 
-    ratios = [size_ratio(report, v) for v in VARIANTS]
-    bars = size_ax.bar(range(len(VARIANTS)), ratios, 0.6, color=[COLORS[v] for v in VARIANTS])
+    ratios = [size_ratio(report, v) for v in variants]
+    bars = size_ax.bar(range(len(variants)), ratios, 0.6, color=[COLORS[v] for v in variants])
     _label_bars(size_ax, bars, ratios, 3)
     size_ax.axhline(SIZE_CLAIM, color="black", ls="dashed", lw=1, label=f"claim: < {SIZE_CLAIM:.0%}")
-    size_ax.set_xticks(range(len(VARIANTS)), VARIANTS, fontsize=8)
+    size_ax.set_xticks(range(len(variants)), variants, fontsize=8)
     size_ax.set_ylabel("4-bit size / fp size")
     size_ax.set_title("size ratio")
     size_ax.set_ylim(0, max([1.05] + [1.2 * r for r in ratios if not math.isnan(r)]))  # a ratio is read against 1
@@ -187,17 +197,17 @@ def cost_of_4bit(report: dict[str, Any]):
 
     langs = ("ja", "en")
     for j, lang in enumerate(langs):
-        xs = [k - 0.2 + 0.4 * j for k in range(len(VARIANTS))]
-        changes = [ppl_change(report, v, lang) for v in VARIANTS]
+        xs = [k - 0.2 + 0.4 * j for k in range(len(variants))]
+        changes = [ppl_change(report, v, lang) for v in variants]
         bars = ppl_ax.bar(xs, changes, 0.4, label=f"ppl {lang}", color="#555555" if lang == "ja" else "#bbbbbb")
         _label_bars(ppl_ax, bars, changes, 1, sign=True)
     ppl_ax.axhline(0, color="black", lw=0.8)
-    ppl_ax.set_xticks(range(len(VARIANTS)), VARIANTS, fontsize=8)
+    ppl_ax.set_xticks(range(len(variants)), variants, fontsize=8)
     ppl_ax.set_ylabel("perplexity change (%)")
     ppl_ax.set_title("perplexity, 4-bit vs fp")
     ppl_ax.margins(y=0.2)
     ppl_ax.legend(fontsize=7, loc="best")
-    for ax, width in ((lost_ax, len(groups)), (size_ax, len(VARIANTS)), (ppl_ax, len(VARIANTS))):
+    for ax, width in ((lost_ax, len(groups)), (size_ax, len(variants)), (ppl_ax, len(variants))):
         ax.set_xlim(-0.5, width - 0.5)  # NaN bars do not widen the axis: their n/a labels must still fit
     fig.tight_layout()
 
@@ -207,10 +217,10 @@ def cost_of_4bit(report: dict[str, Any]):
         + [_fmt(x, sign=True) for x in points_lost(report, v, tasks)]
         + [_fmt(size_ratio(report, v), 3)]
         + [_fmt(ppl_change(report, v, lang), 1, sign=True) for lang in langs]
-        for v in VARIANTS
+        for v in variants
     ]
     alt = (
-        "Three panels on the cost of GPTQ 4-bit for base, instruction and chat: bars of the JP-8 points "
+        f"Three panels on the cost of GPTQ 4-bit for {_names(report)}: bars of the JP-8 points "
         f"lost (full precision minus 4-bit) per task ({', '.join(tasks) or 'none scored'}) and their mean; "
         f"bars of the 4-bit size as a fraction of the fp size, with a dashed line at {SIZE_CLAIM:.0%}; "
         "bars of the Japanese and English held-out perplexity change in percent."
@@ -222,10 +232,10 @@ def compare_deltas(report: dict[str, Any]):
     """Grouped bars per task (and the average): score change against the ``--compare`` run, six models."""
     tasks = scored_tasks(report)
     groups = tasks + ["average"]
-    series = _series()
+    series = _series(report)
     fig = Figure(figsize=(max(6.0, 1.9 * len(groups) + 2), 3.6))
     ax = fig.subplots()
-    _six_bars(ax, len(groups), lambda v, p: compare_delta(report, v, p, tasks), digits=1, sign=True)
+    _six_bars(ax, report, len(groups), lambda v, p: compare_delta(report, v, p, tasks), digits=1, sign=True)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set_ylabel("score change (new − old)")
@@ -236,8 +246,8 @@ def compare_deltas(report: dict[str, Any]):
     rows = [[label] + [_fmt(x, sign=True) for x in compare_delta(report, v, p, tasks)] for v, p, label in series]
     alt = (
         f"Grouped bar chart of the score change against the older run {report['compare']['run_dir']} per task "
-        f"({', '.join(tasks) or 'none scored'}) and of the average, for the six models (base, instruction, "
-        "chat; full precision and GPTQ 4-bit); bars above zero are improvements."
+        f"({', '.join(tasks) or 'none scored'}) and of the average, for the {len(series)} models ({_names(report)}; "
+        "full precision and GPTQ 4-bit); bars above zero are improvements."
     )
     return fig, FigureSpec("compare.png", "Change against the older run", alt, header, rows)
 
@@ -289,14 +299,14 @@ def chat_suite_scores(report: dict[str, Any], suite: str):
     return fig, FigureSpec(f"{suite}.png", f"{suite} per category", alt, header, rows)
 
 
-def _series() -> list[tuple[str, str, str]]:
-    """(variant, precision, label) of the six models, fp before 4-bit within each variant."""
-    return [(v, p, f"{v} {LABELS[p]}") for v in VARIANTS for p in PRECISIONS]
+def _series(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(variant, precision, label) of the report's models (six), fp before 4-bit within each variant."""
+    return [(v, p, f"{v} {LABELS[p]}") for v in variants_of(report) for p in PRECISIONS]
 
 
-def _six_bars(ax, groups: int, values_of, *, digits: int, sign: bool = False) -> None:
+def _six_bars(ax, report: dict[str, Any], groups: int, values_of, *, digits: int, sign: bool = False) -> None:
     """Six bars per group: each variant's colour, fp solid beside 4-bit hatched, every bar labelled."""
-    series = _series()
+    series = _series(report)
     width = 0.8 / len(series)
     for i, (variant, precision, label) in enumerate(series):
         values = values_of(variant, precision)
@@ -376,7 +386,7 @@ def scores_spec(report: dict[str, Any]) -> FigureSpec:
         for r in report["rows"]
     ]
     alt = (
-        "Bar chart of each model's average JP-8 score over the tasks it ran, base, instruction and chat, "
+        f"Bar chart of each model's average JP-8 score over the tasks it ran, {_names(report)}, "
         "full precision and GPTQ 4-bit (a missing average is drawn as 0)."
     )
     return FigureSpec("scores.png", "Average score per model", alt, ["model", "average", "over"], rows)

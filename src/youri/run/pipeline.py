@@ -1,8 +1,16 @@
 """``youri pipeline RECIPE``: the whole family from one recipe, each stage in its own folder.
 
-    init | base ─┬─> (vocab) ─> data ─> pretrain ─┬─> sft_instruction
+    init | base ─┬─> (vocab) ─> data ─> pretrain ─┬─> sft_instruction          (stages: the default chain)
                  │                                 └─> sft_chat
-                 └─ every model (base, instruction, chat) ─> quantize_* ─> eval_* (fp and GPTQ) ─> report
+                 └─ every model (base and each stage's variant) ─> quantize_* ─> eval_* (fp and GPTQ) ─> report
+
+rinna's 2024 chain (``recipes/demo-youko.yaml``: ``stages: [base_instruct, merge, prefer]``)::
+
+    init ─┬─> data ─> pretrain ─┐
+          └─> base_instruct ────┴─> merge (chat vector) ─> prefer (DPO) ─> quantize_* ─> eval_* ─> report
+
+The model stages after pretraining are the rows of ``youri.run.layout.MODEL_STAGES`` (module, inputs,
+variant); the pipeline section's ``stages`` picks which run.
 
 Tiny, on this CPU (the README's main command; a few minutes on 2 cores)::
 
@@ -12,32 +20,41 @@ On a cluster the same recipe drives the same stages (see docs/launch.md); each t
 also be launched on its own with torchrun using the folder layout below.
 
 Each stage reads its recipe section (``init``, ``vocab``, ``data``, ``pretrain``, ``sft_instruction``,
-``sft_chat``, ``quantize``, ``eval``); the pipeline only wires folders (``model``, ``data``,
-``tokenizer``, ``out``) into ``RUN_DIR/<stage>``. A stage is skipped when its folder is complete and
-was made with the same resolved config from inputs whose fingerprints are unchanged; otherwise it
-runs again (resuming its own ``.partial`` progress where it has any), and so does everything
-downstream, because their recorded input fingerprints no longer match.
+``sft_chat``, ``base_instruct``, ``merge``, ``prefer``, ``quantize``, ``eval``); the pipeline only wires
+folders (``model``, ``data``, ``tokenizer``, ``base``, ``models.N.model``, ``out``) into ``RUN_DIR/<stage>``.
+A stage is skipped when its folder is complete and was made with the same resolved config from inputs whose
+fingerprints are unchanged; otherwise it runs again (resuming its own ``.partial`` progress where it has any),
+and so does everything downstream, because their recorded input fingerprints no longer match.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from youri.config import ConfigError, build_config, config_to_dict, load_recipe
 from youri.eval.chatbench import SUITES
 from youri.quant.gguf_writer import GGUF_TYPES, grid_mismatch
 from youri.run.card import write_model_card
-from youri.run.layout import VARIANTS, chat_suite_folder, eval_folder, model_folder
+from youri.run.layout import (
+    DEFAULT_STAGES,
+    MODEL_STAGES,
+    VARIANTS,
+    chat_suite_folder,
+    eval_folder,
+    model_folder,
+)
 from youri.stage import fingerprint, is_complete, read_manifest, read_metrics
 
 REPORT_MODULE = "youri.run.report"
 EXPORT_MODULE = "youri.quant.export"
 QUANTIZE_MODULE = "youri.quant.quantize"
+StageName = Literal[tuple(s.name for s in MODEL_STAGES)]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -48,6 +65,10 @@ class Config:
     """Folder that receives one sub-folder per stage."""
     base: str = ""
     """HF Llama-family model folder to adapt (e.g. Llama-2-7b); empty = train the tiny English base ('init')."""
+    inherit: str = ""
+    """Another recipe (relative to this one's folder) whose sections fill those this recipe lacks."""
+    stages: list[StageName] = field(default_factory=lambda: list(DEFAULT_STAGES))
+    """Model stages after pretraining (rows of youri.run.layout.MODEL_STAGES; they run in that table's order)."""
     vocab_extend: bool = False
     """Extend the vocabulary with Japanese pieces ('vocab' stage) before data and pretraining."""
     quantize: bool = True
@@ -96,19 +117,26 @@ def plan(cfg: Config, recipe: dict[str, Any] | None = None) -> list[Node]:
         base = "vocab"
     nodes.append(Node("data", "youri.data.corpus", "data", {"tokenizer": base}))
     nodes.append(Node("pretrain", "youri.train.pretrain", "pretrain", {"model": base, "data": "data"}))
-    for kind in ("instruction", "chat"):
-        nodes.append(Node(f"sft_{kind}", "youri.train.sft", f"sft_{kind}", {"model": "pretrain"}))
+    variants = ["base"]
+    for stage in MODEL_STAGES:
+        if stage.name not in cfg.stages:
+            continue
+        planned = {"init"} | {n.name for n in nodes}  # init: the trained tiny base or the given base folder
+        wiring = {key: upstream for key, upstream in stage.inputs.items() if upstream in planned}
+        nodes.append(Node(stage.name, stage.module, stage.name, wiring))
+        if stage.variant:
+            variants.append(stage.variant)
     if cfg.quantize:
-        for variant, source in VARIANTS.items():
-            nodes.append(Node(model_folder(variant, "gptq"), "youri.quant.quantize", "quantize", {"model": source}))
+        for variant in variants:
+            nodes.append(Node(model_folder(variant, "gptq"), QUANTIZE_MODULE, "quantize", {"model": VARIANTS[variant]}))
     if cfg.export:
         from_twin = cfg.quantize and _twin_exports_losslessly(recipe or {})
-        for variant, source in VARIANTS.items():
-            model = model_folder(variant, "gptq") if from_twin else source
+        for variant in variants:
+            model = model_folder(variant, "gptq") if from_twin else VARIANTS[variant]
             nodes.append(Node(f"export_{variant}", EXPORT_MODULE, "export", {"model": model}))
     if cfg.evaluate:
-        for variant, source in VARIANTS.items():
-            nodes.append(Node(eval_folder(variant), "youri.eval.evaluate", "eval", {"model": source}))
+        for variant in variants:
+            nodes.append(Node(eval_folder(variant), "youri.eval.evaluate", "eval", {"model": VARIANTS[variant]}))
             if cfg.quantize:
                 nodes.append(
                     Node(
@@ -118,7 +146,7 @@ def plan(cfg: Config, recipe: dict[str, Any] | None = None) -> list[Node]:
                         {"model": model_folder(variant, "gptq")},
                     )
                 )
-    if cfg.evaluate and cfg.chat_eval and not _chat_eval_skip(recipe or {}):
+    if cfg.evaluate and cfg.chat_eval and "chat" in variants and not _chat_eval_skip(recipe or {}):
         suite = (recipe or {})["chat_eval"]["suite"]
         for precision in ("fp", "gptq") if cfg.quantize else ("fp",):
             folder, model = chat_suite_folder(suite, "chat", precision), model_folder("chat", precision)
@@ -142,7 +170,7 @@ def _chat_eval_skip(recipe: dict[str, Any]) -> str:
 def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
     if not cfg.recipe:
         raise ConfigError("pipeline: give the recipe, e.g. 'youri pipeline recipes/demo.yaml'")
-    recipe = load_recipe(cfg.recipe)
+    recipe = recipe_of(cfg)
     run_dir = Path(cfg.run_dir)
     nodes = plan(cfg, recipe)
     if cfg.evaluate and cfg.chat_eval and _chat_eval_skip(recipe):
@@ -187,6 +215,14 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
     return summary
 
 
+def recipe_of(cfg: Config) -> dict[str, Any]:
+    """The recipe's sections, over those of the recipe it inherits (``inherit``), if any."""
+    recipe = load_recipe(cfg.recipe)
+    if not cfg.inherit:
+        return recipe
+    return {**load_recipe(Path(cfg.recipe).parent / cfg.inherit), **recipe}
+
+
 def _missing_eval_data(configs: dict[str, Any]) -> str:
     for name, stage_cfg in configs.items():
         if name.startswith("eval") and stage_cfg.data_dir and not Path(stage_cfg.data_dir).is_dir():
@@ -226,10 +262,24 @@ def _select(nodes: list[Node], cfg: Config) -> set[str]:
 
 def _node_config(node: Node, recipe: dict[str, Any], folders: dict[str, Path]) -> Any:
     module = importlib.import_module(node.module)
-    section = dict(recipe.get(node.section) or {})
-    wired = {key: str(folders[upstream]) for key, upstream in node.wiring.items()}
-    wired["out"] = str(folders[node.name])
-    return build_config(module.Config, section, wired, where=node.section)
+    section = copy.deepcopy(dict(recipe.get(node.section) or {}))
+    for key, upstream in {**node.wiring, "out": node.name}.items():
+        _wire(section, key, str(folders[upstream]), where=node.section)
+    return build_config(module.Config, section, where=node.section)
+
+
+def _wire(section: dict[str, Any], key: str, value: str, *, where: str) -> None:
+    """Set ``key`` (dotted; a number indexes a list: ``models.1.model``) of a recipe section to a folder."""
+    *path, last = key.split(".")
+    node: Any = section
+    for part in path:
+        if part.isdigit():
+            if not isinstance(node, list) or int(part) >= len(node) or not isinstance(node[int(part)], dict):
+                raise ConfigError(f"{where}.{key}: the pipeline wires this item; give at least {int(part) + 1} items")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    node[last] = value
 
 
 def _why_run(folder: Path, stage_cfg: Any) -> str | None:

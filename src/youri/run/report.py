@@ -3,14 +3,15 @@
     youri report runs/demo                          # writes runs/demo/report/, prints the table
     youri report runs/demo --compare runs/old       # adds the old run's averages and the change
 
-Rows: base / instruction / chat x {full precision, GPTQ 4-bit}. Columns: JP-8 score per task and
-their average (``n/a`` where a task had no data or a stage was not run; headed "JP-8 avg" only when all
-eight tasks ran, the notes name every average and rinna's 4/6-task subsets), Japanese and English
-held-out perplexity (on the data stage's ``val/ja`` and ``val/en`` rows), size on disk, generation
-tokens/s (greedy, one stream, through youri's own engine -- what chat and serve run -- so a GPTQ row shows
-its int4 kernel; ``measures.json`` also records which GPTQ matmul ran). Scores are read from the eval
-folders' ``metrics.json``; perplexity and speed are measured here once per model and cached in
-``report/measures.json`` by the model folder's fingerprint.
+Rows: each model variant whose folder the run has (base / instruction / chat, or base / merged / preferred for
+rinna's 2024 chain: ``youri.run.layout.VARIANTS``) x {full precision, GPTQ 4-bit}. Columns: JP-8 score per
+task and their average (``n/a`` where a task had no data or a stage was not run; headed "JP-8 avg" only when
+all eight tasks ran, the notes name every average and rinna's 4/6-task subsets), Japanese and English held-out
+perplexity (on the data stage's ``val/ja`` and ``val/en`` rows), size on disk, generation tokens/s (greedy,
+one stream, through youri's own engine -- what chat and serve run -- so a GPTQ row shows its int4 kernel;
+``measures.json`` also records which GPTQ matmul ran). Scores are read from the eval folders'
+``metrics.json``; perplexity and speed are measured here once per model and cached in ``report/measures.json``
+by the model folder's fingerprint.
 Outputs: ``report.md``, ``report.html`` (every figure with alt text and its numbers in a table beneath
 it), ``report.json``, ``loss_curves.png``, ``scores.png`` and the figures of the release's claims
 (``youri.run.figures``): ``task_scores.png``, ``cost_of_4bit.png``, ``compare.png`` (with ``--compare``).
@@ -117,7 +118,7 @@ def collect_rows(run_dir: Path, *, measure: bool, eval_rows: int) -> list[dict[s
     cache_path = run_dir / REPORT / "measures.json"
     cache = read_json(cache_path) if cache_path.is_file() else {}
     rows = []
-    for variant in VARIANTS:
+    for variant in run_variants(run_dir):
         for precision in PRECISIONS:
             model_dir = run_dir / model_folder(variant, precision)
             eval_dir = run_dir / eval_folder(variant, precision)
@@ -139,6 +140,13 @@ def collect_rows(run_dir: Path, *, measure: bool, eval_rows: int) -> list[dict[s
                     row.update(cache[key])
             rows.append(row)
     return rows
+
+
+def run_variants(run_dir: Path) -> list[str]:
+    """The variants the run made (a model folder at either precision), in layout order; all of the default
+    family (base, instruction, chat) when it made none yet, so an empty run still shows its n/a rows."""
+    made = [v for v in VARIANTS if any((run_dir / model_folder(v, p)).is_dir() for p in PRECISIONS)]
+    return made or [v for v in VARIANTS if v in ("base", "instruction", "chat")]
 
 
 def _scores(eval_dir: Path) -> dict[str, Any]:
