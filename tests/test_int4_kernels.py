@@ -13,7 +13,7 @@ from youri.runtime.quant_linear import KERNEL_MAX_ROWS, QuantLinear, kernel_summ
 
 CPU_KERNELS = {
     "int4-avx512": 2e-4,  # youri's VNNI variant: the same int16 activations and int32 group sums
-    "int4-avx2": 2e-4,  # youri's: activations rounded to int16 per group (step = group max / 32767)
+    "int4-avx2": 2e-4,  # youri's: activations rounded to int16 per group (step = group max / 32512)
     "int4-cpu": 0.01,  # PyTorch's: activations and scales enter as bf16 (8 mantissa bits)
 }
 """Each CPU kernel's tolerance against the exact dequantised path, as a fraction of the largest output."""
@@ -76,7 +76,7 @@ def test_youris_kernels_are_the_exact_product_with_int16_rounded_activations(mon
     layer.prepare_kernel()
     x = torch.randn(5, 512) * torch.logspace(-3, 3, 512)  # groups of very different magnitudes
     groups = x.view(5, 4, 128)
-    step = groups.abs().amax(-1, keepdim=True) / 32767
+    step = groups.abs().amax(-1, keepdim=True) / kernels.ACTIVATION_LEVELS
     rounded = (torch.round(groups / step) * step).view(5, 512).double()
     expected = rounded @ dense.T
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())

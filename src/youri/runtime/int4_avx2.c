@@ -5,7 +5,7 @@
  *
  * Why not float math: converting 4-bit codes to fp32 costs two shuffles per 8 weights, which caps a
  * one-core fp32 dot at ~8 G weights/s (PyTorch's own CPU int4 kernel reaches ~7). Here each group of
- * activations is rounded once per call to int16 (step = group max / 32767, so relative error <= 1.5e-5 of
+ * activations is rounded once per call to int16 (step = group max / 32512, so relative error <= 1.6e-5 of
  * the group's largest value: 250x finer than the bf16 activations PyTorch's kernel takes), and the codes are
  * multiplied by integer multiply-adds (vpmaddwd: 16 products per instruction), accumulated exactly in int32
  * over a group, then scaled once per group. The result is exactly W applied to the rounded activations,
@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #define TILE 4 /* activation rows sharing one unpacked weight block */
+#define LEVELS 32512 /* |rounded activation| <= LEVELS = 127 * 256: splits into two signed bytes (VNNI kernel) */
 
 static inline float hsum(__m256 v) {
     __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -30,7 +31,7 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-/* Each group of each row to int16: xq = round(x / d), d = max|x| / 32767; xsum = d * sum(xq).
+/* Each group of each row to int16: xq = round(x / d), d = max|x| / LEVELS; xsum = d * sum(xq).
  * A NaN or infinite activation makes its group's d NaN, so the output is NaN as the float path's would be. */
 static void round_activations(const float *x, int M, int K, int group, int16_t *xq, float *dx, float *xsum) {
     int G = K / group;
@@ -44,11 +45,11 @@ static void round_activations(const float *x, int M, int K, int group, int16_t *
                 finite &= isfinite(xg[k]);
                 amax = fmaxf(amax, fabsf(xg[k]));
             }
-            float d = finite ? amax / 32767.0f : NAN, inv = (finite && d > 0.0f) ? 1.0f / d : 0.0f;
+            float d = finite ? amax / (float)LEVELS : NAN, inv = (finite && d > 0.0f) ? 1.0f / d : 0.0f;
             int sum = 0;
             for (int k = 0; k < group; k++) {
                 int v = finite ? (int)lrintf(xg[k] * inv) : 0;
-                v = v > 32767 ? 32767 : (v < -32767 ? -32767 : v);
+                v = v > LEVELS ? LEVELS : (v < -LEVELS ? -LEVELS : v);
                 qg[k] = (int16_t)v;
                 sum += v;
             }
@@ -129,52 +130,134 @@ void youri_int4_matmul(const float *x, int M, int K, const uint8_t *packed, cons
 }
 
 /* The AVX-512 VNNI variant (youri_int4_matmul_vnni; "int4-avx512" in kernels.py, chosen at load time on CPUs with
- * avx512bw + avx512_vnni): the same int16 activations and exact int32 group sums, but vpdpwssd multiplies and adds
- * 32 int16 pairs per instruction (vpmaddwd + vpaddd on 16), and the codes widen with vpmovzxbw, which keeps byte
- * order, so its weight layout is the natural one: per output row, blocks of 64 inputs in 32 bytes, byte j holding
- * input j in its low nibble and input 32 + j in its high nibble. Same results as the AVX2 kernel up to the fp32
- * summation order of the group terms. */
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,avx2,fma")))
+ * avx512bw + avx512_vnni; groups of a multiple of 128 inputs). Why another design: vpdpwssd on int16 codes needs
+ * each code widened to 16 bits first (a lane-crossing vpmovzxbw per 32 codes), which left the kernel bound by
+ * instructions, not by memory. Here the codes stay bytes and vpdpbusd multiplies 64 unsigned code bytes by 64 signed
+ * activation bytes per instruction. The activations keep 16 bits: each group is rounded to integers xq with
+ * |xq| <= 32512 (step = group max / 32512) and split into two signed bytes, xq = 256 * xh + xl (xh = (xq + 128) >> 8
+ * in [-127, 127], xl in [-128, 127]); the two byte dot products are exact int32 sums, joined as 256 * h + l once per
+ * group. Weight layout: per output row, blocks of 128 inputs in 64 bytes, byte j holding input j in its low nibble
+ * and input 64 + j in its high nibble. Activation scratch, per row and block: xh of inputs 0-63, xh of 64-127, xl of
+ * 0-63, xl of 64-127 (256 bytes, the size of the int16 rows). */
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")))
+#define VTILE 8
+#ifndef PREFETCH
+#define PREFETCH 2048
+#endif
 
-VNNI static inline __attribute__((always_inline)) void row_tile_vnni(const int R, const int16_t *xq, const float *dx,
-                                                                     const float *xsum, int K, int G, int B,
-                                                                     const uint8_t *wn, const float *sn,
+/* Each group of each row: xq = round(x / d), d = max|x| / LEVELS, split into bytes as above; xsum = d * sum(xq).
+ * A NaN or infinite activation makes its group's d NaN (its bytes 0), so the output is NaN as the float path's. */
+VNNI static void split_activations(const float *x, int M, int K, int group, int8_t *xb, float *dx, float *xsum) {
+    int G = K / group;
+    const __m512i half = _mm512_set1_epi32(128), top = _mm512_set1_epi32(LEVELS);
+    for (int m = 0; m < M; m++) {
+        for (int g = 0; g < G; g++) {
+            const float *xg = x + (size_t)m * K + (size_t)g * group;
+            __m512 amax = _mm512_setzero_ps(), nonfinite = _mm512_setzero_ps();
+            for (int k = 0; k < group; k += 16) {
+                __m512 v = _mm512_loadu_ps(xg + k);
+                amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+                nonfinite = _mm512_add_ps(nonfinite, _mm512_sub_ps(v, v)); /* NaN once any value is NaN or inf */
+            }
+            float peak = _mm512_reduce_max_ps(amax);
+            int finite = _mm512_reduce_add_ps(nonfinite) == 0.0f;
+            float d = finite ? peak / (float)LEVELS : NAN, inv = (finite && d > 0.0f) ? 1.0f / d : 0.0f;
+            __m512 scale = _mm512_set1_ps(inv);
+            __m512i sum = _mm512_setzero_si512();
+            int8_t *row = xb + (size_t)m * K * 2;
+            for (int k = 0; k < group; k += 16) {
+                __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), scale)); /* nearest even */
+                q = _mm512_max_epi32(_mm512_min_epi32(q, top), _mm512_sub_epi32(_mm512_setzero_si512(), top));
+                __m512i high = _mm512_srai_epi32(_mm512_add_epi32(q, half), 8);
+                __m512i low = _mm512_sub_epi32(q, _mm512_slli_epi32(high, 8));
+                sum = _mm512_add_epi32(sum, q);
+                size_t i = (size_t)g * group + k; /* per block of 128 inputs: xh at [0, 128), xl at [128, 256) */
+                int8_t *at = row + (i / 128) * 256 + (i % 128);
+                _mm_storeu_si128((__m128i *)at, _mm512_cvtepi32_epi8(high));
+                _mm_storeu_si128((__m128i *)(at + 128), _mm512_cvtepi32_epi8(low));
+            }
+            dx[(size_t)m * G + g] = d;
+            xsum[(size_t)m * G + g] = d * (float)_mm512_reduce_add_epi32(sum);
+        }
+    }
+}
+
+/* acc += factor * (256 * high + low) and the zero-point term, for group g of row r. */
+#define VNNI_GROUP_END(r, g, high, low)                                                                             \
+    do {                                                                                                            \
+        __m512i exact = _mm512_add_epi32(_mm512_slli_epi32(high, 8), low);                                          \
+        __m512 factor = _mm512_set1_ps(sn[g] * dx[(size_t)(r) * G + (g)]);                                         \
+        acc[r] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(exact), acc[r]);                                        \
+        correction[r] += zn[g] * xsum[(size_t)(r) * G + (g)];                                                       \
+    } while (0)
+
+/* Output n for activation rows [0, R). Each block's low nibbles (inputs 0-63) and high nibbles (64-127) keep their
+ * own sums, so a group of 64 (pairs: two groups per block) is as exact as a group of 128 or more (B blocks each). */
+VNNI static inline __attribute__((always_inline)) void row_tile_vnni(const int R, const int pairs, const int8_t *xb,
+                                                                     const float *dx, const float *xsum, int K, int G,
+                                                                     int B, const uint8_t *wn, const float *sn,
                                                                      const float *zn, float *y, int N) {
-    const __m256i nibble = _mm256_set1_epi8(0x0F);
-    __m512 acc[TILE];
-    float correction[TILE];
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    __m512 acc[VTILE];
+    float correction[VTILE];
     for (int r = 0; r < R; r++) {
         acc[r] = _mm512_setzero_ps();
         correction[r] = 0.0f;
     }
-    for (int g = 0; g < G; g++) {
-        __m512i low[TILE], high[TILE]; /* two chains per row: vpdpwssd's latency, not its throughput, binds */
-        for (int r = 0; r < R; r++) low[r] = high[r] = _mm512_setzero_si512();
-        for (int b = 0; b < B; b++) {
-            size_t k0 = ((size_t)g * B + b) * 64;
-            __m256i v = _mm256_loadu_si256((const __m256i *)(wn + k0 / 2));
-            __m512i w0 = _mm512_cvtepu8_epi16(_mm256_and_si256(v, nibble));
-            __m512i w1 = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
+    for (int g = 0; g < G; g += pairs ? 2 : 1) {
+        __m512i high0[VTILE], low0[VTILE], high1[VTILE], low1[VTILE];
+        for (int r = 0; r < R; r++) high0[r] = low0[r] = high1[r] = low1[r] = _mm512_setzero_si512();
+        for (int b = 0; b < (pairs ? 1 : B); b++) {
+            size_t k0 = pairs ? (size_t)g * 64 : ((size_t)g * B + b) * 128;
+            _mm_prefetch((const char *)(wn + k0 / 2 + PREFETCH), _MM_HINT_T0);
+            __m512i v = _mm512_loadu_si512((const void *)(wn + k0 / 2));
+            __m512i w0 = _mm512_and_si512(v, nibble), w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
             for (int r = 0; r < R; r++) {
-                const int16_t *xp = xq + (size_t)r * K + k0;
-                low[r] = _mm512_dpwssd_epi32(low[r], w0, _mm512_loadu_si512((const void *)xp));
-                high[r] = _mm512_dpwssd_epi32(high[r], w1, _mm512_loadu_si512((const void *)(xp + 32)));
+                const int8_t *xp = xb + (size_t)r * K * 2 + k0 * 2;
+                high0[r] = _mm512_dpbusd_epi32(high0[r], w0, _mm512_loadu_si512((const void *)xp));
+                low0[r] = _mm512_dpbusd_epi32(low0[r], w0, _mm512_loadu_si512((const void *)(xp + 128)));
+                high1[r] = _mm512_dpbusd_epi32(high1[r], w1, _mm512_loadu_si512((const void *)(xp + 64)));
+                low1[r] = _mm512_dpbusd_epi32(low1[r], w1, _mm512_loadu_si512((const void *)(xp + 192)));
             }
         }
         for (int r = 0; r < R; r++) {
-            __m512 factor = _mm512_set1_ps(sn[g] * dx[(size_t)r * G + g]);
-            acc[r] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(_mm512_add_epi32(low[r], high[r])), acc[r]);
-            correction[r] += zn[g] * xsum[(size_t)r * G + g];
+            if (pairs) {
+                VNNI_GROUP_END(r, g, high0[r], low0[r]);
+                VNNI_GROUP_END(r, g + 1, high1[r], low1[r]);
+            } else {
+                VNNI_GROUP_END(r, g, _mm512_add_epi32(high0[r], high1[r]), _mm512_add_epi32(low0[r], low1[r]));
+            }
         }
     }
     for (int r = 0; r < R; r++) y[(size_t)r * N] = _mm512_reduce_add_ps(acc[r]) - correction[r];
 }
 
-/* As youri_int4_matmul, with the natural weight layout above. */
+/* Rows [m, m + R) of output n, with `pairs` (groups of 64) a compile-time constant in each copy. */
+#define VNNI_TILE(R)                                                                                                \
+    do {                                                                                                            \
+        if (group == 64)                                                                                            \
+            row_tile_vnni(R, 1, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn,  \
+                          zn, y + (size_t)m * N + n, N);                                                            \
+        else                                                                                                        \
+            row_tile_vnni(R, 0, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn,  \
+                          zn, y + (size_t)m * N + n, N);                                                            \
+    } while (0)
+
+/* As youri_int4_matmul, with the layout above; xq is the byte scratch (2 * M * K bytes). */
 VNNI void youri_int4_matmul_vnni(const float *x, int M, int K, const uint8_t *packed, const float *scale,
                                  const float *szero, int N, int group, float *y, int16_t *xq, float *dx, float *xsum,
                                  int threads) {
-    INT4_MATMUL_BODY(row_tile_vnni)
+    int G = K / group, B = group / 128;
+    int8_t *xb = (int8_t *)xq;
+    split_activations(x, M, K, group, xb, dx, xsum);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int n = 0; n < N; n++) {
+        const uint8_t *wn = packed + (size_t)n * (K / 2);
+        const float *sn = scale + (size_t)n * G, *zn = szero + (size_t)n * G;
+        int m = 0;
+        for (; m + VTILE <= M; m += VTILE) VNNI_TILE(VTILE);
+        for (; m < M; m++) VNNI_TILE(1); /* the rows left, one at a time */
+    }
 }
 
 /* x [M, K] fp32, w [N, K] fp16 -> y [M, N] fp32: a linear whose weights are exactly fp16 (a GPTQ twin's LM head,

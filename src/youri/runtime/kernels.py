@@ -4,12 +4,13 @@ the ones PyTorch ships.
 * ``int4-avx2`` (x86 CPUs with AVX2, preferred there): ``int4_avx2.c`` beside this module, compiled once per
   machine with the system C compiler into ``$YOURI_CACHE`` (default ``~/.cache/youri``)``/kernels`` and
   loaded with ``ctypes`` (no PyTorch headers, so the build takes about a second). Activations are rounded
-  to int16 per group (step = the group's max / 32767) and the codes multiplied by integer multiply-adds;
-  the file's header says why and how. One core: ~4x PyTorch's CPU kernel on a 2048x5632 layer
+  to int16 per group (step = the group's max / ``ACTIVATION_LEVELS``) and the codes multiplied by integer
+  multiply-adds; the file's header says why and how. One core: ~4x PyTorch's CPU kernel on a 2048x5632 layer
   (``benchmarks/decode_speed.py``). No compiler, a failed build or another CPU: the next kernel.
-* ``int4-avx512`` (x86 CPUs with AVX-512 BW + VNNI, preferred there): the same file's VNNI variant -- the same
-  int16 activations and exact int32 group sums, vpdpwssd taking 32 int16 pairs per instruction; its own nibble
-  order. Chosen at load time from /proc/cpuinfo's flags (never tried on a CPU without them).
+* ``int4-avx512`` (x86 CPUs with AVX-512 BW + VNNI, preferred there; groups of 64 or a multiple of 128): the
+  same file's VNNI variant -- the same int16 activations, each split into two signed bytes, and exact int32 group
+  sums, vpdpbusd multiplying 64 code bytes per instruction; its own nibble order. Chosen at load time from
+  /proc/cpuinfo's flags (never tried on a CPU without them). ~1.3x the AVX2 kernel's weights/s on one core.
 
 PyTorch's are the tinygemm kernels gpt-fast and torchao use. Their weight format: 4-bit codes ``q`` in
 ``[0, 16)`` per output row, and per group ``g`` of inputs a scale and a float zero, interleaved as
@@ -44,9 +45,13 @@ from typing import Callable
 import torch
 
 GROUP_SIZES = (32, 64, 128, 256)  # what PyTorch's kernels accept as qGroupSize
-AVX2_SOURCE = Path(__file__).with_name("int4_avx2.c")
+AVX2_SOURCES = tuple(Path(__file__).with_name(name) for name in ("int4_avx2.c", "decode_step.c"))
+"""Built together into one library: the int4 matmuls and the decode step that calls them."""
 AVX2_FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC")
 KERNEL_ENV = "YOURI_INT4_KERNEL"
+ACTIVATION_LEVELS = 32512
+"""youri's kernels round each group of activations to integers of at most this magnitude (int4_avx2.c's ``LEVELS``:
+127 * 256, so that the AVX-512 kernel splits each into two signed bytes)."""
 ROW_KERNELS = ("int4-avx512", "int4-avx2")
 """youri's own kernels (``int4_avx2.c``): one C call per matmul, weights stored row by row, so rows of several
 layers stack into one weight (``stack_rows``)."""
@@ -132,7 +137,7 @@ def avx2_library() -> tuple[ctypes.CDLL | None, str]:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None, "no C compiler found (cc or gcc on PATH, or CC)"
-    source = AVX2_SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in AVX2_SOURCES)
     for flags in (("-fopenmp", *AVX2_FLAGS), AVX2_FLAGS):  # OpenMP threads where the compiler has them
         digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
         target = _cache_dir() / f"int4_avx2-{digest}.so"
@@ -142,7 +147,7 @@ def avx2_library() -> tuple[ctypes.CDLL | None, str]:
                 return _bind(ctypes.CDLL(str(target))), ""
             except (OSError, AttributeError) as error:  # a foreign or truncated file under that name
                 return None, f"cannot load {target}: {error}"
-    return None, f"{compiler} could not build {AVX2_SOURCE.name} into {target.parent}: {failure}"
+    return None, f"{compiler} could not build {AVX2_SOURCES[0].name} into {target.parent}: {failure}"
 
 
 def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> str:
@@ -157,7 +162,7 @@ def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> str:
     try:
         with work as folder:
             built = Path(folder) / target.name
-            command = [compiler, *flags, str(AVX2_SOURCE), "-o", str(built), "-lm"]
+            command = [compiler, *flags, *map(str, AVX2_SOURCES), "-o", str(built), "-lm"]
             done = subprocess.run(command, capture_output=True, timeout=120)
             if done.returncode != 0:
                 lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -196,6 +201,8 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
 def unsupported(kernel: str, in_features: int, out_features: int, group: int) -> str | None:
     """Why a layer of this shape cannot use ``kernel`` (None when it can)."""
     if kernel in ROW_KERNELS:
+        if kernel == "int4-avx512" and group != 64 and group % 128:
+            return f"group size {group} (the kernel takes 64 or multiples of 128)"
         return None if group % 64 == 0 and group <= 32768 else f"group size {group} (the kernel takes multiples of 64)"
     if group not in GROUP_SIZES:
         return f"group size {group} (the kernel takes {GROUP_SIZES})"
@@ -228,10 +235,10 @@ def _convert_rows(kernel: str, codes: torch.Tensor, zeros: torch.Tensor, scales:
     fp32. Per block of 64 inputs, byte j holds input L(j) (low nibble) and 32 + L(j) (high): the AVX2 kernel's L
     swaps the middle two 8-byte quarters (its in-lane unpacking yields that order), the AVX-512 one's is j."""
     n, k = codes.shape[1], codes.shape[0]
-    blocks = codes.T.to(torch.uint8).reshape(n, k // 64, 2, 4, 8)
     if kernel == "int4-avx2":
-        blocks = blocks[:, :, :, [0, 2, 1, 3]]
-    blocks = blocks.reshape(n, k // 64, 2, 32)
+        blocks = codes.T.to(torch.uint8).reshape(n, k // 64, 2, 4, 8)[:, :, :, [0, 2, 1, 3]].reshape(n, k // 64, 2, 32)
+    else:
+        blocks = codes.T.to(torch.uint8).reshape(n, k // 128, 2, 64)
     packed = (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
     scales = scales.float().T
     return _row_weight(kernel, packed, torch.stack([scales, scales * zeros.float().T]).contiguous(), group)

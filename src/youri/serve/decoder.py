@@ -53,6 +53,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 from youri.families import UnsupportedModelError, family_of
 from youri.runtime import kernels
 from youri.runtime.quant_linear import QuantLinear
+from youri.serve.native_step import NativeStep, hooked
 
 
 def make_batch(model, max_context: int):
@@ -135,7 +136,17 @@ class StaticLlama:
         self._plan = [LeanLayer(layer, self.heads, self.kv_heads, self.head_dim) for layer in self.layers]
         self._embed = _embedding(self.inner.embed_tokens)
         self._norm, self._lm_head = _rms_norm(self.inner.norm), _lm_head(self.model.lm_head)
+        self._native = self._native_step()
         self._built_from = _model_state(self.model)
+
+    def _native_step(self) -> NativeStep | None:
+        """The one-call C decode step when every layer runs on youri's int4 row kernels in fp32 (else None)."""
+        embed = self.inner.embed_tokens.weight
+        if embed.dtype != torch.float32 or embed.device.type != "cpu":
+            return None
+        if NativeStep.unsupported(self.model, self.heads, self.head_dim, RMS_NORMS, SILU) is not None:
+            return None
+        return NativeStep(self.layers, self.heads, self.kv_heads, self.head_dim, RMS_NORMS, SILU)
 
     def _refresh_plan(self) -> None:
         """Rebuild the plan if, since it was built, a parameter was changed in place or replaced (the stacked
@@ -256,6 +267,12 @@ class StaticLlama:
         column, rows = self.length, slice(0, self.rows)
         self.valid[rows, column] = True
         window = slice(self.low, column + 1)
+        if self._native is not None and self.rows == 1:  # one sequence: every layer in one C call
+            x = self._embed(tokens).to(torch.float32).contiguous()
+            position = column - self._starts[0]
+            self._native.step(x, self.keys, self.values, column, self.low, self.cos[position], self.sin[position])
+            self.length += 1
+            return self._lm_head(self._norm(x))
         if self._same_start:
             positions, mask = column - self._starts[0], None
         else:
@@ -361,13 +378,9 @@ def _same_state(now: tuple[list, list], then: tuple[list, list]) -> bool:
     )
 
 
-def _hooked(module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
 def _plain(module) -> bool:
     """A plain ``nn.Linear`` (not a GPTQ ``QuantLinear``, a LoRA wrapper or a hooked module)."""
-    return type(module) is torch.nn.Linear and not _hooked(module)
+    return type(module) is torch.nn.Linear and not hooked(module)
 
 
 def _call(module):
@@ -416,7 +429,7 @@ def _int4_stacked(parts):
     -- or None when a layer is not a small bias-free ``QuantLinear`` on that kernel (it is then called as the
     module it is). Exact: the stacked weight holds the same codes, a rotated row's sign in its scale."""
     modules = [module for module, _ in parts]
-    if not all(type(m) is QuantLinear and not _hooked(m) and m.bias is None for m in modules):
+    if not all(type(m) is QuantLinear and not hooked(m) and m.bias is None for m in modules):
         return None
     if sum(m.in_features * m.out_features for m in modules) > FUSE_MAX_ELEMENTS:
         return None
@@ -443,7 +456,7 @@ def _rotation(rows: int, heads: int | None) -> tuple[torch.Tensor | None, torch.
 def _rms_norm(module):
     """Llama's RMSNorm as ``F.rms_norm`` (one call instead of eight; bit-identical to the module in fp32).
     Half precision keeps Hugging Face's order: normalise in fp32, round, then scale."""
-    if type(module) not in RMS_NORMS or _hooked(module):
+    if type(module) not in RMS_NORMS or hooked(module):
         return module
     weight, eps = module.weight, module.variance_epsilon
     shape = (weight.shape[-1],)
@@ -453,12 +466,12 @@ def _rms_norm(module):
 
 
 def _embedding(module):
-    plain = type(module) is torch.nn.Embedding and not _hooked(module) and module.max_norm is None
+    plain = type(module) is torch.nn.Embedding and not hooked(module) and module.max_norm is None
     return partial(F.embedding, weight=module.weight) if plain else module
 
 
 def _activation(module):
-    return F.silu if type(module) in SILU and not _hooked(module) else module
+    return F.silu if type(module) in SILU and not hooked(module) else module
 
 
 def _rotated(tensor: torch.Tensor, heads: int) -> torch.Tensor:
@@ -502,7 +515,7 @@ def _qk_norm(attention, heads: int, kv_heads: int, head_dim: int):
     q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
     if q_norm is None and k_norm is None:
         return None
-    if not all(type(m) in RMS_NORMS and not _hooked(m) for m in (q_norm, k_norm)):
+    if not all(type(m) in RMS_NORMS and not hooked(m) for m in (q_norm, k_norm)):
         return False
     if q_norm.variance_epsilon != k_norm.variance_epsilon:
         return False

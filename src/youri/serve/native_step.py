@@ -1,0 +1,150 @@
+"""The lean decoder's one-call decode step (``youri.runtime`` ``decode_step.c``) for a single sequence of a GPTQ model.
+
+``youri.serve.decoder.StaticLlama`` decodes one token of one sequence through it when every decoder layer is Llama's
+math on youri's row kernels: seven bias-free-or-biased ``QuantLinear`` projections on ``int4-avx2``/``int4-avx512``,
+plain fp32 RMSNorms (Qwen3's QK-norms included) and SiLU. The step computes what the lean step's PyTorch ops
+compute -- the same int4 kernel calls, fp32 elsewhere -- in one C call for all layers: at a 1B shape the ~25 small
+ops per layer between the matmuls cost a third of a token (``benchmarks/decode_vs_llamacpp.py``). Anything else
+(several rows, a hook, another kernel, half precision) takes the PyTorch step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from youri.runtime import kernels
+from youri.runtime.quant_linear import QuantLinear
+
+_pointer, _int, _float = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class _Projection(ctypes.Structure):
+    _fields_ = [("packed", _pointer), ("scale", _pointer), ("szero", _pointer), ("bias", _pointer),
+                ("out", _int), ("inputs", _int), ("group", _int), ("vnni", _int)]  # fmt: skip
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [*((name, _Projection) for name in PROJECTIONS),
+                ("norm1", _pointer), ("norm2", _pointer), ("q_norm", _pointer), ("k_norm", _pointer),
+                ("eps1", _float), ("eps2", _float), ("qk_eps", _float), ("scale", _float)]  # fmt: skip
+
+
+class _Shape(ctypes.Structure):
+    _fields_ = [("hidden", _int), ("heads", _int), ("kv_heads", _int), ("head_dim", _int), ("intermediate", _int),
+                ("columns", _int), ("threads", _int),
+                ("xq", _pointer), ("dx", _pointer), ("xsum", _pointer), ("work", _pointer)]  # fmt: skip
+
+
+def _library() -> ctypes.CDLL | None:
+    library = kernels.avx2_library()[0]
+    if library is None:
+        return None
+    if library.youri_decode_step.argtypes is None:
+        library.youri_decode_step.restype = None
+        library.youri_decode_step.argtypes = [_pointer, _int, _pointer, _pointer, _pointer, _pointer, _int, _int,
+                                              _pointer, _pointer]  # fmt: skip
+        library.youri_decode_work_floats.restype = ctypes.c_long
+        library.youri_decode_work_floats.argtypes = [_pointer]
+    return library
+
+
+class NativeStep:
+    """Every layer's weights as the C step's structs (built once per plan); ``step`` decodes one token."""
+
+    def __init__(self, layers: list, heads: int, kv_heads: int, head_dim: int, rms_norms: tuple, silu: tuple):
+        self.library = _library()
+        self.keep: list[torch.Tensor] = []  # fp32 copies (biases) the structs point into
+        self.layers = (_Layer * len(layers))(*(self._layer(layer, rms_norms, silu) for layer in layers))
+        first = layers[0]
+        self.shape = _Shape(hidden=first.input_layernorm.weight.shape[0], heads=heads, kv_heads=kv_heads,
+                            head_dim=head_dim, intermediate=first.mlp.gate_proj.out_features)  # fmt: skip
+        widest = max(max(p.inputs for p in (getattr(layer, name) for name in PROJECTIONS)) for layer in self.layers)
+        narrowest = min(min(p.group for p in (getattr(layer, name) for name in PROJECTIONS)) for layer in self.layers)
+        self.xq = torch.empty(widest, dtype=torch.int16)
+        self.scales = torch.empty(2, widest // narrowest)
+        self.shape.xq, self.shape.dx, self.shape.xsum = self.xq.data_ptr(), *(t.data_ptr() for t in self.scales)
+        self.work = torch.empty(0)
+        self._buffers: tuple | None = None
+
+    @staticmethod
+    def unsupported(model, heads: int, head_dim: int, rms_norms: tuple, silu: tuple) -> str | None:
+        """Why the C step cannot run ``model``'s layers (None: it can)."""
+        if _library() is None:
+            return "youri's kernel library is not built here"
+        if head_dim % 8 or head_dim > 1024 or model.config.hidden_size % 8:
+            return f"head_dim {head_dim} or hidden size {model.config.hidden_size} (multiples of 8, head_dim <= 1024)"
+        kinds = set()
+        for layer in model.model.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                           mlp.gate_proj, mlp.up_proj, mlp.down_proj)  # fmt: skip
+            for module in projections:
+                weight = module.kernel_weight if type(module) is QuantLinear else None
+                if weight is None or weight.kernel not in kernels.ROW_KERNELS or hooked(module):
+                    return f"{type(module).__name__} not on youri's int4 row kernels"
+                kinds.add(weight.kernel)
+            norms = [layer.input_layernorm, layer.post_attention_layernorm]
+            norms += [n for n in (getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)) if n]
+            if any(type(n) not in rms_norms or hooked(n) or n.weight.dtype != torch.float32 for n in norms):
+                return "a norm that is not a plain fp32 RMSNorm"
+            if type(mlp.act_fn) not in silu or hooked(layer) or hooked(attention) or hooked(mlp):
+                return "an activation other than SiLU, or a hooked layer"
+        return None
+
+    def _layer(self, layer, rms_norms: tuple, silu: tuple) -> _Layer:
+        attention, mlp = layer.self_attn, layer.mlp
+        modules = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                   mlp.gate_proj, mlp.up_proj, mlp.down_proj)  # fmt: skip
+        q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+        return _Layer(
+            *(self._projection(m) for m in modules),
+            norm1=layer.input_layernorm.weight.data_ptr(), norm2=layer.post_attention_layernorm.weight.data_ptr(),
+            q_norm=q_norm.weight.data_ptr() if q_norm is not None else None,
+            k_norm=k_norm.weight.data_ptr() if k_norm is not None else None,
+            eps1=layer.input_layernorm.variance_epsilon, eps2=layer.post_attention_layernorm.variance_epsilon,
+            qk_eps=q_norm.variance_epsilon if q_norm is not None else 0.0, scale=attention.scaling,
+        )  # fmt: skip
+
+    def _projection(self, module: QuantLinear) -> _Projection:
+        weight = module.kernel_weight
+        bias = None
+        if module.bias is not None:
+            self.keep.append(module.bias.detach().float().contiguous())
+            bias = self.keep[-1].data_ptr()
+        return _Projection(
+            packed=weight.packed.data_ptr(), scale=weight.scales_and_zeros[0].data_ptr(),
+            szero=weight.scales_and_zeros[1].data_ptr(), bias=bias, out=weight.out_features,
+            inputs=weight.packed.shape[1] * 2, group=weight.group, vnni=weight.kernel == "int4-avx512",
+        )  # fmt: skip
+
+    def step(self, x: torch.Tensor, keys: list, values: list, column: int, low: int, cos: torch.Tensor, sin):
+        """``x [1, hidden]`` fp32 (the embedded token) becomes the last layer's output; K/V written at ``column``,
+        attention over ``[low, column]``; ``cos``/``sin``: the rotary rows at the token's position."""
+        if self._buffers is None or self._buffers[0] is not keys:
+            self._point_at(keys, values)
+        self.shape.threads = torch.get_num_threads()
+        self.library.youri_decode_step(
+            ctypes.addressof(self.layers), len(self.layers), ctypes.addressof(self.shape), x.data_ptr(),
+            ctypes.addressof(self._buffers[1]), ctypes.addressof(self._buffers[2]), column, low,
+            cos.data_ptr(), sin.data_ptr(),
+        )  # fmt: skip
+
+    def _point_at(self, keys: list, values: list) -> None:
+        """The K/V buffers (new lists whenever the decoder grows them) and work space for their column capacity."""
+        assert all(t.is_contiguous() and t.dtype == torch.float32 for t in keys + values)
+        arrays = ((_pointer * len(keys))(*(t.data_ptr() for t in keys)),
+                  (_pointer * len(values))(*(t.data_ptr() for t in values)))  # fmt: skip
+        self._buffers = (keys, *arrays)
+        self.shape.columns = keys[0].shape[2]
+        need = self.library.youri_decode_work_floats(ctypes.addressof(self.shape))
+        if self.work.numel() < need:
+            self.work = torch.empty(need)
+        self.shape.work = self.work.data_ptr()
+
+
+def hooked(module) -> bool:
+    """The module has forward hooks (its calls must go through ``nn.Module``)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
