@@ -70,14 +70,14 @@ def test_youris_kernels_are_the_exact_product_with_int16_rounded_activations(mon
     to int16 per group; a NaN activation gives NaN (as the float path would), never a finite wrong number."""
     _pin_kernel(monkeypatch, kernel)
     torch.manual_seed(3)
-    layer = QuantLinear(512, 64, bits=4, group_size=128)
-    layer.load_state_dict(pack(*rtn_quantize(torch.randn(64, 512), bits=4, group_size=128, sym=False), bits=4))
+    layer = QuantLinear(512, 72, bits=4, group_size=128)  # 72 outputs: a partial block on the prompt path
+    layer.load_state_dict(pack(*rtn_quantize(torch.randn(72, 512), bits=4, group_size=128, sym=False), bits=4))
     dense = dequantize(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, 4).double()
     layer.prepare_kernel()
-    x = torch.randn(5, 512) * torch.logspace(-3, 3, 512)  # groups of very different magnitudes
-    groups = x.view(5, 4, 128)
+    x = torch.randn(9, 512) * torch.logspace(-3, 3, 512)  # groups of very different magnitudes; 9 rows: 4 + 4 + 1
+    groups = x.view(9, 4, 128)
     step = groups.abs().amax(-1, keepdim=True) / kernels.ACTIVATION_LEVELS
-    rounded = (torch.round(groups / step) * step).view(5, 512).double()
+    rounded = (torch.round(groups / step) * step).view(9, 512).double()
     expected = rounded @ dense.T
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     threads = torch.get_num_threads()
@@ -89,11 +89,11 @@ def test_youris_kernels_are_the_exact_product_with_int16_rounded_activations(mon
     finally:
         torch.set_num_threads(threads)
     half = layer(x[:, None].bfloat16())  # other dtypes and shapes: computed in fp32, returned as given
-    assert half.dtype == torch.bfloat16 and half.shape == (5, 1, 64)
+    assert half.dtype == torch.bfloat16 and half.shape == (9, 1, 72)
     torch.testing.assert_close(half[:, 0].double(), layer(x[:, None].bfloat16().float())[:, 0].bfloat16().double())
     x[2, 7] = float("nan")
     out = layer(x)
-    assert out[2].isnan().all() and out[[0, 1, 3, 4]].isfinite().all()
+    assert out[2].isnan().all() and out[[0, 1, 3, 4, 5, 6, 7, 8]].isfinite().all()
 
 
 def test_without_a_compiler_the_avx2_kernel_steps_aside(monkeypatch, tmp_path):

@@ -244,12 +244,89 @@ VNNI static inline __attribute__((always_inline)) void row_tile_vnni(const int R
     } while (0)
 
 /* As youri_int4_matmul, with the layout above; xq is the byte scratch (2 * M * K bytes). */
+/* Prompts (groups of a multiple of 128): outputs n and n + 1 (rows wn, wn + K/2) for activation rows [0, 4), so
+ * that each activation load feeds two outputs' products (the row tile above loads one per product, and a prompt's
+ * activations outgrow L1). 8 float and 16 integer accumulators, 4 code registers. */
+VNNI static inline __attribute__((always_inline)) void pair_tile_vnni(const int8_t *xb, const float *dx,
+                                                                      const float *xsum, int K, int G, int B,
+                                                                      const uint8_t *wn, const float *sn,
+                                                                      const float *zn, float *y, int N) {
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    __m512 acc[2][4];
+    float correction[2][4] = {{0}};
+    for (int i = 0; i < 2; i++)
+        for (int r = 0; r < 4; r++) acc[i][r] = _mm512_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        __m512i high[2][4], low[2][4];
+        for (int i = 0; i < 2; i++)
+            for (int r = 0; r < 4; r++) high[i][r] = low[i][r] = _mm512_setzero_si512();
+        for (int b = 0; b < B; b++) {
+            size_t k0 = ((size_t)g * B + b) * 128;
+            __m512i v0 = _mm512_loadu_si512((const void *)(wn + k0 / 2));
+            __m512i v1 = _mm512_loadu_si512((const void *)(wn + K / 2 + k0 / 2));
+            __m512i a0 = _mm512_and_si512(v0, nibble), b0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nibble);
+            __m512i a1 = _mm512_and_si512(v1, nibble), b1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nibble);
+            for (int r = 0; r < 4; r++) {
+                const int8_t *xp = xb + (size_t)r * K * 2 + k0 * 2;
+                __m512i x = _mm512_loadu_si512((const void *)xp);
+                high[0][r] = _mm512_dpbusd_epi32(high[0][r], a0, x);
+                high[1][r] = _mm512_dpbusd_epi32(high[1][r], a1, x);
+                x = _mm512_loadu_si512((const void *)(xp + 64));
+                high[0][r] = _mm512_dpbusd_epi32(high[0][r], b0, x);
+                high[1][r] = _mm512_dpbusd_epi32(high[1][r], b1, x);
+                x = _mm512_loadu_si512((const void *)(xp + 128));
+                low[0][r] = _mm512_dpbusd_epi32(low[0][r], a0, x);
+                low[1][r] = _mm512_dpbusd_epi32(low[1][r], a1, x);
+                x = _mm512_loadu_si512((const void *)(xp + 192));
+                low[0][r] = _mm512_dpbusd_epi32(low[0][r], b0, x);
+                low[1][r] = _mm512_dpbusd_epi32(low[1][r], b1, x);
+            }
+        }
+        for (int i = 0; i < 2; i++)
+            for (int r = 0; r < 4; r++) {
+                __m512i exact = _mm512_add_epi32(_mm512_slli_epi32(high[i][r], 8), low[i][r]);
+                __m512 factor = _mm512_set1_ps(sn[i * G + g] * dx[(size_t)r * G + g]);
+                acc[i][r] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(exact), acc[i][r]);
+                correction[i][r] += zn[i * G + g] * xsum[(size_t)r * G + g];
+            }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int r = 0; r < 4; r++) y[(size_t)r * N + i] = _mm512_reduce_add_ps(acc[i][r]) - correction[i][r];
+}
+
+#define PAIR_BLOCK 16 /* outputs per block: their codes stay in cache while every 4 activation rows pass over them */
+
+/* As youri_int4_matmul, with the layout above; xq is the byte scratch (2 * M * K bytes). */
 VNNI void youri_int4_matmul_vnni(const float *x, int M, int K, const uint8_t *packed, const float *scale,
                                  const float *szero, int N, int group, float *y, int16_t *xq, float *dx, float *xsum,
                                  int threads) {
     int G = K / group, B = group / 128;
     int8_t *xb = (int8_t *)xq;
     split_activations(x, M, K, group, xb, dx, xsum);
+    if (M >= 4 && group % 128 == 0) { /* a prompt: pairs of outputs by blocks of 4 rows */
+        int blocks = (N + PAIR_BLOCK - 1) / PAIR_BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+        for (int block = 0; block < blocks; block++) {
+            int first = block * PAIR_BLOCK, last = first + PAIR_BLOCK < N ? first + PAIR_BLOCK : N;
+            for (int m = 0; m < M; m += 4) {
+                for (int n = first; n < last; n += 2) {
+                    const uint8_t *wn = packed + (size_t)n * (K / 2);
+                    const float *sn = scale + (size_t)n * G, *zn = szero + (size_t)n * G;
+                    if (m + 4 <= M && n + 2 <= last) {
+                        pair_tile_vnni(xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn,
+                                       sn, zn, y + (size_t)m * N + n, N);
+                        continue;
+                    }
+                    for (int nn = n; nn < n + 2 && nn < last; nn++) /* edges: one output, one row at a time */
+                        for (int mm = m; mm < m + 4 && mm < M; mm++)
+                            row_tile_vnni(1, 0, xb + (size_t)mm * K * 2, dx + (size_t)mm * G, xsum + (size_t)mm * G,
+                                          K, G, B, packed + (size_t)nn * (K / 2), scale + (size_t)nn * G,
+                                          szero + (size_t)nn * G, y + (size_t)mm * N + nn, N);
+                }
+            }
+        }
+        return;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int n = 0; n < N; n++) {
         const uint8_t *wn = packed + (size_t)n * (K / 2);
