@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 from decode_speed import LLAMA_1B, SHARED, big_llama
 from gguf import GGUFReader
-from safetensors.torch import save_file
 
 from youri.families import linear_shapes
 from youri.model import load_model, load_tokenizer
@@ -45,7 +44,7 @@ from youri.quant.export import run as export
 from youri.quant.gptq import rtn_quantize
 from youri.quant.llamacpp import bench_llama_cpp, runtime_missing, runtime_name
 from youri.quant.quantize import Config as QuantizeConfig
-from youri.quant.quantize import loader_quantize_config, quantization_config
+from youri.quant.quantize import write_gptq_folder
 from youri.runtime import kernels
 from youri.runtime.gptq_format import pack
 from youri.runtime.quant_linear import QuantLinear, kernel_summary
@@ -55,26 +54,14 @@ from youri.serve.engine import Engine, SamplingParams
 def write_twin(model, tokenizer, folder: Path) -> None:
     """The model as a youri GPTQ folder: 4-bit g128 RTN codes for every decoder projection, fp16 elsewhere."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(str(folder))
-    model.generation_config.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    shutil.copy(SHARED / "llama2-tokenizer" / "tokenizer.model", folder)  # GGUF export reads the SentencePiece model
-    cfg = QuantizeConfig(bits=4, group_size=128)
-    state = {}
     projections = set(linear_shapes(model.config.to_dict()))
-    for name, tensor in model.state_dict().items():
-        module, _, leaf = name.rpartition(".")
-        if leaf == "weight" and module.split(".", 3)[-1] in projections:
-            state.update(
-                {f"{module}.{k}": v for k, v in pack(*rtn_quantize(tensor, bits=4, group_size=128), 4).items()}
-            )
-        else:
-            state[name] = tensor.to(torch.float16).contiguous()
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((folder / "config.json").read_text())
-    config.update({"quantization_config": quantization_config(cfg), "dtype": "float16", "torch_dtype": "float16"})
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "quantize_config.json").write_text(json.dumps(loader_quantize_config(cfg), indent=2))
+    packed = {
+        name: pack(*rtn_quantize(module.weight.data, bits=4, group_size=128), 4)
+        for name, module in model.named_modules()
+        if name.split(".", 3)[-1] in projections
+    }
+    write_gptq_folder(folder, model, packed, QuantizeConfig(bits=4, group_size=128), tokenizer, model.config.to_dict())
+    shutil.copy(SHARED / "llama2-tokenizer" / "tokenizer.model", folder)  # GGUF export reads the SentencePiece model
 
 
 def time_youri(engine: Engine, prompt: list[int], new: int) -> tuple[float, float, list[int]]:

@@ -131,7 +131,8 @@ def _quantize_and_save(folder: Path, parent: Path, calib: torch.Tensor, cfg: Con
     model = load_model(parent, dtype=torch.float32)
     packed = quantize_model(model, calib, cfg, device)
     wall = time.perf_counter() - start
-    _save(folder, parent, model, packed, cfg, tokenizer)
+    generation = parent / "generation_config.json"
+    write_gptq_folder(folder, model, packed, cfg, tokenizer, read_json(parent / "config.json"), generation)
     return {"wall_time_s": round(wall, 2), **_peak_memory(device)}
 
 
@@ -436,8 +437,13 @@ def loader_quantize_config(cfg: Config) -> dict:
     }
 
 
-def _save(folder: Path, parent: Path, model, packed, cfg: Config, tokenizer) -> None:
-
+def write_gptq_folder(
+    folder: Path, model, packed: dict, cfg: Config, tokenizer, config: dict, generation_config: Path | None = None
+) -> None:
+    """``model`` as a GPTQ twin folder: the ``packed`` layers (module name -> ``gptq_format.pack`` tensors) in
+    place of their linears, every other float tensor fp16; ``config`` (the parent's config.json) gains the
+    quantization config; the generation config is copied from ``generation_config`` when it exists. What
+    ``youri quantize`` writes, and what the decode benchmarks write for their round-to-nearest twins."""
     swap_linears(model, set(packed), bits=cfg.bits, group_size=cfg.group_size)
     state = {}
     for key, tensor in model.state_dict().items():
@@ -452,12 +458,12 @@ def _save(folder: Path, parent: Path, model, packed, cfg: Config, tokenizer) -> 
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # safetensors refuses shared tensors; the loader re-ties
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config = read_json(parent / "config.json")
+    config = dict(config)
     config.update({"quantization_config": quantization_config(cfg), "dtype": "float16", "torch_dtype": "float16"})
     (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "quantize_config.json").write_text(json.dumps(loader_quantize_config(cfg), indent=2) + "\n")
-    if (parent / "generation_config.json").is_file():
-        shutil.copy(parent / "generation_config.json", folder / "generation_config.json")
+    if generation_config is not None and generation_config.is_file():
+        shutil.copy(generation_config, folder / "generation_config.json")
     else:
         model.generation_config.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))  # carries the chat template when the parent has one

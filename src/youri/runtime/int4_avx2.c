@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #define TILE 4 /* activation rows sharing one unpacked weight block */
+#define PREFETCH 2048 /* bytes: how far ahead of the codes being read the VNNI kernel prefetches */
 #define LEVELS 32512 /* |rounded activation| <= LEVELS = 127 * 256: splits into two signed bytes (VNNI kernel) */
 
 static inline float hsum(__m256 v) {
@@ -141,9 +142,6 @@ void youri_int4_matmul(const float *x, int M, int K, const uint8_t *packed, cons
  * 0-63, xl of 64-127 (256 bytes, the size of the int16 rows). */
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")))
 #define VTILE 8
-#ifndef PREFETCH
-#define PREFETCH 2048
-#endif
 
 /* Each group of each row: xq = round(x / d), d = max|x| / LEVELS, split into bytes as above; xsum = d * sum(xq).
  * A NaN or infinite activation makes its group's d NaN (its bytes 0), so the output is NaN as the float path's. */

@@ -25,12 +25,15 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
     module it is, with Hugging Face's ``rotate_half``.
   - Rows that started in the same column (a single stream) decode with a view of the rotary tables and
     no attention mask.
+  - One sequence of a model whose every projection runs on youri's int4 row kernels (a GPTQ twin on a CPU)
+    decodes all its layers in one C call (``youri.serve.native_step``): the same kernel calls, no PyTorch op
+    between them.
 
   Logits equal Hugging Face's forward up to fp32 rounding (tests/test_decoder.py). Hugging Face's own
   forward rebuilds a 4-D mask, concatenates its cache and wraps outputs on every step; at the tiny demo
   shape youri's greedy decode is 2.4-2.9x its ``generate`` (benchmarks/decode_speed.py).
-* ``DynamicHF`` -- any other causal LM, through its own forward and a ``DynamicCache`` (the engine's
-  previous path), so a model the lean step does not know still generates correctly.
+* ``DynamicHF`` (``youri.serve.dynamic_decoder``) -- any other causal LM, through its own forward and a
+  ``DynamicCache`` (the engine's previous path), so a model the lean step does not know still generates correctly.
 
 Prefill takes all newcomers in one call; newcomers are merged into the running batch by placing their
 K/V in the columns that line up with it (shifting the running rows right once when a prompt is longer).
@@ -38,12 +41,10 @@ K/V in the columns that line up with it (shifting the running rows right once wh
 
 from __future__ import annotations
 
-import inspect
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, rotate_half
 from transformers.models.mistral.modeling_mistral import MistralRMSNorm
@@ -53,6 +54,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 from youri.families import UnsupportedModelError, family_of
 from youri.runtime import kernels
 from youri.runtime.quant_linear import QuantLinear
+from youri.serve.dynamic_decoder import DynamicHF
 from youri.serve.native_step import NativeStep, hooked
 
 
@@ -566,87 +568,3 @@ def _fused_mlp(mlp):
 def _separate_mlp(mlp):
     act, gate, up, down = _activation(mlp.act_fn), *map(_linear, (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
     return lambda h: down(act(gate(h)) * up(h))
-
-
-# ----------------------------------------------------------------------------- any causal LM
-
-
-def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-class DynamicHF:
-    """The same interface over the model's own forward and a ``DynamicCache`` (left padding, cat/gather)."""
-
-    def __init__(self, model):
-        # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40).
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.reset()
-
-    def reset(self) -> None:
-        self.rows = 0
-        self.cache = None
-        self.mask: torch.Tensor | None = None  # [rows, cached length]: 1 = real token, 0 = left padding
-
-    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_arg: cache},
-        )
-        return out.logits[:, -1, :]
-
-    @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache()
-        logits = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
-        if self.rows:
-            self._merge(cache, mask)
-        else:
-            self.cache, self.mask = cache, mask
-        self.rows += len(prompts)
-        return logits
-
-    def _merge(self, new_cache, new_mask) -> None:
-        """Concatenate two left-padded batches along the batch axis (the shorter one padded left)."""
-        length = max(self.mask.shape[1], new_mask.shape[1])
-        for layer, new_layer in zip(self.cache.layers, new_cache.layers):
-            layer.keys = torch.cat([_pad_left(layer.keys, length, 2), _pad_left(new_layer.keys, length, 2)])
-            layer.values = torch.cat([_pad_left(layer.values, length, 2), _pad_left(new_layer.values, length, 2)])
-        self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(new_mask, length, 1)])
-
-    @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=1)
-        return self._forward(tokens[:, None], self.mask, self.mask.sum(-1, keepdim=True) - 1, self.cache)
-
-    @torch.inference_mode()
-    def keep(self, rows: list[int]) -> None:
-        if not rows:
-            self.reset()
-            return
-        index = torch.tensor(rows, device=self.device)
-        self.mask = self.mask[index]
-        start = int((self.mask.sum(0) > 0).nonzero()[0])  # columns that are padding in every row go
-        self.mask = self.mask[:, start:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, start:]
-            layer.values = layer.values[index, :, start:]
-        self.rows = len(rows)

@@ -56,7 +56,8 @@ class NativeStep:
 
     def __init__(self, layers: list, heads: int, kv_heads: int, head_dim: int, rms_norms: tuple, silu: tuple):
         self.library = _library()
-        self.keep: list[torch.Tensor] = []  # fp32 copies (biases) the structs point into
+        self.keep: list[torch.Tensor] = []  # every tensor the structs point into, alive while they are (a weight
+        # replaced after the plan was built is used from the next prefill on, as by the PyTorch step)
         self.layers = (_Layer * len(layers))(*(self._layer(layer, rms_norms, silu) for layer in layers))
         first = layers[0]
         self.shape = _Shape(hidden=first.input_layernorm.weight.shape[0], heads=heads, kv_heads=kv_heads,
@@ -99,6 +100,8 @@ class NativeStep:
         modules = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
                    mlp.gate_proj, mlp.up_proj, mlp.down_proj)  # fmt: skip
         q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+        norms = [layer.input_layernorm, layer.post_attention_layernorm, *(n for n in (q_norm, k_norm) if n is not None)]
+        self.keep += [norm.weight for norm in norms]
         return _Layer(
             *(self._projection(m) for m in modules),
             norm1=layer.input_layernorm.weight.data_ptr(), norm2=layer.post_attention_layernorm.weight.data_ptr(),
@@ -110,6 +113,7 @@ class NativeStep:
 
     def _projection(self, module: QuantLinear) -> _Projection:
         weight = module.kernel_weight
+        self.keep += [weight.packed, weight.scales_and_zeros]
         bias = None
         if module.bias is not None:
             self.keep.append(module.bias.detach().float().contiguous())
