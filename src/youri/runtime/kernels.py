@@ -293,14 +293,7 @@ def _scratch_pointers(count: int, k: int, groups: int) -> tuple[int, int, int]:
 def matmul(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
     """``x @ W.T`` for ``x [..., K]`` through the kernel, in ``x``'s dtype (PyTorch's take bf16 inside)."""
     if weight.call is not None:
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.dtype != torch.float32 or not rows.is_contiguous():
-            rows = rows.to(torch.float32).contiguous()
-        out = torch.empty(rows.shape[0], weight.out_features)
-        weight.call(rows.data_ptr(), rows.shape[0], out.data_ptr())
-        if x.dim() != 2:
-            out = out.view(*x.shape[:-1], weight.out_features)
-        return out if x.dtype == torch.float32 else out.to(x.dtype)
+        return _through_c(x, weight.out_features, lambda rows, out: weight.call(rows.data_ptr(), rows.shape[0], out))
     rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
     op = (
         torch.ops.aten._weight_int4pack_mm_for_cpu
@@ -335,13 +328,19 @@ def half_weight(weight: torch.Tensor) -> HalfWeight | None:
 
 def half_matmul(x: torch.Tensor, weight: HalfWeight) -> torch.Tensor:
     """``x @ W.T`` for ``x [..., K]`` with W's fp16 copy, in fp32 (fp32 products and sums)."""
+    function, half, n = avx2_library()[0].youri_f16_matmul, weight.half.data_ptr(), weight.out_features
+    return _through_c(
+        x, n, lambda rows, out: function(rows.data_ptr(), *rows.shape, half, n, out, torch.get_num_threads())
+    )
+
+
+def _through_c(x: torch.Tensor, out_features: int, call: Callable[[torch.Tensor, int], None]) -> torch.Tensor:
+    """``x [..., K]`` as contiguous fp32 rows, ``call(rows, output pointer)`` into a new ``[rows, out_features]``
+    fp32 tensor, returned in ``x``'s shape and dtype: the wrapping both of youri's C matmuls need."""
     rows = x.reshape(-1, x.shape[-1])
     if rows.dtype != torch.float32 or not rows.is_contiguous():
         rows = rows.to(torch.float32).contiguous()
-    out = torch.empty(rows.shape[0], weight.out_features)
-    avx2_library()[0].youri_f16_matmul(
-        rows.data_ptr(), rows.shape[0], rows.shape[1], weight.half.data_ptr(), weight.out_features, out.data_ptr(),
-        torch.get_num_threads(),
-    )  # fmt: skip
-    out = out if x.dim() == 2 else out.view(*x.shape[:-1], weight.out_features)
+    out = torch.empty(rows.shape[0], out_features)
+    call(rows, out.data_ptr())
+    out = out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
     return out if x.dtype == torch.float32 else out.to(x.dtype)
