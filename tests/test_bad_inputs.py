@@ -31,7 +31,7 @@ from youri.io import DataError, iter_jsonl, read_json, read_text, resolve_path
 from youri.model import load_model, load_tokenizer
 from youri.quant.gptq import rtn_quantize
 from youri.quant.quantize import Config as QuantizeConfig
-from youri.quant.quantize import _save as save_gptq_folder
+from youri.quant.quantize import write_gptq_folder
 from youri.run.report import write_report
 from youri.runtime import kernels
 from youri.runtime.gptq_format import pack
@@ -217,7 +217,8 @@ def test_autogptq_layout_is_read_like_youris_own(good, tmp_path, capsys):
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and name != "lm_head"
     }
-    save_gptq_folder(twin, good["model"], model, packed, QuantizeConfig(), load_tokenizer(good["model"]))
+    config = json.loads((good["model"] / "config.json").read_text())
+    write_gptq_folder(twin, model, packed, QuantizeConfig(), load_tokenizer(good["model"]), config)
     autogptq = tmp_path / "autogptq"
     shutil.copytree(twin, autogptq)
     config = json.loads((autogptq / "config.json").read_text())
