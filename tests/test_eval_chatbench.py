@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from conftest import shared_path
@@ -26,7 +26,7 @@ from youri.prompts import (
     encode_prompt,
     install_chat_template,
 )
-from youri.testing import char_tokenizer, save_random_llama
+from youri.testing import char_tokenizer, http_server, save_random_llama, send_json
 
 # (question, turn) -> what the fake judge answers: text, an HTTP status, a body that is no completion,
 # or "flaky" (HTTP 500 once, then the text).
@@ -75,12 +75,7 @@ class FakeJudge(BaseHTTPRequestHandler):
         self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]})
 
     def _send(self, status: int, payload: dict):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, payload)
 
     def log_message(self, *args):
         pass
@@ -90,12 +85,8 @@ class FakeJudge(BaseHTTPRequestHandler):
 def fake_judge(monkeypatch):
     FakeJudge.requests, FakeJudge.seen = [], set()
     monkeypatch.setattr(judge, "RETRY_SLEEP", 0.0)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with http_server(FakeJudge) as base:
+        yield f"{base}/v1"
 
 
 def _bench(tmp_path):

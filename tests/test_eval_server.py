@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import torch
 
 from youri.eval import evaluate as ev
 from youri.model import load_model, load_tokenizer
-from youri.testing import save_random_llama
+from youri.testing import http_server, save_random_llama, send_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jp_eval"
 MARC = {"marc_ja": {"eval": str(FIXTURES / "marc_ja_valid.jsonl"), "fewshot": str(FIXTURES / "marc_ja_train.jsonl")}}
@@ -45,12 +45,7 @@ def completions_handler(model, tokenizer, seen: list):
                 choices.append(
                     {"index": index, "text": text, "logprobs": {"token_logprobs": token_lp, "top_logprobs": top}}
                 )
-            data = json.dumps({"object": "text_completion", "choices": choices}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, 200, {"object": "text_completion", "choices": choices})
 
         def log_message(self, *args):
             pass
@@ -71,14 +66,9 @@ def test_multiple_choice_through_a_completions_server_equals_in_process(tmp_path
     local = ev.run(ev.Config(out=str(tmp_path / "local"), **common))
     seen: list = []
     model = load_model(tiny).eval()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), completions_handler(model, load_tokenizer(tiny), seen))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1/completions"
+    with http_server(completions_handler(model, load_tokenizer(tiny), seen)) as base:
+        url = f"{base}/v1/completions"
         remote = ev.run(ev.Config(out=str(tmp_path / "remote"), server=url, batch_size="2", **common))
-    finally:
-        server.shutdown()
-        server.server_close()
     # the request shape lm-eval's local-completions sends (documented in lm_eval_bridge.server_lm)
     assert seen and all(b["echo"] is True and b["logprobs"] == 1 and b["max_tokens"] == 1 for b in seen)
     assert all(isinstance(p, list) and all(isinstance(i, int) for i in p) for b in seen for p in b["prompt"])

@@ -100,15 +100,12 @@ def report_dir(tmp_path_factory):
     return run / "report"
 
 
+FIGURES = ["loss_curves.png", "scores.png", "task_scores.png", "cost_of_4bit.png", "compare.png", "ja-mt-bench.png"]
+"""Every figure a report with a comparison and a chat benchmark has, in the page's order."""
+
+
 def test_every_figure_is_written(report_dir):
-    for name in (
-        "loss_curves.png",
-        "scores.png",
-        "task_scores.png",
-        "cost_of_4bit.png",
-        "compare.png",
-        "ja-mt-bench.png",
-    ):
+    for name in FIGURES:
         assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
@@ -182,14 +179,7 @@ def test_html_embeds_every_figure_with_alt_text_and_its_table(report_dir):
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     sections = page.split("<figure>")[1:]
     files = [re.search(r"<img src='([^']+)' alt='([^']+)'>", s).group(1) for s in sections]
-    assert files == [
-        "loss_curves.png",
-        "scores.png",
-        "task_scores.png",
-        "cost_of_4bit.png",
-        "compare.png",
-        "ja-mt-bench.png",
-    ]
+    assert files == FIGURES
     for section in sections:
         assert "</figure><table>" in section and len(re.search(r"alt='([^']+)'", section).group(1)) > 40
     task_table = sections[2].split("</figure>")[1]

@@ -5,6 +5,8 @@
 - ``stops``     — ``stop`` strings matched incrementally (linear in the text produced).
 - ``prefix_cache`` — an exact, LRU-bounded cache of prompt-prefix K/V reused across requests.
 - ``decoder``   — the engine's forward: a static KV cache and a lean Llama step (the model's own forward otherwise).
+- ``native_step`` — the lean step's one-call C decode (all layers) of one sequence of a GPTQ model on youri's kernels.
+- ``dynamic_decoder`` — the engine's forward for any other causal LM: its own forward over a ``DynamicCache``.
 - ``inference`` — loading a stage folder for inference and encoding conversations with its prompt format.
 - ``chat``      — the ``youri chat`` stage (terminal).
 - ``service``   — what ``youri serve`` does with a checked request: ``Server`` state, collected and streamed replies.
