@@ -16,7 +16,7 @@
    of it each runtime reaches: weight bytes read per generated token (every matrix but the embedding, which is
    a row gather) x tokens/s.
 
-Greedy tokens: youri's equal Hugging Face ``generate`` on the same twin (checked on the 1-thread row); llama.cpp's
+Greedy tokens: youri's equal Hugging Face ``generate`` on the same twin (checked on every row); llama.cpp's
 are shown against youri's (its CPU matmuls round activations to 8 bits, so on random weights they may part).
 Last stdout line: one JSON object with ``gen_ratio_1t``, ``gen_ratio_2t``, ``prefill_ratio_1t``,
 ``bandwidth_fraction_youri``, ``bandwidth_fraction_llamacpp`` (ratios: youri / llama.cpp).
@@ -166,8 +166,10 @@ def main() -> None:
         for name, (prefill, gen) in best.items():
             rows[(name, t)] = {"prefill_tok_s": prompt_len / prefill, "gen_tok_s": (new - 1) / gen, "bw": bandwidth}
         rows[("llama.cpp", t)]["same_tokens_as_youri"] = tokens["llama.cpp"] == tokens["youri"]
+        rows[("youri", t)]["tokens"] = tokens["youri"]
     torch.set_num_threads(threads[0])
-    same_as_hf = hf_greedy(model, prompt, new, tokenizer.eos_token_id) == tokens["youri"]
+    hf_tokens = hf_greedy(model, prompt, new, tokenizer.eos_token_id)
+    same_as_hf = [rows[("youri", t)].pop("tokens") == hf_tokens for t in threads]  # every youri row
     read = {"youri": weight_bytes_youri(model), "llama.cpp": weight_bytes_gguf(gguf_file)}
     for (name, _), r in rows.items():
         r["bandwidth_fraction"] = read[name] * r["gen_tok_s"] / r["bw"]
@@ -198,7 +200,7 @@ def main() -> None:
         },
         "read_bandwidth_gb_s": {f"{t}t": round(rows[("youri", t)]["bw"] / 1e9, 2) for t in threads},
         "weight_bytes_per_token": read,
-        "same_tokens_as_hf": same_as_hf,
+        "same_tokens_as_hf": all(same_as_hf),
         "layers": layers, "prompt_tokens": prompt_len, "new_tokens": new,
         "cpu": cpu_name(), "runtime": runtime_name(), "gptq_kernel": kernels,
     }  # fmt: skip
