@@ -9,8 +9,9 @@
  * results), everything between them is fp32 as Hugging Face computes it, up to summation order and the exp below
  * (a Cephes polynomial, within 2 ulp of expf).
  *
- * K/V buffers are youri.serve.decoder's: per layer [rows, kv_heads, columns, head_dim] fp32, this sequence's row
- * first; the step writes column `column` and attends over [low, column]. */
+ * K/V buffers are youri.serve.decoder's: per layer [rows, kv_heads, columns, head_dim] fp32. Each row (one sequence,
+ * left-padded: its tokens sit in columns [start, column]) gets its new token's K/V in column `column` and attends
+ * over its own columns; the projections take all rows in one kernel call. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -34,15 +35,17 @@ typedef struct {
 } youri_layer;
 
 typedef struct {
-    int hidden, heads, kv_heads, head_dim, intermediate, columns, threads;
+    int hidden, heads, kv_heads, head_dim, intermediate, columns, rows, threads;
     int16_t *xq; /* the int4 kernels' scratch, for the widest input */
     float *dx, *xsum, *work; /* work: youri_decode_work_floats() floats */
 } youri_shape;
 
-/* Floats of work space a step needs: normed input, q, k, v, attention output, scores, gate, up. */
+/* Floats of work space a step of s->rows rows needs: normed input, q, k, v, attention output, scores, gate, up,
+ * the residual update. */
 long youri_decode_work_floats(const youri_shape *s) {
     long qd = (long)s->heads * s->head_dim, kvd = (long)s->kv_heads * s->head_dim;
-    return s->hidden + 2 * qd + 2 * kvd + (long)s->heads * s->columns + 2L * s->intermediate + s->hidden;
+    long per_row = s->hidden + 2 * qd + 2 * kvd + (long)s->heads * s->columns + 2L * s->intermediate + s->hidden;
+    return per_row * s->rows;
 }
 
 static inline float hsum8(__m256 v) {
@@ -87,11 +90,13 @@ static void rms_norm(const float *x, const float *w, float eps, int n, float *ou
     for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * factor);
 }
 
+/* y [rows, out] = x [rows, in] W^T (+ bias): one kernel call for every row. */
 static void project(const youri_proj *p, const float *x, float *y, const youri_shape *s) {
-    (p->vnni ? youri_int4_matmul_vnni : youri_int4_matmul)(x, 1, p->in, p->packed, p->scale, p->szero, p->out,
+    (p->vnni ? youri_int4_matmul_vnni : youri_int4_matmul)(x, s->rows, p->in, p->packed, p->scale, p->szero, p->out,
                                                            p->group, y, s->xq, s->dx, s->xsum, s->threads);
     if (p->bias)
-        for (int i = 0; i < p->out; i++) y[i] += p->bias[i];
+        for (int r = 0; r < s->rows; r++)
+            for (int i = 0; i < p->out; i++) y[(size_t)r * p->out + i] += p->bias[i];
 }
 
 /* Per head: the QK-norm (if any), then rotary, x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1). */
@@ -107,15 +112,18 @@ static void rotate(float *x, int heads, int d, const float *norm, float eps, con
     }
 }
 
-/* Softmax attention of each query head over columns [low, column] of its K/V head. */
-static void attend(const float *q, const float *keys, const float *values, const youri_shape *s, int low,
+/* Softmax attention of each row's query heads over its columns [starts[r], column] of its K/V heads. */
+static void attend(const float *q, const float *keys, const float *values, const youri_shape *s, const int *starts,
                    int column, float scale, float *scores, float *out) {
-    int d = s->head_dim, group = s->heads / s->kv_heads, span = column - low + 1;
+    int d = s->head_dim, group = s->heads / s->kv_heads;
+    size_t row_kv = (size_t)s->kv_heads * s->columns * d;
 #pragma omp parallel for num_threads(s->threads) schedule(static) if (s->threads > 1)
-    for (int h = 0; h < s->heads; h++) {
-        const float *qh = q + (size_t)h * d;
-        const float *kh = keys + (size_t)(h / group) * s->columns * d, *vh = values + (size_t)(h / group) * s->columns * d;
-        float *p = scores + (size_t)h * s->columns, peak = -INFINITY, total = 0.0f;
+    for (int task = 0; task < s->rows * s->heads; task++) {
+        int r = task / s->heads, h = task % s->heads, low = starts[r], span = column - low + 1;
+        const float *qh = q + (size_t)task * d;
+        const float *kh = keys + r * row_kv + (size_t)(h / group) * s->columns * d;
+        const float *vh = values + r * row_kv + (size_t)(h / group) * s->columns * d;
+        float *p = scores + (size_t)task * s->columns, peak = -INFINITY, total = 0.0f;
         for (int j = 0; j < span; j++) {
             p[j] = dot(qh, kh + (size_t)(low + j) * d, d) * scale;
             peak = fmaxf(peak, p[j]);
@@ -129,7 +137,7 @@ static void attend(const float *q, const float *keys, const float *values, const
         }
         total = hsum8(sum8);
         for (; j < span; j++) total += (p[j] = expf(p[j] - peak));
-        float *oh = out + (size_t)h * d;
+        float *oh = out + (size_t)task * d;
         for (int i = 0; i < d; i += 8) {
             __m256 acc = _mm256_setzero_ps();
             for (int t = 0; t < span; t++)
@@ -150,36 +158,44 @@ static void silu_mul(float *gate, const float *up, int n) {
     for (; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-/* x [hidden] (the embedded token, updated in place to the last layer's output); keys/values: each layer's buffer;
- * cos, sin: the rotary tables' rows at this token's position. */
+/* x [rows, hidden] (the embedded tokens, updated in place to the last layer's output); keys/values: each layer's
+ * buffer; starts: each row's first column; cos, sin: the rotary tables [positions, head_dim] (row r's token sits at
+ * position column - starts[r]). */
 void youri_decode_step(const youri_layer *layers, int count, const youri_shape *s, float *x, float *const *keys,
-                       float *const *values, int column, int low, const float *cos, const float *sin) {
-    int d = s->head_dim, qd = s->heads * d, kvd = s->kv_heads * d;
-    float *normed = s->work, *q = normed + s->hidden, *k = q + qd, *v = k + kvd, *att = v + kvd;
-    float *scores = att + qd, *gate = scores + (size_t)s->heads * s->columns, *up = gate + s->intermediate;
-    float *delta = up + s->intermediate;
+                       float *const *values, int column, const int *starts, const float *cos, const float *sin) {
+    int d = s->head_dim, qd = s->heads * d, kvd = s->kv_heads * d, rows = s->rows, hidden = s->hidden;
+    float *normed = s->work, *q = normed + (size_t)rows * hidden, *k = q + (size_t)rows * qd;
+    float *v = k + (size_t)rows * kvd, *att = v + (size_t)rows * kvd, *scores = att + (size_t)rows * qd;
+    float *gate = scores + (size_t)rows * s->heads * s->columns, *up = gate + (size_t)rows * s->intermediate;
+    float *delta = up + (size_t)rows * s->intermediate;
+    size_t row_kv = (size_t)s->kv_heads * s->columns * d;
     for (int l = 0; l < count; l++) {
         const youri_layer *layer = layers + l;
-        rms_norm(x, layer->norm1, layer->eps1, s->hidden, normed);
+        for (int r = 0; r < rows; r++)
+            rms_norm(x + (size_t)r * hidden, layer->norm1, layer->eps1, hidden, normed + (size_t)r * hidden);
         project(&layer->q, normed, q, s);
         project(&layer->k, normed, k, s);
         project(&layer->v, normed, v, s);
-        rotate(q, s->heads, d, layer->q_norm, layer->qk_eps, cos, sin);
-        rotate(k, s->kv_heads, d, layer->k_norm, layer->qk_eps, cos, sin);
-        for (int h = 0; h < s->kv_heads; h++)
-            for (int i = 0; i < d; i++) {
-                size_t at = ((size_t)h * s->columns + column) * d + i;
-                keys[l][at] = k[h * d + i];
-                values[l][at] = v[h * d + i];
-            }
-        attend(q, keys[l], values[l], s, low, column, layer->scale, scores, att);
+        for (int r = 0; r < rows; r++) {
+            size_t position = (size_t)(column - starts[r]) * d;
+            rotate(q + (size_t)r * qd, s->heads, d, layer->q_norm, layer->qk_eps, cos + position, sin + position);
+            rotate(k + (size_t)r * kvd, s->kv_heads, d, layer->k_norm, layer->qk_eps, cos + position, sin + position);
+            for (int h = 0; h < s->kv_heads; h++)
+                for (int i = 0; i < d; i++) {
+                    size_t at = r * row_kv + ((size_t)h * s->columns + column) * d + i;
+                    keys[l][at] = k[(size_t)r * kvd + h * d + i];
+                    values[l][at] = v[(size_t)r * kvd + h * d + i];
+                }
+        }
+        attend(q, keys[l], values[l], s, starts, column, layer->scale, scores, att);
         project(&layer->o, att, delta, s);
-        for (int i = 0; i < s->hidden; i++) x[i] += delta[i];
-        rms_norm(x, layer->norm2, layer->eps2, s->hidden, normed);
+        for (size_t i = 0; i < (size_t)rows * hidden; i++) x[i] += delta[i];
+        for (int r = 0; r < rows; r++)
+            rms_norm(x + (size_t)r * hidden, layer->norm2, layer->eps2, hidden, normed + (size_t)r * hidden);
         project(&layer->gate, normed, gate, s);
         project(&layer->up, normed, up, s);
-        silu_mul(gate, up, s->intermediate);
+        silu_mul(gate, up, rows * s->intermediate);
         project(&layer->down, gate, delta, s);
-        for (int i = 0; i < s->hidden; i++) x[i] += delta[i];
+        for (size_t i = 0; i < (size_t)rows * hidden; i++) x[i] += delta[i];
     }
 }

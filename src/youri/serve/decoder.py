@@ -25,8 +25,8 @@ all rows. Two implementations of that interface (``rows``, ``prefill``, ``decode
     module it is, with Hugging Face's ``rotate_half``.
   - Rows that started in the same column (a single stream) decode with a view of the rotary tables and
     no attention mask.
-  - One sequence of a model whose every projection runs on youri's int4 row kernels (a GPTQ twin on a CPU)
-    decodes all its layers in one C call (``youri.serve.native_step``): the same kernel calls, no PyTorch op
+  - A model whose every projection runs on youri's int4 row kernels (a GPTQ twin on a CPU) decodes all its
+    layers, for all rows, in one C call (``youri.serve.native_step``): the same kernel calls, no PyTorch op
     between them.
 
   Logits equal Hugging Face's forward up to fp32 rounding (tests/test_decoder.py). Hugging Face's own
@@ -176,6 +176,7 @@ class StaticLlama:
     def starts(self, value: list[int]) -> None:
         self._starts = list(value)
         self._start_columns = torch.tensor(self._starts, dtype=torch.long, device=self.device)[:, None]  # per step
+        self._starts_int32 = torch.tensor(self._starts, dtype=torch.int32)  # the C step's (CPU only)
         # Rows that start in the same column sit at the same position and see only real tokens in the window
         # (each row's valid columns are [start, length)): a decode step then needs no gather and no mask.
         self._same_start = len(set(self._starts)) == 1
@@ -269,10 +270,9 @@ class StaticLlama:
         column, rows = self.length, slice(0, self.rows)
         self.valid[rows, column] = True
         window = slice(self.low, column + 1)
-        if self._native is not None and self.rows == 1:  # one sequence: every layer in one C call
+        if self._native is not None:  # every layer of every row in one C call
             x = self._embed(tokens).to(torch.float32).contiguous()
-            position = column - self._starts[0]
-            self._native.step(x, self.keys, self.values, column, self.low, self.cos[position], self.sin[position])
+            self._native.step(x, self.keys, self.values, column, self._starts_int32, self.cos, self.sin)
             self.length += 1
             return self._lm_head(self._norm(x))
         if self._same_start:

@@ -1,11 +1,12 @@
-"""The lean decoder's one-call decode step (``youri.runtime`` ``decode_step.c``) for a single sequence of a GPTQ model.
+"""The lean decoder's one-call decode step (``youri.runtime`` ``decode_step.c``) for GPTQ models on youri's kernels.
 
-``youri.serve.decoder.StaticLlama`` decodes one token of one sequence through it when every decoder layer is Llama's
-math on youri's row kernels: seven bias-free-or-biased ``QuantLinear`` projections on ``int4-avx2``/``int4-avx512``,
-plain fp32 RMSNorms (Qwen3's QK-norms included) and SiLU. The step computes what the lean step's PyTorch ops
-compute -- the same int4 kernel calls, fp32 elsewhere -- in one C call for all layers: at a 1B shape the ~25 small
-ops per layer between the matmuls cost a third of a token (``benchmarks/decode_vs_llamacpp.py``). Anything else
-(several rows, a hook, another kernel, half precision) takes the PyTorch step.
+``youri.serve.decoder.StaticLlama`` decodes one token of each of its rows through it when every decoder layer is
+Llama's math on youri's row kernels: seven ``QuantLinear`` projections (with or without biases) on ``int4-avx2`` or
+``int4-avx512``, plain fp32 RMSNorms (Qwen3's QK-norms included) and SiLU. The step computes what the lean step's
+PyTorch ops compute -- the same int4 kernel calls, fp32 elsewhere -- in one C call for all layers and rows: at a 1B
+shape the ~25 small ops per layer between the matmuls cost a third of a token
+(``benchmarks/decode_vs_llamacpp.py``). Anything else (a hook, another kernel, half precision) takes the PyTorch
+step.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class _Layer(ctypes.Structure):
 
 class _Shape(ctypes.Structure):
     _fields_ = [("hidden", _int), ("heads", _int), ("kv_heads", _int), ("head_dim", _int), ("intermediate", _int),
-                ("columns", _int), ("threads", _int),
+                ("columns", _int), ("rows", _int), ("threads", _int),
                 ("xq", _pointer), ("dx", _pointer), ("xsum", _pointer), ("work", _pointer)]  # fmt: skip
 
 
@@ -44,7 +45,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     if library.youri_decode_step.argtypes is None:
         library.youri_decode_step.restype = None
-        library.youri_decode_step.argtypes = [_pointer, _int, _pointer, _pointer, _pointer, _pointer, _int, _int,
+        library.youri_decode_step.argtypes = [_pointer, _int, _pointer, _pointer, _pointer, _pointer, _int, _pointer,
                                               _pointer, _pointer]  # fmt: skip
         library.youri_decode_work_floats.restype = ctypes.c_long
         library.youri_decode_work_floats.argtypes = [_pointer]
@@ -62,13 +63,10 @@ class NativeStep:
         first = layers[0]
         self.shape = _Shape(hidden=first.input_layernorm.weight.shape[0], heads=heads, kv_heads=kv_heads,
                             head_dim=head_dim, intermediate=first.mlp.gate_proj.out_features)  # fmt: skip
-        widest = max(max(p.inputs for p in (getattr(layer, name) for name in PROJECTIONS)) for layer in self.layers)
-        narrowest = min(min(p.group for p in (getattr(layer, name) for name in PROJECTIONS)) for layer in self.layers)
-        self.xq = torch.empty(widest, dtype=torch.int16)
-        self.scales = torch.empty(2, widest // narrowest)
-        self.shape.xq, self.shape.dx, self.shape.xsum = self.xq.data_ptr(), *(t.data_ptr() for t in self.scales)
+        projections = [getattr(layer, name) for layer in self.layers for name in PROJECTIONS]
+        self.widest, self.narrowest = max(p.inputs for p in projections), min(p.group for p in projections)
         self.work = torch.empty(0)
-        self._buffers: tuple | None = None
+        self._buffers: tuple | None = None  # (keys list, key pointers, value pointers, rows)
 
     @staticmethod
     def unsupported(model, heads: int, head_dim: int, rms_norms: tuple, silu: tuple) -> str | None:
@@ -124,28 +122,35 @@ class NativeStep:
             inputs=weight.packed.shape[1] * 2, group=weight.group, vnni=weight.kernel == "int4-avx512",
         )  # fmt: skip
 
-    def step(self, x: torch.Tensor, keys: list, values: list, column: int, low: int, cos: torch.Tensor, sin):
-        """``x [1, hidden]`` fp32 (the embedded token) becomes the last layer's output; K/V written at ``column``,
-        attention over ``[low, column]``; ``cos``/``sin``: the rotary rows at the token's position."""
-        if self._buffers is None or self._buffers[0] is not keys:
-            self._point_at(keys, values)
+    def step(self, x: torch.Tensor, keys: list, values: list, column: int, starts: torch.Tensor, cos, sin) -> None:
+        """``x [rows, hidden]`` fp32 (the embedded tokens, row i the decoder's row i) becomes the last layer's output;
+        K/V written at ``column``; row i attends over ``[starts[i], column]`` (``starts``: int32) and sits at position
+        ``column - starts[i]`` of the rotary tables ``cos``/``sin`` ``[positions, head_dim]``."""
+        rows = x.shape[0]
+        if self._buffers is None or self._buffers[0] is not keys or self._buffers[3] != rows:
+            self._point_at(keys, values, rows)
         self.shape.threads = torch.get_num_threads()
         self.library.youri_decode_step(
             ctypes.addressof(self.layers), len(self.layers), ctypes.addressof(self.shape), x.data_ptr(),
-            ctypes.addressof(self._buffers[1]), ctypes.addressof(self._buffers[2]), column, low,
+            ctypes.addressof(self._buffers[1]), ctypes.addressof(self._buffers[2]), column, starts.data_ptr(),
             cos.data_ptr(), sin.data_ptr(),
         )  # fmt: skip
 
-    def _point_at(self, keys: list, values: list) -> None:
-        """The K/V buffers (new lists whenever the decoder grows them) and work space for their column capacity."""
+    def _point_at(self, keys: list, values: list, rows: int) -> None:
+        """The K/V buffers (new lists whenever the decoder grows them), and work space for their column capacity
+        and ``rows`` rows."""
         assert all(t.is_contiguous() and t.dtype == torch.float32 for t in keys + values)
         arrays = ((_pointer * len(keys))(*(t.data_ptr() for t in keys)),
                   (_pointer * len(values))(*(t.data_ptr() for t in values)))  # fmt: skip
-        self._buffers = (keys, *arrays)
-        self.shape.columns = keys[0].shape[2]
+        self._buffers = (keys, *arrays, rows)
+        self.shape.columns, self.shape.rows = keys[0].shape[2], rows
         need = self.library.youri_decode_work_floats(ctypes.addressof(self.shape))
         if self.work.numel() < need:
             self.work = torch.empty(need)
+        # the kernels' scratch: int16 (or byte pairs) per input, two floats per group, for every row
+        self.xq = torch.empty(rows * self.widest, dtype=torch.int16)
+        self.scales = torch.empty(2, rows * (self.widest // self.narrowest))
+        self.shape.xq, self.shape.dx, self.shape.xsum = self.xq.data_ptr(), *(t.data_ptr() for t in self.scales)
         self.shape.work = self.work.data_ptr()
 
 
