@@ -22,7 +22,6 @@
 #include <stdint.h>
 
 #define TILE 4 /* activation rows sharing one unpacked weight block */
-#define PREFETCH 2048 /* bytes: how far ahead of the codes being read the VNNI kernel prefetches */
 #define LEVELS 32512 /* |rounded activation| <= LEVELS = 127 * 256: splits into two signed bytes (VNNI kernel) */
 
 static inline float hsum(__m256 v) {
@@ -131,20 +130,25 @@ void youri_int4_matmul(const float *x, int M, int K, const uint8_t *packed, cons
 }
 
 /* The AVX-512 VNNI variant (youri_int4_matmul_vnni; "int4-avx512" in kernels.py, chosen at load time on CPUs with
- * avx512bw + avx512_vnni; groups of a multiple of 128 inputs). Why another design: vpdpwssd on int16 codes needs
- * each code widened to 16 bits first (a lane-crossing vpmovzxbw per 32 codes), which left the kernel bound by
- * instructions, not by memory. Here the codes stay bytes and vpdpbusd multiplies 64 unsigned code bytes by 64 signed
- * activation bytes per instruction. The activations keep 16 bits: each group is rounded to integers xq with
- * |xq| <= 32512 (step = group max / 32512) and split into two signed bytes, xq = 256 * xh + xl (xh = (xq + 128) >> 8
- * in [-127, 127], xl in [-128, 127]); the two byte dot products are exact int32 sums, joined as 256 * h + l once per
- * group. Weight layout: per output row, blocks of 128 inputs in 64 bytes, byte j holding input j in its low nibble
- * and input 64 + j in its high nibble. Activation scratch, per row and block: xh of inputs 0-63, xh of 64-127, xl of
- * 0-63, xl of 64-127 (256 bytes, the size of the int16 rows). */
+ * avx512bw + avx512_vnni; groups of a multiple of 32 inputs). Why another design: vpdpwssd on int16 codes needs each
+ * code widened to 16 bits first, and a per-output-row layout leaves a float epilogue per output, row and group that
+ * costs as much as the products. Here the codes stay bytes, vpdpbusd multiplies them by activation bytes, and the 16
+ * int32 lanes of an accumulator are 16 outputs: one epilogue per 16 outputs.
+ *
+ * The activations keep 16 bits: each group is rounded to integers xq with |xq| <= LEVELS (step = group max / LEVELS)
+ * and split into two signed bytes, xq = 256 * xh + xl (xh = (xq + 128) >> 8 in [-127, 127], xl in [-128, 127]); the
+ * two byte dot products are exact int32 sums, joined as 256 * h + l once per group. Activation scratch per row: xh of
+ * its K inputs, then xl (2K bytes, the size of the int16 rows).
+ *
+ * Weight layout (kernels.py's _pack_interleaved): outputs in blocks of 16 (the last one zero-padded); per block and
+ * per 8 inputs k..k+7, 64 bytes, byte 4j + t holding output j's code of input k + t in its low nibble and of input
+ * k + 4 + t in its high nibble, so that one vpdpbusd takes 4 inputs of 16 outputs against 4 activation bytes
+ * broadcast. Scales and scale * zero: [blocks, groups, 16] fp32. */
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")))
-#define VTILE 8
+#define VTILE 8 /* activation rows sharing each unpacked block of codes */
 
 /* Each group of each row: xq = round(x / d), d = max|x| / LEVELS, split into bytes as above; xsum = d * sum(xq).
- * A NaN or infinite activation makes its group's d NaN (its bytes 0), so the output is NaN as the float path's. */
+ * A NaN or infinite activation makes its group's d NaN, so the output is NaN as the float path's would be. */
 VNNI static void split_activations(const float *x, int M, int K, int group, int8_t *xb, float *dx, float *xsum) {
     int G = K / group;
     const __m512i half = _mm512_set1_epi32(128), top = _mm512_set1_epi32(LEVELS);
@@ -162,17 +166,14 @@ VNNI static void split_activations(const float *x, int M, int K, int group, int8
             float d = finite ? peak / (float)LEVELS : NAN, inv = (finite && d > 0.0f) ? 1.0f / d : 0.0f;
             __m512 scale = _mm512_set1_ps(inv);
             __m512i sum = _mm512_setzero_si512();
-            int8_t *row = xb + (size_t)m * K * 2;
+            int8_t *high = xb + (size_t)m * K * 2 + (size_t)g * group, *low = high + K;
             for (int k = 0; k < group; k += 16) {
                 __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), scale)); /* nearest even */
                 q = _mm512_max_epi32(_mm512_min_epi32(q, top), _mm512_sub_epi32(_mm512_setzero_si512(), top));
-                __m512i high = _mm512_srai_epi32(_mm512_add_epi32(q, half), 8);
-                __m512i low = _mm512_sub_epi32(q, _mm512_slli_epi32(high, 8));
+                __m512i h = _mm512_srai_epi32(_mm512_add_epi32(q, half), 8);
                 sum = _mm512_add_epi32(sum, q);
-                size_t i = (size_t)g * group + k; /* per block of 128 inputs: xh at [0, 128), xl at [128, 256) */
-                int8_t *at = row + (i / 128) * 256 + (i % 128);
-                _mm_storeu_si128((__m128i *)at, _mm512_cvtepi32_epi8(high));
-                _mm_storeu_si128((__m128i *)(at + 128), _mm512_cvtepi32_epi8(low));
+                _mm_storeu_si128((__m128i *)(high + k), _mm512_cvtepi32_epi8(h));
+                _mm_storeu_si128((__m128i *)(low + k), _mm512_cvtepi32_epi8(_mm512_sub_epi32(q, _mm512_slli_epi32(h, 8))));
             }
             dx[(size_t)m * G + g] = d;
             xsum[(size_t)m * G + g] = d * (float)_mm512_reduce_add_epi32(sum);
@@ -180,158 +181,75 @@ VNNI static void split_activations(const float *x, int M, int K, int group, int8
     }
 }
 
-/* acc += factor * (256 * high + low) and the zero-point term, for group g of row r. */
-#define VNNI_GROUP_END(r, g, high, low)                                                                             \
-    do {                                                                                                            \
-        __m512i exact = _mm512_add_epi32(_mm512_slli_epi32(high, 8), low);                                          \
-        __m512 factor = _mm512_set1_ps(sn[g] * dx[(size_t)(r) * G + (g)]);                                         \
-        acc[r] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(exact), acc[r]);                                        \
-        correction[r] += zn[g] * xsum[(size_t)(r) * G + (g)];                                                       \
-    } while (0)
+static inline int32_t bytes4(const int8_t *p) { /* 4 activation bytes as one int32, to broadcast */
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
+}
 
-/* Output n for activation rows [0, R). Each block's low nibbles (inputs 0-63) and high nibbles (64-127) keep their
- * own sums, so a group of 64 (pairs: two groups per block) is as exact as a group of 128 or more (B blocks each). */
-VNNI static inline __attribute__((always_inline)) void row_tile_vnni(const int R, const int pairs, const int8_t *xb,
-                                                                     const float *dx, const float *xsum, int K, int G,
-                                                                     int B, const uint8_t *wn, const float *sn,
-                                                                     const float *zn, float *y, int N) {
+/* Outputs [16 b, 16 b + 16) of activation rows [0, R), R a compile-time constant at each call site (always_inline).
+ * One row keeps four accumulators (the products of low and high nibbles apart): vpdpbusd's latency, not its
+ * throughput, would bind two chains; several rows keep two each. */
+VNNI static inline __attribute__((always_inline)) void block_tile_vnni(const int R, const int8_t *xb, const float *dx,
+                                                                       const float *xsum, int K, int G, int group,
+                                                                       const uint8_t *wb, const float *sb,
+                                                                       const float *zb, float *y, int N, int n0) {
     const __m512i nibble = _mm512_set1_epi8(0x0F);
     __m512 acc[VTILE];
-    float correction[VTILE];
-    for (int r = 0; r < R; r++) {
-        acc[r] = _mm512_setzero_ps();
-        correction[r] = 0.0f;
-    }
-    for (int g = 0; g < G; g += pairs ? 2 : 1) {
-        __m512i high0[VTILE], low0[VTILE], high1[VTILE], low1[VTILE];
-        for (int r = 0; r < R; r++) high0[r] = low0[r] = high1[r] = low1[r] = _mm512_setzero_si512();
-        for (int b = 0; b < (pairs ? 1 : B); b++) {
-            size_t k0 = pairs ? (size_t)g * 64 : ((size_t)g * B + b) * 128;
-            _mm_prefetch((const char *)(wn + k0 / 2 + PREFETCH), _MM_HINT_T0);
-            __m512i v = _mm512_loadu_si512((const void *)(wn + k0 / 2));
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        __m512i high[VTILE], low[VTILE], high2 = _mm512_setzero_si512(), low2 = _mm512_setzero_si512();
+        for (int r = 0; r < R; r++) high[r] = low[r] = _mm512_setzero_si512();
+        for (int k = g * group; k < (g + 1) * group; k += 8) {
+            __m512i v = _mm512_loadu_si512((const void *)(wb + (size_t)k * 8));
             __m512i w0 = _mm512_and_si512(v, nibble), w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
             for (int r = 0; r < R; r++) {
-                const int8_t *xp = xb + (size_t)r * K * 2 + k0 * 2;
-                high0[r] = _mm512_dpbusd_epi32(high0[r], w0, _mm512_loadu_si512((const void *)xp));
-                low0[r] = _mm512_dpbusd_epi32(low0[r], w0, _mm512_loadu_si512((const void *)(xp + 128)));
-                high1[r] = _mm512_dpbusd_epi32(high1[r], w1, _mm512_loadu_si512((const void *)(xp + 64)));
-                low1[r] = _mm512_dpbusd_epi32(low1[r], w1, _mm512_loadu_si512((const void *)(xp + 192)));
+                const int8_t *xh = xb + (size_t)r * K * 2 + k, *xl = xh + K;
+                high[r] = _mm512_dpbusd_epi32(high[r], w0, _mm512_set1_epi32(bytes4(xh)));
+                low[r] = _mm512_dpbusd_epi32(low[r], w0, _mm512_set1_epi32(bytes4(xl)));
+                if (R == 1) {
+                    high2 = _mm512_dpbusd_epi32(high2, w1, _mm512_set1_epi32(bytes4(xh + 4)));
+                    low2 = _mm512_dpbusd_epi32(low2, w1, _mm512_set1_epi32(bytes4(xl + 4)));
+                } else {
+                    high[r] = _mm512_dpbusd_epi32(high[r], w1, _mm512_set1_epi32(bytes4(xh + 4)));
+                    low[r] = _mm512_dpbusd_epi32(low[r], w1, _mm512_set1_epi32(bytes4(xl + 4)));
+                }
             }
         }
+        if (R == 1) {
+            high[0] = _mm512_add_epi32(high[0], high2);
+            low[0] = _mm512_add_epi32(low[0], low2);
+        }
+        __m512 scale = _mm512_loadu_ps(sb + (size_t)g * 16), szero = _mm512_loadu_ps(zb + (size_t)g * 16);
         for (int r = 0; r < R; r++) {
-            if (pairs) {
-                VNNI_GROUP_END(r, g, high0[r], low0[r]);
-                VNNI_GROUP_END(r, g + 1, high1[r], low1[r]);
-            } else {
-                VNNI_GROUP_END(r, g, _mm512_add_epi32(high0[r], high1[r]), _mm512_add_epi32(low0[r], low1[r]));
-            }
+            __m512i exact = _mm512_add_epi32(_mm512_slli_epi32(high[r], 8), low[r]);
+            __m512 factor = _mm512_mul_ps(scale, _mm512_set1_ps(dx[(size_t)r * G + g]));
+            acc[r] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(exact), acc[r]);
+            acc[r] = _mm512_fnmadd_ps(szero, _mm512_set1_ps(xsum[(size_t)r * G + g]), acc[r]);
         }
     }
-    for (int r = 0; r < R; r++) y[(size_t)r * N] = _mm512_reduce_add_ps(acc[r]) - correction[r];
+    __mmask16 keep = N - n0 >= 16 ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + (size_t)r * N + n0, keep, acc[r]);
 }
-
-/* Rows [m, m + R) of output n, with `pairs` (groups of 64) a compile-time constant in each copy. */
-#define VNNI_TILE(R)                                                                                                \
-    do {                                                                                                            \
-        if (group == 64)                                                                                            \
-            row_tile_vnni(R, 1, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn,  \
-                          zn, y + (size_t)m * N + n, N);                                                            \
-        else                                                                                                        \
-            row_tile_vnni(R, 0, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn,  \
-                          zn, y + (size_t)m * N + n, N);                                                            \
-    } while (0)
-
-/* As youri_int4_matmul, with the layout above; xq is the byte scratch (2 * M * K bytes). */
-/* Prompts (groups of a multiple of 128): outputs n and n + 1 (rows wn, wn + K/2) for activation rows [0, 4), so
- * that each activation load feeds two outputs' products (the row tile above loads one per product, and a prompt's
- * activations outgrow L1). 8 float and 16 integer accumulators, 4 code registers. */
-VNNI static inline __attribute__((always_inline)) void pair_tile_vnni(const int8_t *xb, const float *dx,
-                                                                      const float *xsum, int K, int G, int B,
-                                                                      const uint8_t *wn, const float *sn,
-                                                                      const float *zn, float *y, int N) {
-    const __m512i nibble = _mm512_set1_epi8(0x0F);
-    __m512 acc[2][4];
-    float correction[2][4] = {{0}};
-    for (int i = 0; i < 2; i++)
-        for (int r = 0; r < 4; r++) acc[i][r] = _mm512_setzero_ps();
-    for (int g = 0; g < G; g++) {
-        __m512i high[2][4], low[2][4];
-        for (int i = 0; i < 2; i++)
-            for (int r = 0; r < 4; r++) high[i][r] = low[i][r] = _mm512_setzero_si512();
-        for (int b = 0; b < B; b++) {
-            size_t k0 = ((size_t)g * B + b) * 128;
-            __m512i v0 = _mm512_loadu_si512((const void *)(wn + k0 / 2));
-            __m512i v1 = _mm512_loadu_si512((const void *)(wn + K / 2 + k0 / 2));
-            __m512i a0 = _mm512_and_si512(v0, nibble), b0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nibble);
-            __m512i a1 = _mm512_and_si512(v1, nibble), b1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nibble);
-            for (int r = 0; r < 4; r++) {
-                const int8_t *xp = xb + (size_t)r * K * 2 + k0 * 2;
-                __m512i x = _mm512_loadu_si512((const void *)xp);
-                high[0][r] = _mm512_dpbusd_epi32(high[0][r], a0, x);
-                high[1][r] = _mm512_dpbusd_epi32(high[1][r], a1, x);
-                x = _mm512_loadu_si512((const void *)(xp + 64));
-                high[0][r] = _mm512_dpbusd_epi32(high[0][r], b0, x);
-                high[1][r] = _mm512_dpbusd_epi32(high[1][r], b1, x);
-                x = _mm512_loadu_si512((const void *)(xp + 128));
-                low[0][r] = _mm512_dpbusd_epi32(low[0][r], a0, x);
-                low[1][r] = _mm512_dpbusd_epi32(low[1][r], a1, x);
-                x = _mm512_loadu_si512((const void *)(xp + 192));
-                low[0][r] = _mm512_dpbusd_epi32(low[0][r], b0, x);
-                low[1][r] = _mm512_dpbusd_epi32(low[1][r], b1, x);
-            }
-        }
-        for (int i = 0; i < 2; i++)
-            for (int r = 0; r < 4; r++) {
-                __m512i exact = _mm512_add_epi32(_mm512_slli_epi32(high[i][r], 8), low[i][r]);
-                __m512 factor = _mm512_set1_ps(sn[i * G + g] * dx[(size_t)r * G + g]);
-                acc[i][r] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(exact), acc[i][r]);
-                correction[i][r] += zn[i * G + g] * xsum[(size_t)r * G + g];
-            }
-    }
-    for (int i = 0; i < 2; i++)
-        for (int r = 0; r < 4; r++) y[(size_t)r * N + i] = _mm512_reduce_add_ps(acc[i][r]) - correction[i][r];
-}
-
-#define PAIR_BLOCK 16 /* outputs per block: their codes stay in cache while every 4 activation rows pass over them */
 
 /* As youri_int4_matmul, with the layout above; xq is the byte scratch (2 * M * K bytes). */
 VNNI void youri_int4_matmul_vnni(const float *x, int M, int K, const uint8_t *packed, const float *scale,
                                  const float *szero, int N, int group, float *y, int16_t *xq, float *dx, float *xsum,
                                  int threads) {
-    int G = K / group, B = group / 128;
+    int G = K / group, blocks = (N + 15) / 16;
     int8_t *xb = (int8_t *)xq;
     split_activations(x, M, K, group, xb, dx, xsum);
-    if (M >= 4 && group % 128 == 0) { /* a prompt: pairs of outputs by blocks of 4 rows */
-        int blocks = (N + PAIR_BLOCK - 1) / PAIR_BLOCK;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-        for (int block = 0; block < blocks; block++) {
-            int first = block * PAIR_BLOCK, last = first + PAIR_BLOCK < N ? first + PAIR_BLOCK : N;
-            for (int m = 0; m < M; m += 4) {
-                for (int n = first; n < last; n += 2) {
-                    const uint8_t *wn = packed + (size_t)n * (K / 2);
-                    const float *sn = scale + (size_t)n * G, *zn = szero + (size_t)n * G;
-                    if (m + 4 <= M && n + 2 <= last) {
-                        pair_tile_vnni(xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn,
-                                       sn, zn, y + (size_t)m * N + n, N);
-                        continue;
-                    }
-                    for (int nn = n; nn < n + 2 && nn < last; nn++) /* edges: one output, one row at a time */
-                        for (int mm = m; mm < m + 4 && mm < M; mm++)
-                            row_tile_vnni(1, 0, xb + (size_t)mm * K * 2, dx + (size_t)mm * G, xsum + (size_t)mm * G,
-                                          K, G, B, packed + (size_t)nn * (K / 2), scale + (size_t)nn * G,
-                                          szero + (size_t)nn * G, y + (size_t)mm * N + nn, N);
-                }
-            }
-        }
-        return;
-    }
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int n = 0; n < N; n++) {
-        const uint8_t *wn = packed + (size_t)n * (K / 2);
-        const float *sn = scale + (size_t)n * G, *zn = szero + (size_t)n * G;
+    for (int b = 0; b < blocks; b++) {
+        const uint8_t *wb = packed + (size_t)b * 8 * K;
+        const float *sb = scale + (size_t)b * G * 16, *zb = szero + (size_t)b * G * 16;
         int m = 0;
-        for (; m + VTILE <= M; m += VTILE) VNNI_TILE(VTILE);
-        for (; m < M; m++) VNNI_TILE(1); /* the rows left, one at a time */
+        for (; m + VTILE <= M; m += VTILE)
+            block_tile_vnni(VTILE, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, group, wb,
+                            sb, zb, y + (size_t)m * N, N, b * 16);
+        for (; m < M; m++) /* the rows left, one at a time */
+            block_tile_vnni(1, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, group, wb, sb,
+                            zb, y + (size_t)m * N, N, b * 16);
     }
 }
 

@@ -7,10 +7,11 @@ the ones PyTorch ships.
   to int16 per group (step = the group's max / ``ACTIVATION_LEVELS``) and the codes multiplied by integer
   multiply-adds; the file's header says why and how. One core: ~4x PyTorch's CPU kernel on a 2048x5632 layer
   (``benchmarks/decode_speed.py``). No compiler, a failed build or another CPU: the next kernel.
-* ``int4-avx512`` (x86 CPUs with AVX-512 BW + VNNI, preferred there; groups of 64 or a multiple of 128): the
-  same file's VNNI variant -- the same int16 activations, each split into two signed bytes, and exact int32 group
-  sums, vpdpbusd multiplying 64 code bytes per instruction; its own nibble order. Chosen at load time from
-  /proc/cpuinfo's flags (never tried on a CPU without them). ~1.3x the AVX2 kernel's weights/s on one core.
+* ``int4-avx512`` (x86 CPUs with AVX-512 BW + VNNI, preferred there; groups of a multiple of 32): the same file's
+  VNNI variant -- the same int16 activations, each split into two signed bytes, and exact int32 group sums;
+  vpdpbusd multiplies 4 inputs of 16 outputs (interleaved by 16) per instruction, so each float epilogue serves 16
+  outputs. Chosen at load time from /proc/cpuinfo's flags (never tried on a CPU without them). One core,
+  2048x5632: ~23 GB/s of codes for one row (the AVX2 kernel ~15), ~2.5x its row-weights/s for a prompt.
 
 PyTorch's are the tinygemm kernels gpt-fast and torchao use. Their weight format: 4-bit codes ``q`` in
 ``[0, 16)`` per output row, and per group ``g`` of inputs a scale and a float zero, interleaved as
@@ -201,9 +202,9 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
 def unsupported(kernel: str, in_features: int, out_features: int, group: int) -> str | None:
     """Why a layer of this shape cannot use ``kernel`` (None when it can)."""
     if kernel in ROW_KERNELS:
-        if kernel == "int4-avx512" and group != 64 and group % 128:
-            return f"group size {group} (the kernel takes 64 or multiples of 128)"
-        return None if group % 64 == 0 and group <= 32768 else f"group size {group} (the kernel takes multiples of 64)"
+        step = 32 if kernel == "int4-avx512" else 64
+        fits = group % step == 0 and group <= 32768
+        return None if fits else f"group size {group} (the kernel takes multiples of {step})"
     if group not in GROUP_SIZES:
         return f"group size {group} (the kernel takes {GROUP_SIZES})"
     if kernel == "int4-cpu" and out_features % 16:
@@ -231,21 +232,47 @@ def convert(kernel: str, codes: torch.Tensor, zeros: torch.Tensor, scales: torch
 
 
 def _convert_rows(kernel: str, codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: int):
-    """Codes in the nibble order ``int4_avx2.c`` unpacks for ``kernel``; scales and scale * zero as ``[2, N, K/g]``
-    fp32. Per block of 64 inputs, byte j holds input L(j) (low nibble) and 32 + L(j) (high): the AVX2 kernel's L
-    swaps the middle two 8-byte quarters (its in-lane unpacking yields that order), the AVX-512 one's is j."""
-    n, k = codes.shape[1], codes.shape[0]
-    if kernel == "int4-avx2":
-        blocks = codes.T.to(torch.uint8).reshape(n, k // 64, 2, 4, 8)[:, :, :, [0, 2, 1, 3]].reshape(n, k // 64, 2, 32)
-    else:
-        blocks = codes.T.to(torch.uint8).reshape(n, k // 128, 2, 64)
-    packed = (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
+    """GPTQ codes ``[K, N]``, integer zeros and scales ``[K/g, N]`` in ``kernel``'s layout (``int4_avx2.c``)."""
     scales = scales.float().T
-    return _row_weight(kernel, packed, torch.stack([scales, scales * zeros.float().T]).contiguous(), group)
+    return _pack(kernel, codes.T.to(torch.uint8), scales, scales * zeros.float().T, group)
 
 
-def _row_weight(kernel: str, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> Int4Weight:
-    n, k = packed.shape[0], packed.shape[1] * 2
+def _pack(kernel: str, codes: torch.Tensor, scale: torch.Tensor, szero: torch.Tensor, group: int) -> Int4Weight:
+    """Per-output codes ``[N, K]`` (uint8 in ``[0, 16)``), scales and scale * zero ``[N, K/g]`` in ``kernel``'s layout.
+
+    ``int4-avx2``: row by row, per block of 64 inputs byte j holding input L(j) (low nibble) and 32 + L(j) (high),
+    L swapping the middle two 8-byte quarters (the order its in-lane unpacking yields); scales ``[2, N, K/g]``.
+    ``int4-avx512``: outputs interleaved by 16 (zero-padded), per 8 inputs k.. 64 bytes, byte 4j + t holding output
+    j's input k + t (low) and k + 4 + t (high); scales ``[2, blocks, K/g, 16]``."""
+    n, k = codes.shape
+    if kernel == "int4-avx2":
+        blocks = codes.reshape(n, k // 64, 2, 4, 8)[:, :, :, [0, 2, 1, 3]].reshape(n, k // 64, 2, 32)
+        packed = (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
+        return _row_weight(kernel, packed, torch.stack([scale, szero]).contiguous(), group, n)
+    pad = -n % 16
+    codes, scale, szero = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (codes, scale, szero))
+    blocks = codes.reshape(-1, 16, k // 8, 2, 4)  # [block, output j, 8 inputs, low/high half, t]
+    packed = (blocks[:, :, :, 0] | blocks[:, :, :, 1] << 4).permute(0, 2, 1, 3).reshape(-1, k // 2).contiguous()
+    scales_and_zeros = torch.stack([scale, szero]).reshape(2, -1, 16, k // group).transpose(2, 3).contiguous()
+    return _row_weight(kernel, packed, scales_and_zeros, group, n)
+
+
+def _unpack(weight: Int4Weight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_pack``'s inverse: per-output codes ``[N, K]``, scales and scale * zero ``[N, K/g]``."""
+    rows, k, n = weight.packed.shape[0], weight.packed.shape[1] * 2, weight.out_features
+    if weight.kernel == "int4-avx2":
+        blocks = weight.packed.reshape(rows, k // 64, 32)
+        codes = torch.stack([blocks & 15, blocks >> 4], dim=2).reshape(rows, k // 64, 2, 4, 8)[:, :, :, [0, 2, 1, 3]]
+        scale, szero = weight.scales_and_zeros
+        return codes.reshape(rows, k), scale, szero
+    blocks = weight.packed.reshape(-1, k // 8, 16, 4)  # [block, 8 inputs, output j, t]
+    codes = torch.stack([blocks & 15, blocks >> 4], dim=3).permute(0, 2, 1, 3, 4).reshape(rows, k)
+    scale, szero = weight.scales_and_zeros.transpose(2, 3).reshape(2, rows, k // weight.group)
+    return codes[:n], scale[:n], szero[:n]
+
+
+def _row_weight(kernel: str, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int, n: int) -> Int4Weight:
+    k = packed.shape[1] * 2
     library = avx2_library()[0]
     function = library.youri_int4_matmul_vnni if kernel == "int4-avx512" else library.youri_int4_matmul
     threads = torch.get_num_threads
@@ -265,14 +292,14 @@ def stack_rows(parts: list[tuple[Int4Weight, torch.Tensor | None, torch.Tensor |
     weights = [weight for weight, _, _ in parts]
     if weights[0].kernel not in ROW_KERNELS or len({(w.kernel, w.group, w.packed.shape[1]) for w in weights}) > 1:
         return None
-    packed, scales_and_zeros = [], []
+    codes, scales, szeros = [], [], []
     for weight, order, sign in parts:
         rows = slice(None) if order is None else order
-        packed.append(weight.packed[rows])
-        scaled = weight.scales_and_zeros[:, rows]
-        scales_and_zeros.append(scaled if sign is None else scaled * sign[None, :, None])
-    stacked = torch.cat(scales_and_zeros, dim=1).contiguous()
-    return _row_weight(weights[0].kernel, torch.cat(packed).contiguous(), stacked, weights[0].group)
+        code, scale, szero = (t[rows] for t in _unpack(weight))
+        codes.append(code)
+        scales.append(scale if sign is None else scale * sign[:, None])
+        szeros.append(szero if sign is None else szero * sign[:, None])
+    return _pack(weights[0].kernel, torch.cat(codes), torch.cat(scales), torch.cat(szeros), weights[0].group)
 
 
 _scratch = threading.local()  # per thread: calls on different threads never share the activation scratch
