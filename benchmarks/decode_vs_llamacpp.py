@@ -16,7 +16,9 @@
    of it each runtime reaches: weight bytes read per generated token (every matrix but the embedding, which is
    a row gather) x tokens/s.
 
-Greedy tokens: youri's equal Hugging Face ``generate`` on the same twin (checked on every row); llama.cpp's
+Greedy tokens: youri's are checked against Hugging Face ``generate`` on the same twin (every row; where they part,
+the token index and HF's own top-2 logit margin there are printed: on a random 22-layer model a near-tie within
+youri's ~8e-4 logit distance from HF's forward can occur in 128 tokens); llama.cpp's
 are shown against youri's (its CPU matmuls round activations to 8 bits, so on random weights they may part).
 Last stdout line: one JSON object with ``gen_ratio_1t``, ``gen_ratio_2t``, ``prefill_ratio_1t``,
 ``bandwidth_fraction_youri``, ``bandwidth_fraction_llamacpp`` (ratios: youri / llama.cpp).
@@ -84,6 +86,18 @@ def hf_greedy(model, prompt: list[int], new: int, pad: int) -> list[int]:
             eos_token_id=None, pad_token_id=pad,
         )  # fmt: skip
     return out[0, len(prompt) :].tolist()
+
+
+def divergence(model, prompt: list[int], hf_tokens: list[int], tokens: list[int]) -> dict | None:
+    """None when ``tokens`` are HF's; else where they first part and HF's own top-2 logit margin there (a near-tie,
+    below the ~1e-3 by which any two fp32 summation orders of an activation-rounding kernel move 22 layers' logits,
+    is not a wrong token)."""
+    at = next((i for i, (a, b) in enumerate(zip(tokens, hf_tokens)) if a != b), None)
+    if at is None:
+        return None
+    with torch.inference_mode():
+        top = model(torch.tensor([prompt + hf_tokens[:at]])).logits[0, -1].float().topk(2).values
+    return {"first_difference": at, "hf_top2_margin": round(float(top[0] - top[1]), 6)}
 
 
 def read_bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
@@ -169,7 +183,8 @@ def main() -> None:
         rows[("youri", t)]["tokens"] = tokens["youri"]
     torch.set_num_threads(threads[0])
     hf_tokens = hf_greedy(model, prompt, new, tokenizer.eos_token_id)
-    same_as_hf = [rows[("youri", t)].pop("tokens") == hf_tokens for t in threads]  # every youri row
+    parted = [divergence(model, prompt, hf_tokens, rows[("youri", t)].pop("tokens")) for t in threads]  # every row
+    same_as_hf = [p is None for p in parted]
     read = {"youri": weight_bytes_youri(model), "llama.cpp": weight_bytes_gguf(gguf_file)}
     for (name, _), r in rows.items():
         r["bandwidth_fraction"] = read[name] * r["gen_tok_s"] / r["bw"]
@@ -183,6 +198,10 @@ def main() -> None:
             f"{name:<12}{t:>8}{r['prefill_tok_s']:>15.1f}{r['gen_tok_s']:>11.2f}"
             f"{r['bw'] / 1e9:>11.1f}{r['bandwidth_fraction']:>14.2f}"
         )
+    for t, p in zip(threads, parted):
+        if p:
+            print(f"youri {t}t parts from HF generate at new token {p['first_difference']}, where HF's own top two "
+                  f"logits are {p['hf_top2_margin']} apart (a near-tie if < 1e-3)")  # fmt: skip
     print(f"youri tokens == HF generate: {same_as_hf}; llama.cpp tokens == youri's: "
           f"{[rows[('llama.cpp', t)]['same_tokens_as_youri'] for t in threads]}")  # fmt: skip
 
@@ -201,6 +220,7 @@ def main() -> None:
         "read_bandwidth_gb_s": {f"{t}t": round(rows[("youri", t)]["bw"] / 1e9, 2) for t in threads},
         "weight_bytes_per_token": read,
         "same_tokens_as_hf": all(same_as_hf),
+        "hf_divergence": {f"{t}t": p for t, p in zip(threads, parted) if p},
         "layers": layers, "prompt_tokens": prompt_len, "new_tokens": new,
         "cpu": cpu_name(), "runtime": runtime_name(), "gptq_kernel": kernels,
     }  # fmt: skip
