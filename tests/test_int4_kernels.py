@@ -86,6 +86,8 @@ def test_youris_kernels_are_the_exact_product_with_int16_rounded_activations(mon
         one_thread = layer(x)
         torch.set_num_threads(2)
         assert torch.equal(layer(x), one_thread)  # OpenMP splits the outputs; each is computed the same way
+        alone = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])
+        assert torch.equal(alone, one_thread)  # a row's outputs never depend on the rows batched beside it
     finally:
         torch.set_num_threads(threads)
     half = layer(x[:, None].bfloat16())  # other dtypes and shapes: computed in fp32, returned as given
@@ -199,6 +201,7 @@ def test_the_fp16_matmul_reads_exact_fp16_weights_only():
     assert half is not None and half.half.dtype == torch.float16 and half.half.data_ptr() != weight.data_ptr()
     x = torch.randn(3, 136)
     out = kernels.half_matmul(x, half)
+    assert torch.equal(torch.cat([kernels.half_matmul(x[i : i + 1], half) for i in range(3)]), out)  # batch-invariant
     expected = x.double() @ weight.double().T
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     assert kernels.half_matmul(x[0], half).shape == (300,) and kernels.half_matmul(x[None], half).shape == (1, 3, 300)

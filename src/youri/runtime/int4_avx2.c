@@ -247,44 +247,64 @@ VNNI void youri_int4_matmul_vnni(const float *x, int M, int K, const uint8_t *pa
     for (int b = 0; b < blocks; b++) {
         const uint8_t *wb = packed + (size_t)b * 8 * K;
         const float *sb = scale + (size_t)b * G * 16, *zb = szero + (size_t)b * G * 16;
-        int m = 0;
-        for (; m + VTILE <= M; m += VTILE)
-            block_tile_vnni(VTILE, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, group, wb,
-                            sb, zb, y + (size_t)m * N, N, b * 16);
-        for (; m < M; m++) /* the rows left, one at a time */
-            block_tile_vnni(1, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, group, wb, sb,
-                            zb, y + (size_t)m * N, N, b * 16);
+        for (int m = 0; m < M; m += VTILE) {
+#define VNNI_TILE(R)                                                                                                \
+    block_tile_vnni(R, xb + (size_t)m * K * 2, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, group, wb, sb, zb,   \
+                    y + (size_t)m * N, N, b * 16)
+            switch (M - m < VTILE ? M - m : VTILE) { /* the row count a compile-time constant in each copy */
+            case 1: VNNI_TILE(1); break;
+            case 2: VNNI_TILE(2); break;
+            case 3: VNNI_TILE(3); break;
+            case 4: VNNI_TILE(4); break;
+            case 5: VNNI_TILE(5); break;
+            case 6: VNNI_TILE(6); break;
+            case 7: VNNI_TILE(7); break;
+            default: VNNI_TILE(VTILE); break;
+            }
+#undef VNNI_TILE
+        }
     }
 }
 
 /* x [M, K] fp32, w [N, K] fp16 -> y [M, N] fp32: a linear whose weights are exactly fp16 (a GPTQ twin's LM head,
  * any layer of an fp16 checkpoint computed in fp32) read at half the bytes of its fp32 copy. Each product is the
  * fp32 product of the same values; only the summation order differs from a BLAS sgemv. */
+/* Output n for activation rows [0, R) (R <= 2, a compile-time constant at each call site): each 8 weights are
+ * converted once for all R rows; per row four accumulators over the same chunks whatever R is, so that a row's
+ * result never depends on the rows computed beside it. */
+static inline __attribute__((always_inline)) void f16_rows(const int R, const float *x, int K, const uint16_t *wn,
+                                                           float *y, int N) {
+    __m256 a[2][4];
+    for (int r = 0; r < R; r++) a[r][0] = a[r][1] = a[r][2] = a[r][3] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32)
+        for (int c = 0; c < 4; c++) {
+            __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k + 8 * c)));
+            for (int r = 0; r < R; r++)
+                a[r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)r * K + k + 8 * c), a[r][c]);
+        }
+    for (; k + 8 <= K; k += 8) {
+        __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k)));
+        for (int r = 0; r < R; r++) a[r][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)r * K + k), a[r][0]);
+    }
+    for (int r = 0; r < R; r++) {
+        float sum = hsum(_mm256_add_ps(_mm256_add_ps(a[r][0], a[r][1]), _mm256_add_ps(a[r][2], a[r][3])));
+        for (int t = k; t < K; t++) sum += _cvtsh_ss(wn[t]) * x[(size_t)r * K + t];
+        y[(size_t)r * N] = sum;
+    }
+}
+
 void youri_f16_matmul(const float *x, int M, int K, const uint16_t *w, int N, float *y, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int n = 0; n < N; n++) {
         const uint16_t *wn = w + (size_t)n * K;
-        for (int m = 0; m < M; m++) {
+        for (int m = 0; m < M; m += 2) {
             const float *xm = x + (size_t)m * K;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-                   a3 = _mm256_setzero_ps();
-            int k = 0;
-            for (; k + 32 <= K; k += 32) {
-                a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k))),
-                                     _mm256_loadu_ps(xm + k), a0);
-                a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k + 8))),
-                                     _mm256_loadu_ps(xm + k + 8), a1);
-                a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k + 16))),
-                                     _mm256_loadu_ps(xm + k + 16), a2);
-                a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k + 24))),
-                                     _mm256_loadu_ps(xm + k + 24), a3);
-            }
-            for (; k + 8 <= K; k += 8)
-                a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wn + k))),
-                                     _mm256_loadu_ps(xm + k), a0);
-            float sum = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-            for (; k < K; k++) sum += _cvtsh_ss(wn[k]) * xm[k];
-            y[(size_t)m * N + n] = sum;
+            float *ym = y + (size_t)m * N + n;
+            if (M - m == 1)
+                f16_rows(1, xm, K, wn, ym, N);
+            else
+                f16_rows(2, xm, K, wn, ym, N);
         }
     }
 }
