@@ -540,8 +540,18 @@ def test_interactive_chat_commands(loaded, tmp_path, monkeypatch, capsys):
     assert out.count("/reset  /prompt") == 2  # the banner, then the help for /bogus
 
 
-def test_client_leaving_a_stream_frees_its_batch_slot(client, server):
+def test_client_leaving_a_stream_frees_its_batch_slot(client, server, monkeypatch):
     import time
+
+    from youri.serve.engine import Engine
+
+    step = Engine.step
+
+    def real_model_pace(self):  # the tiny model steps in ~1 ms: 60 tokens could finish before any disconnect is seen
+        time.sleep(0.02)
+        return step(self)
+
+    monkeypatch.setattr(Engine, "step", real_model_pace)
 
     def health():
         with urllib.request.urlopen(server + "/health") as response:
