@@ -543,8 +543,6 @@ def test_interactive_chat_commands(loaded, tmp_path, monkeypatch, capsys):
 def test_client_leaving_a_stream_frees_its_batch_slot(client, server, monkeypatch):
     import time
 
-    from youri.serve.engine import Engine
-
     step = Engine.step
 
     def real_model_pace(self):  # the tiny model steps in ~1 ms: 60 tokens could finish before any disconnect is seen

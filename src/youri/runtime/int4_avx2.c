@@ -98,35 +98,29 @@ static inline __attribute__((always_inline)) void row_tile(const int R, const in
     for (int r = 0; r < R; r++) y[(size_t)r * N] = hsum(acc[r]) - correction[r];
 }
 
-/* The body of both matmuls: round the activations, then per output row n the row tiles of TILE activation rows
- * and the 1-3 rows left (TILE_FN: row_tile or row_tile_vnni, with the row count a compile-time constant). */
-#define INT4_MATMUL_BODY(TILE_FN)                                                                                   \
-    int G = K / group, B = group / 64;                                                                              \
-    round_activations(x, M, K, group, xq, dx, xsum);                                                                \
-    _Pragma("omp parallel for num_threads(threads) schedule(static) if (threads > 1)")                              \
-    for (int n = 0; n < N; n++) {                                                                                   \
-        const uint8_t *wn = packed + (size_t)n * (K / 2);                                                           \
-        const float *sn = scale + (size_t)n * G, *zn = szero + (size_t)n * G;                                       \
-        int m = 0;                                                                                                  \
-        for (; m + TILE <= M; m += TILE)                                                                            \
-            TILE_FN(TILE, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,        \
-                    y + (size_t)m * N + n, N);                                                                      \
-        switch (M - m) {                                                                                            \
-        case 3: TILE_FN(3, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,       \
-                        y + (size_t)m * N + n, N); break;                                                           \
-        case 2: TILE_FN(2, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,       \
-                        y + (size_t)m * N + n, N); break;                                                           \
-        case 1: TILE_FN(1, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,       \
-                        y + (size_t)m * N + n, N); break;                                                           \
-        default: break;                                                                                             \
-        }                                                                                                           \
-    }
-
 /* x [M, K] fp32, packed [N, K/2], scale and szero (= scale * zero) [N, K/group] fp32 -> y [M, N] fp32.
  * Scratch: xq [M, K] int16, dx and xsum [M, K/group] fp32. */
 void youri_int4_matmul(const float *x, int M, int K, const uint8_t *packed, const float *scale, const float *szero,
                        int N, int group, float *y, int16_t *xq, float *dx, float *xsum, int threads) {
-    INT4_MATMUL_BODY(row_tile)
+    int G = K / group, B = group / 64;
+    round_activations(x, M, K, group, xq, dx, xsum);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int n = 0; n < N; n++) {
+        const uint8_t *wn = packed + (size_t)n * (K / 2);
+        const float *sn = scale + (size_t)n * G, *zn = szero + (size_t)n * G;
+        for (int m = 0; m < M; m += TILE) {
+#define AVX2_TILE(R)                                                                                                \
+    row_tile(R, xq + (size_t)m * K, dx + (size_t)m * G, xsum + (size_t)m * G, K, G, B, wn, sn, zn,                 \
+             y + (size_t)m * N + n, N)
+            switch (M - m < TILE ? M - m : TILE) { /* the row count a compile-time constant in each copy */
+            case 1: AVX2_TILE(1); break;
+            case 2: AVX2_TILE(2); break;
+            case 3: AVX2_TILE(3); break;
+            default: AVX2_TILE(TILE); break;
+            }
+#undef AVX2_TILE
+        }
+    }
 }
 
 /* The AVX-512 VNNI variant (youri_int4_matmul_vnni; "int4-avx512" in kernels.py, chosen at load time on CPUs with

@@ -146,9 +146,9 @@ class StaticLlama:
         embed = self.inner.embed_tokens.weight
         if embed.dtype != torch.float32 or embed.device.type != "cpu":
             return None
-        if NativeStep.unsupported(self.model, self.heads, self.head_dim, RMS_NORMS, SILU) is not None:
+        if NativeStep.unsupported(self.model, self.head_dim, RMS_NORMS, SILU) is not None:
             return None
-        return NativeStep(self.layers, self.heads, self.kv_heads, self.head_dim, RMS_NORMS, SILU)
+        return NativeStep(self.layers, self.heads, self.kv_heads, self.head_dim)
 
     def _refresh_plan(self) -> None:
         """Rebuild the plan if, since it was built, a parameter was changed in place or replaced (the stacked

@@ -55,11 +55,11 @@ def _library() -> ctypes.CDLL | None:
 class NativeStep:
     """Every layer's weights as the C step's structs (built once per plan); ``step`` decodes one token."""
 
-    def __init__(self, layers: list, heads: int, kv_heads: int, head_dim: int, rms_norms: tuple, silu: tuple):
+    def __init__(self, layers: list, heads: int, kv_heads: int, head_dim: int):
         self.library = _library()
         self.keep: list[torch.Tensor] = []  # every tensor the structs point into, alive while they are (a weight
         # replaced after the plan was built is used from the next prefill on, as by the PyTorch step)
-        self.layers = (_Layer * len(layers))(*(self._layer(layer, rms_norms, silu) for layer in layers))
+        self.layers = (_Layer * len(layers))(*(self._layer(layer) for layer in layers))
         first = layers[0]
         self.shape = _Shape(hidden=first.input_layernorm.weight.shape[0], heads=heads, kv_heads=kv_heads,
                             head_dim=head_dim, intermediate=first.mlp.gate_proj.out_features)  # fmt: skip
@@ -69,22 +69,18 @@ class NativeStep:
         self._buffers: tuple | None = None  # (keys list, key pointers, value pointers, rows)
 
     @staticmethod
-    def unsupported(model, heads: int, head_dim: int, rms_norms: tuple, silu: tuple) -> str | None:
+    def unsupported(model, head_dim: int, rms_norms: tuple, silu: tuple) -> str | None:
         """Why the C step cannot run ``model``'s layers (None: it can)."""
         if _library() is None:
             return "youri's kernel library is not built here"
         if head_dim % 8 or head_dim > 1024 or model.config.hidden_size % 8:
             return f"head_dim {head_dim} or hidden size {model.config.hidden_size} (multiples of 8, head_dim <= 1024)"
-        kinds = set()
         for layer in model.model.layers:
             attention, mlp = layer.self_attn, layer.mlp
-            projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
-                           mlp.gate_proj, mlp.up_proj, mlp.down_proj)  # fmt: skip
-            for module in projections:
+            for module in _projections(layer):
                 weight = module.kernel_weight if type(module) is QuantLinear else None
                 if weight is None or weight.kernel not in kernels.ROW_KERNELS or hooked(module):
                     return f"{type(module).__name__} not on youri's int4 row kernels"
-                kinds.add(weight.kernel)
             norms = [layer.input_layernorm, layer.post_attention_layernorm]
             norms += [n for n in (getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)) if n]
             if any(type(n) not in rms_norms or hooked(n) or n.weight.dtype != torch.float32 for n in norms):
@@ -93,15 +89,13 @@ class NativeStep:
                 return "an activation other than SiLU, or a hooked layer"
         return None
 
-    def _layer(self, layer, rms_norms: tuple, silu: tuple) -> _Layer:
-        attention, mlp = layer.self_attn, layer.mlp
-        modules = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
-                   mlp.gate_proj, mlp.up_proj, mlp.down_proj)  # fmt: skip
+    def _layer(self, layer) -> _Layer:
+        attention = layer.self_attn
         q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
         norms = [layer.input_layernorm, layer.post_attention_layernorm, *(n for n in (q_norm, k_norm) if n is not None)]
         self.keep += [norm.weight for norm in norms]
         return _Layer(
-            *(self._projection(m) for m in modules),
+            *(self._projection(m) for m in _projections(layer)),
             norm1=layer.input_layernorm.weight.data_ptr(), norm2=layer.post_attention_layernorm.weight.data_ptr(),
             q_norm=q_norm.weight.data_ptr() if q_norm is not None else None,
             k_norm=k_norm.weight.data_ptr() if k_norm is not None else None,
@@ -152,6 +146,13 @@ class NativeStep:
         self.scales = torch.empty(2, rows * (self.widest // self.narrowest))
         self.shape.xq, self.shape.dx, self.shape.xsum = self.xq.data_ptr(), *(t.data_ptr() for t in self.scales)
         self.shape.work = self.work.data_ptr()
+
+
+def _projections(layer) -> tuple:
+    """A decoder layer's seven projections, in ``PROJECTIONS`` order (the C struct's)."""
+    attention, mlp = layer.self_attn, layer.mlp
+    return (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+            mlp.gate_proj, mlp.up_proj, mlp.down_proj)  # fmt: skip
 
 
 def hooked(module) -> bool:
